@@ -1,0 +1,1 @@
+"""ssae.export: ONNX export of the SSAE stages and TensorRT engine building."""

@@ -1,0 +1,1 @@
+"""ssae.runtime: backends and the Editor pipeline (image -> masks -> codes -> edit -> refine -> image)."""

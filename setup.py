@@ -1,0 +1,51 @@
+"""ssae: localized style editing of real face images with the SemanticStyle Autoencoder.
+
+The root folders export/, runtime/, kernels/ and calibration/ install as ssae.export, ssae.runtime, ssae.kernels
+and ssae.calibration; nothing else is installed at the top level.
+"""
+import re
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "ssae" / "__init__.py").read_text()).group(1)
+
+PACKAGE_DIRS = {
+    "ssae": "ssae",
+    "ssae.models": "ssae/models",
+    "ssae.export": "export",
+    "ssae.runtime": "runtime",
+    "ssae.kernels": "kernels",
+    "ssae.calibration": "calibration",
+}
+
+setup(
+    name="ssae",
+    version=VERSION,
+    description="SemanticStyle Autoencoder: localized style editing of real face images, deployable runtime",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=list(PACKAGE_DIRS),
+    package_dir=PACKAGE_DIRS,
+    package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*", "assets/*/*"]},
+    include_package_data=True,
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.24",
+        "pillow>=10",
+        "onnx>=1.16",
+        "onnxscript>=0.2",
+        "onnxruntime>=1.18",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.14", "cuda-bindings>=12.8"],
+        "openvino": ["openvino>=2024.4"],
+        "labels": ["mediapipe==0.10.21", "numpy<2"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["ssae=ssae.cli:main"]},
+    classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Processing"],
+)

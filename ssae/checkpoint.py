@@ -1,0 +1,100 @@
+"""Checkpoints: config + weights in safetensors (no pickle), written atomically.
+
+A checkpoint is one `.safetensors` file, or a folder of them (one per component: `sae`, `smpn`, `rb`). Each file
+carries the full `SSAEConfig` as JSON in its metadata and parameter names prefixed by component (`sae.`, `smpn.`,
+`refiners.`), so a folder loads by merging its files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from .config import SSAEConfig
+
+FORMAT = "ssae-checkpoint-1"
+COMPONENT_PREFIX = {"sae": "sae.", "smpn": "smpn.", "rb": "refiners."}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt or not an SSAE checkpoint."""
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path) then rename tmp over `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: SSAEConfig, component: str = "all",
+                    extra: dict | None = None) -> None:
+    """Save an SSAE model (or one component of it: sae, smpn, rb) with its config."""
+    sd = model.state_dict()
+    if component != "all":
+        prefix = COMPONENT_PREFIX[component]
+        sd = {k: v for k, v in sd.items() if k.startswith(prefix)}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    meta = {"format": FORMAT, "component": component, "config": cfg.to_json()}
+    if extra:
+        meta["extra"] = json.dumps(extra, sort_keys=True)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise CheckpointError(f"no .safetensors files in {path}")
+        return files
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return [path]
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torch.Tensor], dict]:
+    """Return (config, merged state dict, metadata of the first file)."""
+    cfg, state, meta0 = None, {}, None
+    for f in _files(Path(path)):
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            tensors = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"corrupt checkpoint {f}: {e}") from None
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{f} is not an SSAE checkpoint (format {meta.get('format')!r})")
+        c = SSAEConfig.from_json(meta["config"])
+        if cfg is not None and c != cfg:
+            raise CheckpointError(f"{f} has a different model config than the other files in {path}")
+        cfg, meta0 = c, meta0 or meta
+        state.update(tensors)
+    return cfg, state, meta0
+
+
+def load_model(path: str | os.PathLike, strict_components: bool = False):
+    """Load an `SSAE` model from a checkpoint file or folder. Missing components keep their initialisation
+    unless strict_components is set."""
+    from .models.ssae_model import SSAE
+
+    cfg, state, _ = read_checkpoint(path)
+    model = SSAE(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise CheckpointError(f"unexpected tensors in {path}: {unexpected[:5]}")
+    if strict_components and missing:
+        raise CheckpointError(f"missing tensors in {path}: {missing[:5]}")
+    return model.eval().freeze()

@@ -1,0 +1,69 @@
+"""Small tensor operations shared by the SAE formulations (official-direct and export-friendly)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+SQRT2 = math.sqrt(2.0)
+
+
+def blur_kernel_2d(taps: list[int] | tuple[int, ...], gain: float = 1.0) -> torch.Tensor:
+    """Separable blur kernel outer(k, k) / sum, times `gain` (the official `make_kernel`)."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    k = k[None, :] * k[:, None]
+    return k / k.sum() * gain
+
+
+def lrelu_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The official FusedLeakyReLU: leaky_relu(x + b, 0.2) * sqrt(2)."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.dim() - 2)))
+    return F.leaky_relu(x, 0.2) * SQRT2
+
+
+def l2_normalize(v: torch.Tensor) -> torch.Tensor:
+    """Official util.normalize: unit L2 norm along dim 1 (per pixel for 4-D inputs)."""
+    return v * torch.rsqrt(torch.sum(v * v, dim=1, keepdim=True) + 1e-8)
+
+
+def rms_normalize(s: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """RMS normalisation over `dim` (SAE's style 'demodulation' with new_demodulation=True)."""
+    return s * torch.rsqrt(torch.mean(s * s, dim=dim, keepdim=True) + 1e-8)
+
+
+def blur2d(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """upfirdn2d with up=down=1: zero-pad (pad0, pad1) on both axes, then true 2-D convolution, per channel."""
+    c = x.shape[1]
+    k = torch.flip(kernel, (0, 1)).to(x.dtype)[None, None].expand(c, 1, *kernel.shape)
+    p0, p1 = pad
+    if p0 < 0 or p1 < 0:
+        h, w = x.shape[-2:]
+        x = x[..., max(-p0, 0): h - max(-p1, 0), max(-p0, 0): w - max(-p1, 0)]
+    x = F.pad(x, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
+    return F.conv2d(x, k, groups=c)
+
+
+def full_conv_kernels(w: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
+    """Full 2-D convolution of every (o, i) filter in `w` (O, I, k, k) with `blur` (b, b): (O, I, k+b-1, k+b-1)."""
+    o, i, k, _ = w.shape
+    b = blur.shape[0]
+    x = w.reshape(o * i, 1, k, k)
+    x = F.pad(x, (b - 1, b - 1, b - 1, b - 1))
+    out = F.conv2d(x, torch.flip(blur, (0, 1)).to(w.dtype)[None, None])
+    return out.reshape(o, i, k + b - 1, k + b - 1)
+
+
+def upsample_pad(kernel_size: int, blur_taps: int) -> tuple[int, int]:
+    """The (pad0, pad1) of the official blur that follows a stride-2 transposed conv."""
+    factor = 2
+    p = (blur_taps - factor) - (kernel_size - 1)
+    return (p + 1) // 2 + factor - 1, p // 2 + 1
+
+
+def downsample_pad(kernel_size: int, blur_taps: int, pad: int | None = None) -> tuple[int, int]:
+    """The (pad0, pad1) of the official blur that precedes a stride-2 conv."""
+    if pad is None:
+        pad = (blur_taps - 2) + (kernel_size - 1)
+    return (pad + 1) // 2, pad // 2

@@ -1,0 +1,107 @@
+"""The export-friendly SAE equals the official networks (direct, unfolded formulation) for the same weights."""
+import json
+
+import pytest
+import torch
+
+from ssae.config import SAEConfig, preset
+from ssae.models.official import OfficialEncoder, OfficialGenerator
+from ssae.models.sae import SwappingAutoencoder
+
+from conftest import SHARED, random_official, rel_err, shaping_options
+
+CASES = [
+    ("tiny", preset("tiny").sae, 32),
+    ("lfw128", preset("lfw128").sae, 128),
+    ("no_antialias", SAEConfig(use_antialias=False, netE_scale_capacity=0.25, netG_scale_capacity=0.25,
+                               global_code_ch=256), 128),
+    ("wide_head", SAEConfig(netE_scale_capacity=0.125, netG_scale_capacity=0.125, global_code_ch=128,
+                            netE_num_downsampling_sp=3, netG_num_base_resnet_layers=3, spatial_code_ch=16,
+                            netG_use_noise=False), 64),
+]
+
+
+@pytest.mark.parametrize("name,cfg,size", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_matches_official_forward(name, cfg, size, batch):
+    e, g = random_official(cfg)
+    model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), crop_size=size, **shaping_options(cfg))
+    x = torch.rand(batch, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        sp_ref, gl_ref = e(x)
+        sp, gl = model.encode(x)
+        noises = [torch.randn(batch, 1, h, w) for h, w in model.G.noise_shapes(sp.shape[-2:])]
+        y_ref = g(sp_ref, gl_ref, noises)
+        y = model.decode(sp_ref, gl_ref, noise=noises)
+    assert sp.shape == (batch, cfg.spatial_code_ch, size // cfg.downsampling, size // cfg.downsampling)
+    assert gl.shape == (batch, cfg.global_code_ch)
+    assert rel_err(sp, sp_ref) <= 1e-5
+    assert rel_err(gl, gl_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 1e-5
+
+
+def test_matches_official_paper256_batch2():
+    cfg = SAEConfig()
+    e, g = random_official(cfg, seed=1)
+    model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), crop_size=256, netG_resnet_ch=256)
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        sp_ref, gl_ref = e(x)
+        sp, gl = model.encode(x)
+        noises = [torch.randn(2, 1, h, w) for h, w in model.G.noise_shapes(sp.shape[-2:])]
+        y_ref = g(sp_ref, gl_ref, noises)
+        y = model.decode(sp, gl, noise=noises)
+    assert sp.shape == (2, 8, 16, 16) and gl.shape == (2, 2048) and y.shape == (2, 3, 256, 256)
+    assert rel_err(sp, sp_ref) <= 1e-5 and rel_err(gl, gl_ref) <= 1e-5
+    assert rel_err(y, y_ref) <= 1e-5
+
+
+def test_official_modules_have_the_official_state_dict_names():
+    ref = json.loads((SHARED / "reference" / "sae_official_state_dict_256.json").read_text()) \
+        if (SHARED / "reference").exists() else pytest.skip("shared/reference not found")
+    cfg = SAEConfig()
+    for net, key in ((OfficialEncoder(cfg), "netE"), (OfficialGenerator(cfg), "netG")):
+        shapes = {k: list(v.shape) for k, v in net.state_dict().items()}
+        assert shapes == ref[key]
+        assert sum(p.numel() for p in net.parameters()) == ref["total_params"][key]
+
+
+def test_folded_and_separate_upsampling_agree_and_match_unfolded():
+    cfg = preset("lfw128").sae
+    e, g = random_official(cfg, seed=3)
+    model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), **shaping_options(cfg))
+    sp, gl = torch.randn(2, 8, 16, 16), torch.randn(2, 512)
+    with torch.no_grad():
+        ref = g(sp, gl, [torch.zeros(1, 1, h, w) for h, w in model.G.noise_shapes((16, 16))])
+        outs = {}
+        for mode in ("folded", "separate"):
+            model.G.set_upsample_mode(mode)
+            outs[mode] = model.decode(sp, gl, noise="none")
+    # the folded kernel really is a single 6x6 transposed conv with constant weights
+    up = model.G.blocks[2].conv1
+    assert up.upsample and up.w_fold is not None and tuple(up.w_fold.shape[-2:]) == (6, 6)
+    assert rel_err(outs["folded"], ref) <= 1e-5
+    assert rel_err(outs["separate"], ref) <= 1e-5
+
+
+def test_no_grouped_or_per_sample_convs_in_the_export_form(monkeypatch):
+    """Every conv of the export form runs with groups=1 and a weight independent of the batch."""
+    import torch.nn.functional as F
+
+    calls = []
+    real_conv, real_convt = F.conv2d, F.conv_transpose2d
+
+    def conv2d(x, w, *a, **k):
+        calls.append(("conv", k.get("groups", 1), w.shape[0], x.shape[0]))
+        return real_conv(x, w, *a, **k)
+
+    def convt(x, w, *a, **k):
+        calls.append(("convt", k.get("groups", 1), w.shape[0], x.shape[0]))
+        return real_convt(x, w, *a, **k)
+
+    model = SwappingAutoencoder(preset("tiny").sae).eval().freeze()
+    monkeypatch.setattr(F, "conv2d", conv2d)
+    monkeypatch.setattr(F, "conv_transpose2d", convt)
+    with torch.no_grad():
+        model.decode(*model.encode(torch.rand(3, 3, 32, 32)), noise=0)
+    assert calls and all(groups == 1 for _, groups, _, _ in calls)
