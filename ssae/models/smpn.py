@@ -133,7 +133,7 @@ class SMPN(nn.Module):
         sds = [m.state_dict() for m in nets]
         bank.load_state_dict({k: (torch.cat([sd[k] for sd in sds]) if sds[0][k].dim() else sds[0][k])
                               for k in sds[0]})
-        return bank
+        return bank.train(nets[0].training)
 
     def unstack(self) -> list["SMPN"]:
         """Split a grouped bank into single-ROI networks."""
@@ -142,7 +142,7 @@ class SMPN(nn.Module):
         for i in range(n):
             m = SMPN(self.cfg, n_rois=1)
             m.load_state_dict({k: (v.chunk(n)[i] if v.dim() else v) for k, v in sd.items()})
-            nets.append(m)
+            nets.append(m.train(self.training))
         return nets
 
 
