@@ -14,6 +14,8 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "ssae" / "__init__.py").
 PACKAGE_DIRS = {
     "ssae": "ssae",
     "ssae.models": "ssae/models",
+    "ssae.data": "ssae/data",
+    "ssae.train": "ssae/train",
     "ssae.export": "export",
     "ssae.runtime": "runtime",
     "ssae.kernels": "kernels",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from .config import SSAEConfig
+from .fileio import atomic_write  # noqa: F401  (re-exported)
 
 FORMAT = "ssae-checkpoint-1"
 COMPONENT_PREFIX = {"sae": "sae.", "smpn": "smpn.", "rb": "refiners."}
@@ -23,21 +23,6 @@ COMPONENT_PREFIX = {"sae": "sae.", "smpn": "smpn.", "rb": "refiners."}
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, corrupt or not an SSAE checkpoint."""
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path) then rename tmp over `path`: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: SSAEConfig, component: str = "all",

@@ -1,0 +1,1 @@
+"""Trainers for the three SSAE components (`ssae train smpn|sae|rb`)."""

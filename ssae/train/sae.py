@@ -1,0 +1,164 @@
+"""Swapping Autoencoder training (Park et al. 2020; sae_architecture.md section 3).
+
+Objective: L1 reconstruction; non-saturating GAN on reconstructions (x0.5) and swaps (x1.0); patch co-occurrence
+GAN on swaps; lazy R1 every 16 D steps on the image D (10) and the patch D (1); Adam lr 0.002, betas (0, 0.99)
+for E+G, lr and betas scaled by c = r1_every / (r1_every + 1) for the discriminators. D and G steps alternate.
+A warm-up of `warmup_steps` trains the autoencoder with L1 only (no discriminators) first: it is much cheaper
+per step and gives the GAN phase sensible reconstructions to start from.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.memory import BatchSampler
+from ..models.discriminators import ImageDiscriminator, PatchDiscriminator, random_crops
+from ..models.sae import SwappingAutoencoder
+from .base import Trainer
+from .configs import SAETrainConfig  # noqa: F401
+from .common import average_gradients
+from . import data as train_data
+
+
+def swap(x: torch.Tensor) -> torch.Tensor:
+    """Exchange adjacent pairs along the batch (the official `swap`): needs an even batch."""
+    return x.view(x.shape[0] // 2, 2, *x.shape[1:]).flip(1).reshape(x.shape)
+
+
+class SAETrainer(Trainer):
+    component = "sae"
+
+    def build(self):
+        cfg: SAETrainConfig = self.cfg
+        if cfg.batch_size % 2:
+            raise ValueError("SAE training swaps pairs of images: --batch-size must be even")
+        size = self.model_cfg.image_size
+        self.images_per_step = cfg.batch_size
+        if cfg.init_official:
+            off = SwappingAutoencoder.from_official(cfg.init_official, **_shaping(self.model_cfg.sae))
+            self.model.sae.load_state_dict(off.state_dict())
+        self.sae = self.model.sae.freeze(False)
+        self.sae.G.set_upsample_mode("separate")
+        self.sae.train()
+        self.D = ImageDiscriminator(size, cfg.d_base_ch, cfg.d_max_ch).to(self.device)
+        self.patch = cfg.patch_size or max(16, size // 4)
+        self.Dp = PatchDiscriminator(self.patch, cfg.d_base_ch * 2, cfg.d_max_ch).to(self.device)
+        c = cfg.r1_every / (cfg.r1_every + 1)
+        self.opt_g = torch.optim.Adam(self.sae.parameters(), lr=cfg.lr, betas=(0.0, 0.99))
+        self.opt_d = torch.optim.Adam(list(self.D.parameters()) + list(self.Dp.parameters()), lr=cfg.lr * c,
+                                      betas=(0.0, 0.99 ** c))
+        self.data = train_data.unlabelled(cfg.data, size)
+        self.sampler = BatchSampler(len(self.data), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world)
+        self.val = None
+        if cfg.data.lfw:
+            self.val = train_data.labelled(cfg.data, size, "val")
+        self.d_steps = 0
+
+    def modules(self):
+        return {"sae": self.sae, "D": self.D, "Dp": self.Dp}
+
+    def optimizers(self):
+        return {"g": self.opt_g, "d": self.opt_d}
+
+    def eval_due(self, step: int) -> bool:
+        every = self.cfg.eval_every or 500
+        return step % every == 0
+
+    def _batch(self, step):
+        idx, flip = self.sampler.indices(step)
+        return self.data.batch(idx, flip).images.to(self.device)
+
+    def _crops(self, x):
+        cfg = self.cfg
+        return random_crops(x, cfg.patch_num_crops, self.patch, cfg.patch_min_scale, cfg.patch_max_scale)
+
+    def _forward(self, real):
+        b = real.shape[0]
+        sp, gl = self.sae.encode(real)
+        rec = self.sae.decode(sp[: b // 2], gl[: b // 2])
+        mix = self.sae.decode(swap(sp), gl)
+        return rec, mix
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg: SAETrainConfig = self.cfg
+        real = self._batch(step)
+        b = real.shape[0]
+        if step < cfg.warmup_steps:  # autoencoder warm-up: L1 on the whole batch
+            with self.autocast():
+                rec = self.sae(real)
+            loss = F.l1_loss(rec.float(), real)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(self.sae.parameters())
+            self.opt_g.step()
+            return {"L1": loss.item()}
+        m = {}
+        # ---- discriminator step ----
+        with torch.no_grad(), self.autocast():
+            rec, mix = self._forward(real)
+        with self.autocast():
+            d_real, d_rec, d_mix = self.D(real).float(), self.D(rec.detach()).float(), self.D(mix.detach()).float()
+            ref = self.Dp.extract_features(self._crops(real), cfg.patch_num_crops, aggregate=True)
+            tgt = self.Dp.extract_features(self._crops(real), cfg.patch_num_crops)
+            fake = self.Dp.extract_features(self._crops(mix.detach()), cfg.patch_num_crops)
+            p_real = self.Dp.discriminate(ref, tgt).float()
+            p_fake = self.Dp.discriminate(ref, fake).float()
+        loss_d = (F.softplus(-d_real).mean() + 0.5 * F.softplus(d_rec).mean() + 0.5 * F.softplus(d_mix).mean()) \
+            * cfg.lambda_GAN + (F.softplus(-p_real).mean() + F.softplus(p_fake).mean()) * cfg.lambda_PatchGAN
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        m.update(D_real=F.softplus(-d_real).mean().item(), D_mix=F.softplus(d_mix).mean().item(),
+                 Dp=loss_d.item())
+        self.d_steps += 1
+        if self.d_steps % cfg.r1_every == 0:  # lazy R1, in fp32
+            x = real.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.D(x).sum(), x, create_graph=True)
+            r1 = g.pow(2).flatten(1).sum(1).mean()
+            ra = self._crops(real).detach().requires_grad_(True)
+            rt = self._crops(real).detach().requires_grad_(True)
+            score = self.Dp.discriminate(self.Dp.extract_features(ra, cfg.patch_num_crops, aggregate=True),
+                                         self.Dp.extract_features(rt, cfg.patch_num_crops))
+            ga, gt = torch.autograd.grad(score.sum(), [ra, rt], create_graph=True)
+            pr1 = ga.pow(2).flatten(1).sum(1).mean() + gt.pow(2).flatten(1).sum(1).mean()
+            (cfg.r1_every * (cfg.lambda_R1 * 0.5 * r1 + cfg.lambda_patch_R1 * 0.5 * 0.5 * pr1)).backward()
+            m.update(R1=r1.item(), PR1=pr1.item())
+        average_gradients(list(self.D.parameters()) + list(self.Dp.parameters()))
+        self.opt_d.step()
+        # ---- generator / encoder step ----
+        for p in list(self.D.parameters()) + list(self.Dp.parameters()):
+            p.requires_grad_(False)
+        with self.autocast():
+            rec, mix = self._forward(real)
+            g_rec = F.softplus(-self.D(rec).float()).mean()
+            g_mix = F.softplus(-self.D(mix).float()).mean()
+            ref = self.Dp.extract_features(self._crops(real), cfg.patch_num_crops, aggregate=True).detach()
+            g_patch = F.softplus(-self.Dp.discriminate(ref, self.Dp.extract_features(
+                self._crops(mix), cfg.patch_num_crops)).float()).mean()
+        l1 = F.l1_loss(rec.float(), real[: b // 2])
+        loss_g = cfg.lambda_L1 * l1 + cfg.lambda_GAN * (0.5 * g_rec + g_mix) + cfg.lambda_PatchGAN * g_patch
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        average_gradients(self.sae.parameters())
+        self.opt_g.step()
+        for p in list(self.D.parameters()) + list(self.Dp.parameters()):
+            p.requires_grad_(True)
+        m.update(L1=l1.item(), G_rec=g_rec.item(), G_mix=g_mix.item(), G_patch=g_patch.item())
+        return m
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if self.val is None or self.rank != 0:
+            return {}
+        from ..metrics import psnr
+        self.sae.eval()
+        n = min(self.cfg.eval_images, len(self.val))
+        x = self.val.batch(np.arange(n)).images.to(self.device)
+        y = torch.cat([self.sae.decode(*self.sae.encode(x[i: i + 16]), noise=0) for i in range(0, n, 16)])
+        self.sae.train()
+        return {"val_psnr": float(psnr(y, x).mean())}
+
+
+def _shaping(sae_cfg) -> dict:
+    import dataclasses
+    return {f.name: getattr(sae_cfg, f.name) for f in dataclasses.fields(sae_cfg)}
