@@ -58,6 +58,12 @@ class MemoryDataset:
         return cls(sum((p.names for p in parts), []), np.concatenate([p.images for p in parts]),
                    np.concatenate([p.masks for p in parts]), np.concatenate([p.labelled for p in parts]))
 
+    def split(self, n_last: int) -> tuple["MemoryDataset", "MemoryDataset"]:
+        """(all but the last n_last samples, the last n_last samples)."""
+        k = len(self) - n_last
+        return (MemoryDataset(self.names[:k], self.images[:k], self.masks[:k], self.labelled[:k]),
+                MemoryDataset(self.names[k:], self.images[k:], self.masks[k:], self.labelled[k:]))
+
     def batch(self, idx: np.ndarray, flip: np.ndarray | None = None) -> Batch:
         """The samples at `idx` as tensors; `flip` (bool per sample) mirrors images and masks horizontally."""
         img, msk = self.images[idx], self.masks[idx]

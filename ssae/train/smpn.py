@@ -32,11 +32,11 @@ class SMPNTrainer(Trainer):
             self.opt, lambda s: min(1.0, (s + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(
                 math.pi * min(1.0, s / max(1, cfg.steps))))))
         self.data = train_data.labelled(cfg.data, size, "train")
-        self.sampler = BatchSampler(len(self.data), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world)
         try:
             self.val = train_data.labelled(cfg.data, size, "val")
-        except (ValueError, FileNotFoundError):
-            self.val = None
+        except (ValueError, FileNotFoundError):  # no validation split (CelebAMask-HQ, folder): hold out 10%
+            self.data, self.val = self.data.split(max(1, len(self.data) // 10))
+        self.sampler = BatchSampler(len(self.data), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world)
 
     def modules(self):
         return {"smpn": self.net}
