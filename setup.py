@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*", "assets/*/*"]},
+    package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*/*.safetensors", "assets/*/*.md", "assets/*/*.json", "assets/*.jpg", "assets/*.png"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",

@@ -78,4 +78,6 @@ def to_model_tensor(img: np.ndarray):
 
 def from_model_tensor(x) -> np.ndarray:
     """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3) (clamped, rounded)."""
+    import torch
+
     return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).movedim(-3, -1).cpu().numpy()
