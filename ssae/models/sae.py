@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SAEConfig
+from ..kernels import ops as fused_ops
 from ..kernels import philox
 from ..kernels.reference import masked_modconv, modulate_input, pixel_direction_from_noise, pixel_noise_factor
 from .ops import SQRT2, blur2d, blur_kernel_2d, downsample_pad, full_conv_kernels, l2_normalize, lrelu_bias, \
@@ -168,6 +169,12 @@ class ModConv(nn.Module):
             w = self.w_fold if self.w_fold is not None else self.folded_weight()
             if self.use_noise and noise is None:
                 noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
+            if fused_ops.fused_op_enabled() and edit.direction is not None:
+                nz = noise if self.use_noise else x.new_zeros(1, 1, x.shape[2], x.shape[3])
+                nw = self.noise_weight if self.use_noise else x.new_zeros(1)
+                return torch.ops.ssae.masked_modconv(x, w, self.bias, a, edit.direction,
+                                                     resize_mask(edit.mask.to(x.dtype), x.shape[-2:]),
+                                                     edit.strength.to(x.dtype), nz, nw, self.activate)
             return masked_modconv(x, w, self.bias, a, resize_mask(edit.mask.to(x.dtype), x.shape[-2:]),
                                   edit.strength, direction=edit.direction, pixel_noise=edit.pixel_noise,
                                   pixel_factor=edit.pixel_factor, noise=noise if self.use_noise else None,

@@ -1,0 +1,154 @@
+"""ONNX export of every pipeline stage (torch.onnx dynamo exporter, opset >= 18, dynamic batch).
+
+Writes one `.onnx` file per stage and `manifest.json` beside them: input/output names, shapes and dtypes, the model
+config, the noise seed baked into the decoder graphs, sha256 of each file and the exporter versions. Each file is
+checked with `onnx.checker` (full check) and shape inference, written to a temporary name and renamed.
+
+The injection layer is exported two ways from the same PyTorch code: `sae_decoder_edit` (standard ops, for ONNX
+Runtime and OpenVINO) and `sae_decoder_edit_plugin` (one `ssae::MaskedModConv` node carrying
+`plugin_namespace`/`plugin_version`, for the TensorRT plugin; no local function is attached).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from ..fileio import atomic_write
+from ..kernels import ops as fused_ops
+from ..models.ssae_model import SSAE
+from .stages import NOISE_SEED, StageSpec, build_stages, stage_specs
+
+MANIFEST = "manifest.json"
+FORMAT = "ssae-onnx-1"
+MAX_BATCH = 64
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the right shapes (masks in [0,1], codes L2-normalised, strengths around 1)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in spec.inputs:
+        shape = tuple(batch if d == "batch" else d for d in t.shape)
+        x = torch.randn(shape, generator=g)
+        if t.name == "mask":
+            x = torch.rand(shape, generator=g)
+        elif t.name == "image":
+            x = torch.rand(shape, generator=g) * 2 - 1
+        elif t.name == "strength":
+            x = torch.rand(shape, generator=g) + 0.5
+        elif t.name in ("structure", "texture"):
+            x = x / x.norm(dim=1, keepdim=True)
+        elif t.name in ("h", "skip"):
+            x = torch.nn.functional.leaky_relu(x, 0.2)
+        out.append(x)
+    return tuple(out)
+
+
+def _export_one(module: torch.nn.Module, spec: StageSpec, path: Path, opset: int, plugin: bool) -> None:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    args = example_inputs(spec)
+    dyn = {t.name: {0: batch} for t in spec.inputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        with torch.no_grad(), fused_ops.use_fused_op(plugin):
+            prog = torch.onnx.export(
+                module, args, dynamo=True, opset_version=opset, verbose=False,
+                input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=dyn, custom_translation_table=fused_ops.onnx_translation() if plugin else None,
+                optimize=True)
+    atomic_write(path, lambda tmp: prog.save(tmp, external_data=False))
+
+
+def check_onnx(path: str | os.PathLike) -> None:
+    """onnx.checker full check + strict shape inference (custom-domain nodes are skipped by both)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+
+
+def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] | None = None, opset: int = 18,
+                plugin: bool = True, single_roi_smpn: bool = False,
+                progress: Callable[[str], None] | None = None) -> dict:
+    """Export the stages of `model` into `out_dir`; returns the manifest (also written as manifest.json)."""
+    import onnx
+    import onnxscript
+
+    if opset < 18:
+        raise ValueError("opset must be >= 18")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval().freeze()
+    modules = build_stages(model, single_roi_smpn=single_roi_smpn)
+    specs = stage_specs(model)
+    names = list(stages) if stages is not None else list(modules)
+    jobs = [(n, modules[n], specs[n], False) for n in names]
+    if plugin and "sae_decoder_edit" in names:
+        plug = StageSpec("sae_decoder_edit_plugin", specs["sae_decoder_edit"].inputs, specs["sae_decoder_edit"].outputs)
+        jobs.append(("sae_decoder_edit_plugin", modules["sae_decoder_edit"], plug, True))
+    entries = {}
+    for name, module, spec, is_plugin in jobs:
+        if progress:
+            progress(name)
+        path = out / f"{name}.onnx"
+        _export_one(module, spec, path, opset, is_plugin)
+        check_onnx(path)
+        entries[name] = {"file": path.name, "sha256": sha256_file(path), "plugin": is_plugin,
+                         "inputs": [asdict(t) for t in spec.inputs], "outputs": [asdict(t) for t in spec.outputs]}
+    manifest = {
+        "format": FORMAT, "model_config": model.cfg.to_dict(), "rois": list(model.rois), "noise_seed": NOISE_SEED,
+        "opset": opset, "max_batch": MAX_BATCH, "injection_layers": list(model.sae.G.injection_layers),
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
+        "stages": entries,
+    }
+    old = out / MANIFEST
+    if old.exists():  # exporting a subset keeps the other stages' entries
+        prev = json.loads(old.read_text())
+        if prev.get("model_config") == manifest["model_config"]:
+            manifest["stages"] = {**prev.get("stages", {}), **entries}
+    atomic_write(old, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
+    return manifest
+
+
+class ExportError(ValueError):
+    """An export folder is missing, incomplete or corrupt."""
+
+
+def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
+    """Read manifest.json; with verify, check every listed file exists and matches its sha256."""
+    d = Path(export_dir)
+    p = d / MANIFEST
+    if not p.exists():
+        raise ExportError(f"{d} is not an ssae ONNX export (no {MANIFEST})")
+    try:
+        manifest = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"corrupt {p}: {e}") from None
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{p} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    if verify:
+        for name, e in manifest["stages"].items():
+            f = d / e["file"]
+            if not f.exists():
+                raise ExportError(f"missing ONNX file {f}")
+            if sha256_file(f) != e["sha256"]:
+                raise ExportError(f"corrupt ONNX file {f} (sha256 mismatch)")
+    return manifest

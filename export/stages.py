@@ -1,0 +1,179 @@
+"""The pipeline stages as modules with named tensor inputs and outputs.
+
+These modules are what every backend runs: the torch backend calls them directly, the ONNX exporter traces them.
+Data flows one way: image -> `smpn` (masks) -> `sae_encoder` (structure, texture) -> `sae_decoder_prefix`
+(activations entering the injection layer, cached per image) -> `sae_decoder_edit` (the edit: mask, noise,
+strength) -> `refine_<roi>` -> image. The generator's per-pixel noise-injection maps come from a fixed noise seed
+and are baked into the decoder graphs as constants, so re-edits of one image differ only where the mask is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..models.sae import LayerEdit, StyleEdit, pixel_noise  # noqa: F401
+from ..models.ssae_model import SSAE
+
+NOISE_SEED = 0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # ints, or "batch" for the dynamic batch dimension
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+class SMPNStage(nn.Module):
+    """image (B,3,S,S) in [-1,1] -> masks (B,R,S,S) in [0,1]."""
+
+    def __init__(self, smpn):
+        super().__init__()
+        self.smpn = smpn
+
+    def forward(self, image):
+        return self.smpn.predict(image)
+
+
+class EncoderStage(nn.Module):
+    """image -> structure (B,C,S/d,S/d), texture (B,D) (both L2-normalised)."""
+
+    def __init__(self, sae):
+        super().__init__()
+        self.sae = sae
+
+    def forward(self, image):
+        return self.sae.encode(image)
+
+
+class _NoiseHolder(nn.Module):
+    def __init__(self, sae, size: int, noise_seed: int):
+        super().__init__()
+        d = sae.cfg.downsampling
+        for i, n in enumerate(sae.G.seeded_noise(noise_seed, (size // d, size // d))):
+            self.register_buffer(f"n{i}", n, persistent=False)
+        self.count = i + 1
+
+    def list(self):
+        return [getattr(self, f"n{i}") for i in range(self.count)]
+
+
+class DecoderPrefixStage(nn.Module):
+    """structure, texture -> h, skip: the activations entering the first injection layer and its block's skip."""
+
+    def __init__(self, sae, size: int, noise_seed: int = NOISE_SEED):
+        super().__init__()
+        self.sae = sae
+        self.noise = _NoiseHolder(sae, size, noise_seed)
+
+    def forward(self, structure, texture):
+        return self.sae.G.prefix(structure, texture, self.noise.list())
+
+
+class DecoderEditStage(nn.Module):
+    """h, skip, texture, mask (B,1,S,S), noise, strength (B,) -> image (B,3,S,S).
+
+    Region mode: noise is the texture-code direction n (B, D). Pixel mode: noise is z (B, H, W, Cin) for the
+    (single) injection layer, drawn by the caller from the seed with `ssae.kernels.philox`.
+    """
+
+    def __init__(self, sae, size: int, mode: str = "region", noise_seed: int = NOISE_SEED):
+        super().__init__()
+        self.sae, self.mode = sae, mode
+        self.noise = _NoiseHolder(sae, size, noise_seed)
+        if mode == "pixel":
+            if len(sae.G.injection_layers) != 1:
+                raise ValueError("the pixel-mode edit graph supports one injection layer")
+            layer = sae.G.layer(sae.G.injection_layers[0])
+            self.register_buffer("factor", layer.pixel_factor(), persistent=False)
+
+    def forward(self, h, skip, texture, mask, noise, strength):
+        if self.mode == "region":
+            edit = StyleEdit(mask, strength=strength, region_noise=noise, mode="region")
+        else:
+            edit = _PixelEdit(mask, strength, noise, self.factor)
+        return self.sae.G.tail(h, skip, texture, self.noise.list(), edit)
+
+
+class _PixelEdit:
+    """A StyleEdit stand-in that carries explicit pixel noise (traceable: no seeds, no host RNG)."""
+
+    def __init__(self, mask, strength, z, factor):
+        self.mask, self.strength, self.z, self.factor = mask, strength, z, factor
+
+    def for_layer(self, layer, texture, size):
+        return LayerEdit(self.mask, self.strength, pixel_noise=self.z, pixel_factor=self.factor)
+
+
+class RefineStage(nn.Module):
+    """image (coarse edit), mask -> refined image (one per ROI)."""
+
+    def __init__(self, rb):
+        super().__init__()
+        self.rb = rb
+
+    def forward(self, image, mask):
+        return self.rb(image, mask)
+
+
+def build_stages(model: SSAE, noise_seed: int = NOISE_SEED, single_roi_smpn: bool = False) -> dict[str, nn.Module]:
+    """All stage modules of a model, by stage name."""
+    s = model.cfg.image_size
+    stages: dict[str, nn.Module] = {
+        "smpn": SMPNStage(model.smpn),
+        "sae_encoder": EncoderStage(model.sae),
+        "sae_decoder_prefix": DecoderPrefixStage(model.sae, s, noise_seed),
+        "sae_decoder_edit": DecoderEditStage(model.sae, s, "region", noise_seed),
+    }
+    if len(model.sae.G.injection_layers) == 1:
+        stages["sae_decoder_edit_pixel"] = DecoderEditStage(model.sae, s, "pixel", noise_seed)
+    for roi in model.rois:
+        stages[f"refine_{roi}"] = RefineStage(model.refiners[roi])
+    if single_roi_smpn:
+        for roi, net in zip(model.rois, model.smpn.unstack()):
+            stages[f"smpn_{roi}"] = SMPNStage(net.eval())
+    for m in stages.values():
+        m.eval()
+    return stages
+
+
+def stage_specs(model: SSAE) -> dict[str, StageSpec]:
+    """Named inputs/outputs with shapes ("batch" = dynamic) of every stage."""
+    cfg = model.cfg
+    s, d = cfg.image_size, cfg.sae.downsampling
+    g = model.sae.G
+    res = [(s // d, s // d)] + g.noise_shapes((s // d, s // d))  # input resolution of every StyledConv, + 1
+    block = g.blocks[g.split_block]
+    entry = block.conv1 if g.split_conv == 1 else block.conv2
+    h_shape = (entry.cin,) + tuple(res[entry.index])
+    skip_shape = (block.conv2.cout,) + tuple(res[block.conv2.index + 1])
+    layer = g.layer(g.injection_layers[0])
+    img = TensorSpec("image", ("batch", 3, s, s))
+    mask = TensorSpec("mask", ("batch", 1, s, s))
+    code = (TensorSpec("structure", ("batch", cfg.sae.spatial_code_ch, s // d, s // d)),
+            TensorSpec("texture", ("batch", cfg.sae.global_code_ch)))
+    hs = (TensorSpec("h", ("batch",) + h_shape), TensorSpec("skip", ("batch",) + skip_shape))
+    strength = TensorSpec("strength", ("batch",))
+    specs = {
+        "smpn": StageSpec("smpn", (img,), (TensorSpec("masks", ("batch", len(model.rois), s, s)),)),
+        "sae_encoder": StageSpec("sae_encoder", (img,), code),
+        "sae_decoder_prefix": StageSpec("sae_decoder_prefix", code, hs),
+        "sae_decoder_edit": StageSpec("sae_decoder_edit", hs + (code[1], mask, TensorSpec(
+            "noise", ("batch", cfg.sae.global_code_ch)), strength), (img,)),
+    }
+    if len(g.injection_layers) == 1:
+        specs["sae_decoder_edit_pixel"] = StageSpec("sae_decoder_edit_pixel", hs + (code[1], mask, TensorSpec(
+            "noise", ("batch",) + tuple(res[layer.index]) + (layer.cin,)), strength), (img,))
+    for roi in model.rois:
+        specs[f"refine_{roi}"] = StageSpec(f"refine_{roi}", (img, mask), (TensorSpec("refined", img.shape),))
+        specs[f"smpn_{roi}"] = StageSpec(f"smpn_{roi}", (img,), (TensorSpec("masks", ("batch", 1, s, s)),))
+    return specs
