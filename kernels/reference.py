@@ -25,12 +25,20 @@ Noise modes:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
-from ..models.ops import lrelu_bias  # noqa: F401  (re-exported for kernels users)
-
 EPS = 1e-8
+SQRT2 = math.sqrt(2.0)
+
+
+def lrelu_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The fused leaky ReLU of StyleGAN2/SAE: leaky_relu(x + b, 0.2) * sqrt(2) (b per channel, dim 1)."""
+    if bias is not None:
+        x = x + bias.view(1, -1, *([1] * (x.dim() - 2)))
+    return F.leaky_relu(x, 0.2) * SQRT2
 
 
 def region_rms_terms(a: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

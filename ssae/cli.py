@@ -126,6 +126,101 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _edit_args(p):
+    p.add_argument("image", help="input image (any common format and mode)")
+    p.add_argument("--roi", default="hair", help="hair, skin, nose, eyes, lips, or all (a grid of every ROI)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--noise", choices=("region", "pixel"), default="region")
+    p.add_argument("--preserve-background", action="store_true",
+                   help="keep the input exactly outside a feathered ROI mask")
+    p.add_argument("-o", "--output", required=True, help="output PNG (or any format PIL writes by extension)")
+    p.add_argument("--masks-out", default=None, help="folder for the predicted masks (one PNG per ROI)")
+    p.add_argument("--model", default=None, help="checkpoint, ONNX export folder or preset (default: bundled)")
+    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, onnxruntime, openvino, tensorrt")
+    p.add_argument("--json", action="store_true", help="print timings and settings as JSON")
+
+
+@command("edit", _edit_args)
+def _edit(args: argparse.Namespace) -> int:
+    """Edit the texture of one face region (or all, as a grid)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from .checkpoint import CheckpointError
+    from .config import ROIS
+    from .fileio import atomic_write
+    from .runtime import BackendError, Editor, ImageError
+    from .runtime.registry import ModelError
+
+    out = Path(args.output)
+    if args.roi != "all" and args.roi not in ROIS:
+        raise UserError(f"unknown ROI {args.roi!r} (choose from {', '.join(ROIS)} or all)")
+    fmt = Image.registered_extensions().get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"unsupported output file type {out.suffix!r} (use .png, .jpg, ...)")
+    if not np.isfinite(args.strength):
+        raise UserError(f"strength must be a finite number, got {args.strength}")
+    try:
+        ed = Editor.load(args.model, backend=args.backend)
+        rois = list(ed.rois) if args.roi == "all" else [args.roi]
+        results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, noise=args.noise,
+                               preserve_background=args.preserve_background)
+        masks = ed.masks(args.image) if args.masks_out else None
+    except (ImageError, ModelError, BackendError, CheckpointError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    if args.roi == "all":
+        from .runtime.images import load_image
+        tiles = [load_image(args.image)] + [np.asarray(r.image) for r in results]
+        img = Image.fromarray(np.concatenate(tiles, axis=1))
+    else:
+        img = results[0].image
+    save = img.convert("RGB") if fmt in ("JPEG",) else img
+    atomic_write(out, lambda tmp: save.save(tmp, format=fmt))
+    if masks is not None:
+        d = Path(args.masks_out)
+        for roi, m in masks.items():
+            atomic_write(d / f"{roi}.png", lambda tmp, m=m: Image.fromarray(
+                np.round(m * 255).astype(np.uint8)).save(tmp, format="PNG"))
+    if args.json:
+        print(json.dumps({"output": str(out), "rois": rois, "seed": args.seed, "strength": args.strength,
+                          "noise": args.noise, "backend": ed.backend.describe(),
+                          "timings_ms": results[0].timings}))
+    else:
+        print(out)
+    return 0
+
+
+def _export_args(p):
+    p.add_argument("--model", default=None, help="checkpoint or preset (default: bundled)")
+    p.add_argument("--out", required=True, help="output folder (ONNX files + manifest.json)")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--single-roi-smpn", action="store_true", help="also export one SMPN graph per ROI")
+    p.add_argument("--no-plugin", action="store_true", help="skip the TensorRT plugin graph")
+
+
+@command("export", _export_args)
+def _export(args: argparse.Namespace) -> int:
+    """Export every stage to ONNX (dynamo exporter, dynamic batch) with a manifest."""
+    import json
+
+    from .export.onnx_export import export_onnx
+    from .runtime.registry import ModelError, load_torch_model, resolve_model
+
+    try:
+        model = load_torch_model(resolve_model(args.model))
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    man = export_onnx(model, args.out, opset=args.opset, plugin=not args.no_plugin,
+                      single_roi_smpn=args.single_roi_smpn,
+                      progress=lambda n: print(f"exporting {n}", file=sys.stderr))
+    print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    return 0
+
+
 def _train_args(p):
     from .train.cli import add_args
     add_args(p)

@@ -45,3 +45,45 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip(f"shared data folder not found at {SHARED}")
     return SHARED
+
+
+def make_tiny_model(seed: int = 0):
+    """The tiny SSAE with every component non-trivial (the RBs' zero-initialised output layers perturbed)."""
+    from ssae.config import preset
+    from ssae.models.ssae_model import SSAE
+
+    torch.manual_seed(seed)
+    model = SSAE(preset("tiny")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("refiners.") and ".out." in name:
+                p.normal_(0, 0.05)
+            if name.startswith("sae.") and ("noise_weight" in name or name.endswith(".bias")):
+                p.normal_(0, 0.2)
+    return model.freeze()
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    return make_tiny_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_model):
+    from ssae.checkpoint import save_checkpoint
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_checkpoint(path, tiny_model, tiny_model.cfg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_model):
+    from ssae.export.onnx_export import export_onnx
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(tiny_model, out, single_roi_smpn=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def face_path(shared_dir):
+    return shared_dir / "data" / "lfw_parts" / "images" / "AJ_Cook_0001.jpg"

@@ -1,12 +1,10 @@
 """Small tensor operations shared by the SAE formulations (official-direct and export-friendly)."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-SQRT2 = math.sqrt(2.0)
+from ..kernels.reference import SQRT2, lrelu_bias  # noqa: F401  (one definition, shared with the kernels)
 
 
 def blur_kernel_2d(taps: list[int] | tuple[int, ...], gain: float = 1.0) -> torch.Tensor:
@@ -14,13 +12,6 @@ def blur_kernel_2d(taps: list[int] | tuple[int, ...], gain: float = 1.0) -> torc
     k = torch.tensor(taps, dtype=torch.float32)
     k = k[None, :] * k[:, None]
     return k / k.sum() * gain
-
-
-def lrelu_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The official FusedLeakyReLU: leaky_relu(x + b, 0.2) * sqrt(2)."""
-    if bias is not None:
-        x = x + bias.view(1, -1, *([1] * (x.dim() - 2)))
-    return F.leaky_relu(x, 0.2) * SQRT2
 
 
 def l2_normalize(v: torch.Tensor) -> torch.Tensor:

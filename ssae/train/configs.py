@@ -41,6 +41,9 @@ class SMPNTrainConfig(TrainConfig):
     lr: float = 1e-3
     batch_size: int = 16
     weight_decay: float = 1e-4
+    #: Soft-Dice term added to the paper's BCE: the eyes and lips cover <1% of a face image, and BCE alone
+    #: learns to predict nothing there for a long time. 0 = the paper's plain BCE.
+    dice_weight: float = 1.0
 
 
 @dataclass

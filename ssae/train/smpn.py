@@ -58,12 +58,20 @@ class SMPNTrainer(Trainer):
         w = known.float()
         per_roi = (bce * w).sum(0) / w.sum(0).clamp_min(1)
         loss = per_roi.sum()  # Eq. 3: sum over ROIs
+        out = {}
+        if self.cfg.dice_weight > 0:
+            p = torch.sigmoid(logits.float())
+            inter, total = (p * y).sum((2, 3)), (p + y).sum((2, 3))
+            dice = 1 - (2 * inter + 1) / (total + 1)                                        # (B, R)
+            dice_roi = (dice * w).sum(0) / w.sum(0).clamp_min(1)
+            loss = loss + self.cfg.dice_weight * dice_roi.sum()
+            out["dice"] = dice_roi.sum().item()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.net.parameters())
         self.opt.step()
         self.sched.step()
-        out = {"bce": loss.item()}
+        out["bce"] = per_roi.sum().item()
         out.update({f"bce_{r}": per_roi[i].item() for i, r in enumerate(self.model_cfg.smpn.rois)})
         return out
 

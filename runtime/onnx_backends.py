@@ -1,0 +1,129 @@
+"""Backends that run the exported ONNX files: ONNX Runtime (CPU; CUDA/TensorRT providers when present) and
+OpenVINO (Intel CPUs, integrated GPUs, NPUs; uses bf16 automatically on AMX CPUs)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..export.onnx_export import ExportError, read_manifest
+from .backend import Backend, BackendError
+
+
+class _OnnxFolderBackend(Backend):
+    def __init__(self, export_dir: str | os.PathLike):
+        self.dir = Path(export_dir)
+        try:
+            self.manifest = read_manifest(self.dir)
+        except ExportError as e:
+            raise BackendError(str(e)) from None
+        self._names = [n for n, e in self.manifest["stages"].items() if not e.get("plugin")]
+        self._compiled = {}
+
+    def stages(self) -> list[str]:
+        return list(self._names)
+
+    def _outputs(self, stage):
+        return [t["name"] for t in self.manifest["stages"][stage]["outputs"]]
+
+    def _inputs(self, stage):
+        return [t["name"] for t in self.manifest["stages"][stage]["inputs"]]
+
+    def compiled(self, stage: str):
+        self._check_stage(stage)
+        if stage not in self._compiled:
+            path = self.dir / self.manifest["stages"][stage]["file"]
+            try:
+                self._compiled[stage] = self._compile(path)
+            except Exception as e:  # noqa: BLE001 - runtimes raise their own error types for bad files
+                raise BackendError(f"{self.name} cannot load {path.name}: {str(e).splitlines()[0]}") from None
+        return self._compiled[stage]
+
+    def warmup(self) -> None:
+        for s in self.stages():
+            self.compiled(s)
+
+
+class OrtBackend(_OnnxFolderBackend):
+    """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
+
+    def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from None
+        super().__init__(export_dir)
+        self.ort = ort
+        avail = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider",) if p in avail] + ["CPUExecutionProvider"]
+        missing = [p for p in providers if p not in avail]
+        if missing:
+            raise BackendError(f"onnxruntime providers not available here: {', '.join(missing)}")
+        self.providers = providers
+        self.threads = threads
+        self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
+            "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
+
+    def _compile(self, path):
+        so = self.ort.SessionOptions()
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.log_severity_level = 3
+        return self.ort.InferenceSession(str(path), so, providers=self.providers)
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.providers[0] != "CPUExecutionProvider" else "cpu"
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "fp32")
+
+    def run(self, stage, inputs):
+        sess = self.compiled(stage)
+        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self._inputs(stage)}
+        outs = sess.run(self._outputs(stage), feed)
+        return dict(zip(self._outputs(stage), outs))
+
+
+class OpenVINOBackend(_OnnxFolderBackend):
+    """OpenVINO on the same ONNX files. precision: "auto" (bf16 on AMX CPUs), "bf16", "fp32"."""
+
+    def __init__(self, export_dir, device: str = "CPU", precision: str = "auto"):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendError("OpenVINO is not installed (pip install 'ssae[openvino]')") from None
+        super().__init__(export_dir)
+        self.ov = ov
+        self.core = ov.Core()
+        if device not in self.core.available_devices:
+            raise BackendError(f"OpenVINO device {device} not available (have: {', '.join(self.core.available_devices)})")
+        self._dev = device
+        from ..info import cpu_flags
+        if precision == "auto":
+            precision = "bf16" if (device == "CPU" and "amx_bf16" in cpu_flags()) else "fp32"
+        self._precision = precision
+        self.name = "openvino" if precision == "bf16" else "openvino-fp32"
+
+    def _compile(self, path):
+        hint = {"bf16": "bf16", "fp32": "f32"}[self._precision]
+        return self.core.compile_model(str(path), self._dev, {"INFERENCE_PRECISION_HINT": hint,
+                                                              "PERFORMANCE_HINT": "LATENCY"})
+
+    @property
+    def device(self) -> str:
+        return self._dev.lower()
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def run(self, stage, inputs):
+        cm = self.compiled(stage)
+        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self._inputs(stage)}
+        res = cm(feed)
+        return {n: np.asarray(res[cm.output(n)], dtype=np.float32) for n in self._outputs(stage)}

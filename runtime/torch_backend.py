@@ -1,0 +1,65 @@
+"""PyTorch eager backend: fp32, or bfloat16 + channels-last (fast on CPUs with AMX), on CPU or CUDA."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..export.stages import build_stages
+from ..models.ssae_model import SSAE
+from .backend import Backend, BackendError
+
+
+class TorchBackend(Backend):
+    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32"):
+        if precision not in ("fp32", "bf16"):
+            raise BackendError(f"torch backend precision must be fp32 or bf16, not {precision!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError("torch backend: CUDA requested but no CUDA device is available")
+        self.name = "torch" if precision == "fp32" else "torch-bf16"
+        self._device = torch.device(device)
+        self._precision = precision
+        self.model = model.eval().freeze().to(self._device)
+        self._stages = build_stages(self.model)
+        fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
+        for m in self._stages.values():
+            m.to(self._device, memory_format=fmt)
+        if precision == "bf16":
+            self.model.freeze()  # re-fold after the memory-format change
+
+    @property
+    def device(self) -> str:
+        if self._device.type == "cuda":
+            return f"{self._device} ({torch.cuda.get_device_name(self._device)})"
+        return "cpu"
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def stages(self) -> list[str]:
+        return list(self._stages)
+
+    def run(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._check_stage(stage)
+        spec = self._specs()[stage]
+        args = []
+        for t in spec.inputs:
+            x = torch.from_numpy(np.ascontiguousarray(inputs[t.name], dtype=np.float32)).to(self._device)
+            if self._precision == "bf16" and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            args.append(x)
+        with torch.no_grad(), torch.autocast(self._device.type, dtype=torch.bfloat16,
+                                             enabled=self._precision == "bf16"):
+            out = self._stages[stage](*args)
+        out = out if isinstance(out, tuple) else (out,)
+        return {t.name: o.float().contiguous().cpu().numpy() for t, o in zip(spec.outputs, out)}
+
+    def _specs(self):
+        if not hasattr(self, "_spec_cache"):
+            from ..export.stages import stage_specs
+            self._spec_cache = stage_specs(self.model)
+        return self._spec_cache
+
+    def synchronize(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
