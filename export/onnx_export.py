@@ -24,7 +24,7 @@ import torch
 from ..fileio import atomic_write
 from ..kernels import ops as fused_ops
 from ..models.ssae_model import SSAE
-from .stages import NOISE_SEED, StageSpec, build_stages, stage_specs
+from .stages import StageSpec, build_stages, model_facts, stage_specs
 
 MANIFEST = "manifest.json"
 FORMAT = "ssae-onnx-1"
@@ -39,12 +39,18 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the right shapes (masks in [0,1], codes L2-normalised, strengths around 1)."""
+def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0, hw: tuple[int, int] | None = None,
+                   full_hw: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the right shapes (masks in [0,1], codes L2-normalised, strengths around 1).
+
+    Dynamic spatial dims ("height", "width") take `hw` (default: the model's full size `full_hw`)."""
     g = torch.Generator().manual_seed(seed)
+    if hw is None:
+        hw = (full_hw, full_hw) if full_hw else (32, 32)
+    sub = {"batch": batch, "height": hw[0], "width": hw[1]}
     out = []
     for t in spec.inputs:
-        shape = tuple(batch if d == "batch" else d for d in t.shape)
+        shape = tuple(sub.get(d, d) for d in t.shape)
         x = torch.randn(shape, generator=g)
         if t.name == "mask":
             x = torch.rand(shape, generator=g)
@@ -60,10 +66,12 @@ def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0) -> tuple[torc
     return tuple(out)
 
 
-def _export_one(module: torch.nn.Module, spec: StageSpec, path: Path, opset: int, plugin: bool) -> None:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    args = example_inputs(spec)
-    dyn = {t.name: {0: batch} for t in spec.inputs}
+def _export_one(module: torch.nn.Module, spec: StageSpec, path: Path, opset: int, plugin: bool, size: int) -> None:
+    dims = {"batch": torch.export.Dim("batch", min=1, max=MAX_BATCH),
+            "height": torch.export.Dim("height", min=4, max=size), "width": torch.export.Dim("width", min=4, max=size)}
+    # trace at a crop size (not the full size) so the exporter cannot specialise the spatial dims
+    args = example_inputs(spec, batch=2, hw=(max(4, size // 2 + 3), max(4, size // 2 + 1)), full_hw=size)
+    dyn = {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -109,13 +117,12 @@ def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] |
         if progress:
             progress(name)
         path = out / f"{name}.onnx"
-        _export_one(module, spec, path, opset, is_plugin)
+        _export_one(module, spec, path, opset, is_plugin, model.cfg.image_size)
         check_onnx(path)
         entries[name] = {"file": path.name, "sha256": sha256_file(path), "plugin": is_plugin,
                          "inputs": [asdict(t) for t in spec.inputs], "outputs": [asdict(t) for t in spec.outputs]}
     manifest = {
-        "format": FORMAT, "model_config": model.cfg.to_dict(), "rois": list(model.rois), "noise_seed": NOISE_SEED,
-        "opset": opset, "max_batch": MAX_BATCH, "injection_layers": list(model.sae.G.injection_layers),
+        "format": FORMAT, **model_facts(model), "opset": opset, "max_batch": MAX_BATCH,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
         "stages": entries,
     }

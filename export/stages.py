@@ -80,28 +80,35 @@ class DecoderPrefixStage(nn.Module):
 
 
 class DecoderEditStage(nn.Module):
-    """h, skip, texture, mask (B,1,S,S), noise, strength (B,) -> image (B,3,S,S).
+    """h, skip, texture, mask (B,1,H,W), noise, strength (B,) [, xi (1,1,H,W)] -> image (B,3,H,W).
 
     Region mode: noise is the texture-code direction n (B, D). Pixel mode: noise is z (B, H, W, Cin) for the
     (single) injection layer, drawn by the caller from the seed with `ssae.kernels.philox`.
+    When the generator's tail is local (`Generator.tail_is_local`, the default), the tail's noise-injection map
+    `xi` is an input and H, W may be any crop of the full image: the runtime re-edits only the ROI's window.
     """
 
     def __init__(self, sae, size: int, mode: str = "region", noise_seed: int = NOISE_SEED):
         super().__init__()
         self.sae, self.mode = sae, mode
         self.noise = _NoiseHolder(sae, size, noise_seed)
+        self.local = sae.G.tail_is_local
         if mode == "pixel":
             if len(sae.G.injection_layers) != 1:
                 raise ValueError("the pixel-mode edit graph supports one injection layer")
             layer = sae.G.layer(sae.G.injection_layers[0])
             self.register_buffer("factor", layer.pixel_factor(), persistent=False)
 
-    def forward(self, h, skip, texture, mask, noise, strength):
+    def forward(self, h, skip, texture, mask, noise, strength, xi=None):
         if self.mode == "region":
             edit = StyleEdit(mask, strength=strength, region_noise=noise, mode="region")
         else:
             edit = _PixelEdit(mask, strength, noise, self.factor)
-        return self.sae.G.tail(h, skip, texture, self.noise.list(), edit)
+        noises = self.noise.list()
+        if xi is not None:
+            noises = list(noises)
+            noises[self.sae.G.tail_noise_index] = xi
+        return self.sae.G.tail(h, skip, texture, noises, edit)
 
 
 class _PixelEdit:
@@ -163,17 +170,41 @@ def stage_specs(model: SSAE) -> dict[str, StageSpec]:
             TensorSpec("texture", ("batch", cfg.sae.global_code_ch)))
     hs = (TensorSpec("h", ("batch",) + h_shape), TensorSpec("skip", ("batch",) + skip_shape))
     strength = TensorSpec("strength", ("batch",))
+    if g.tail_is_local:  # spatial dims of the edit and refine graphs are dynamic (crops)
+        hs = tuple(TensorSpec(t.name, ("batch", t.shape[1], "height", "width")) for t in hs)
+        mask_c = TensorSpec("mask", ("batch", 1, "height", "width"))
+        img_c = TensorSpec("image", ("batch", 3, "height", "width"))
+        xi = (TensorSpec("xi", (1, 1, "height", "width")),)
+    else:
+        mask_c, img_c, xi = mask, img, ()
     specs = {
         "smpn": StageSpec("smpn", (img,), (TensorSpec("masks", ("batch", len(model.rois), s, s)),)),
         "sae_encoder": StageSpec("sae_encoder", (img,), code),
         "sae_decoder_prefix": StageSpec("sae_decoder_prefix", code, hs),
-        "sae_decoder_edit": StageSpec("sae_decoder_edit", hs + (code[1], mask, TensorSpec(
-            "noise", ("batch", cfg.sae.global_code_ch)), strength), (img,)),
+        "sae_decoder_edit": StageSpec("sae_decoder_edit", hs + (code[1], mask_c, TensorSpec(
+            "noise", ("batch", cfg.sae.global_code_ch)), strength) + xi, (img_c,)),
     }
     if len(g.injection_layers) == 1:
-        specs["sae_decoder_edit_pixel"] = StageSpec("sae_decoder_edit_pixel", hs + (code[1], mask, TensorSpec(
-            "noise", ("batch",) + tuple(res[layer.index]) + (layer.cin,)), strength), (img,))
+        zshape = ("height", "width") if g.tail_is_local else tuple(res[layer.index])
+        specs["sae_decoder_edit_pixel"] = StageSpec("sae_decoder_edit_pixel", hs + (code[1], mask_c, TensorSpec(
+            "noise", ("batch",) + zshape + (layer.cin,)), strength) + xi, (img_c,))
     for roi in model.rois:
-        specs[f"refine_{roi}"] = StageSpec(f"refine_{roi}", (img, mask), (TensorSpec("refined", img.shape),))
+        specs[f"refine_{roi}"] = StageSpec(f"refine_{roi}", (img_c, mask_c), (TensorSpec("refined", img_c.shape),))
         specs[f"smpn_{roi}"] = StageSpec(f"smpn_{roi}", (img,), (TensorSpec("masks", ("batch", 1, s, s)),))
     return specs
+
+
+def model_facts(model: SSAE) -> dict:
+    """What a runtime needs to know about a model besides its graphs (also stored in the export manifest)."""
+    g = model.sae.G
+    facts = {
+        "model_config": model.cfg.to_dict(), "rois": list(model.rois), "noise_seed": NOISE_SEED,
+        "injection_layers": list(g.injection_layers), "injection_index": g.layer(g.injection_layers[0]).index,
+        "local_tail": g.tail_is_local, "tail_noise_index": g.tail_noise_index,
+        "rb_radius": next(iter(model.refiners.values())).radius,
+        "pixel_noise_shape": None,
+    }
+    pix = stage_specs(model).get("sae_decoder_edit_pixel")
+    if pix is not None:
+        facts["pixel_noise_shape"] = list(next(t for t in pix.inputs if t.name == "noise").shape[1:])
+    return facts

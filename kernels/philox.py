@@ -56,12 +56,11 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
-def gaussian(seed: int, stream: int, n: int) -> np.ndarray:
-    """The first `n` float32 N(0, 1) values of (seed, stream)."""
+def _normals(seed: int, stream: int, blocks: np.ndarray) -> np.ndarray:
+    """The 4 float32 normals of each Philox block index: (len(blocks), 4)."""
     seed = _check_seed(seed)
-    nblocks = (n + 3) // 4
-    ctr = np.zeros((nblocks, 4), dtype=np.uint32)
-    ctr[:, 0] = np.arange(nblocks, dtype=np.uint64).astype(np.uint32)
+    ctr = np.zeros((len(blocks), 4), dtype=np.uint32)
+    ctr[:, 0] = blocks.astype(np.uint64).astype(np.uint32)
     ctr[:, 2] = np.uint32(stream)
     words = philox4x32(ctr, (seed & 0xFFFFFFFF, seed >> 32)).astype(np.float64)
     u = (words + 0.5) * (1.0 / 4294967296.0)
@@ -69,8 +68,27 @@ def gaussian(seed: int, stream: int, n: int) -> np.ndarray:
     t0 = 2.0 * np.pi * u[:, 1]
     r1 = np.sqrt(-2.0 * np.log(u[:, 2]))
     t1 = 2.0 * np.pi * u[:, 3]
-    z = np.stack([r0 * np.cos(t0), r0 * np.sin(t0), r1 * np.cos(t1), r1 * np.sin(t1)], axis=-1)
-    return z.reshape(-1)[:n].astype(np.float32)
+    return np.stack([r0 * np.cos(t0), r0 * np.sin(t0), r1 * np.cos(t1), r1 * np.sin(t1)], axis=-1).astype(np.float32)
+
+
+def gaussian(seed: int, stream: int, n: int) -> np.ndarray:
+    """The first `n` float32 N(0, 1) values of (seed, stream)."""
+    return _normals(seed, stream, np.arange((n + 3) // 4)).reshape(-1)[:n]
+
+
+def gaussian_at(seed: int, stream: int, index: np.ndarray) -> np.ndarray:
+    """The values of (seed, stream) at arbitrary indices (same numbers as `gaussian`, without the rest)."""
+    index = np.asarray(index, dtype=np.int64)
+    blocks, inv = np.unique(index // 4, return_inverse=True)
+    return _normals(seed, stream, blocks)[inv.reshape(index.shape), index % 4]
+
+
+def pixel_window(seeds, stream: int, full_hw: tuple[int, int], window: tuple[int, int, int, int], channels: int):
+    """Pixel-mode noise z of a (y0, y1, x0, x1) window of a full (H, W, C) HWC-ordered stream: (B, h, w, C)."""
+    y0, y1, x0, x1 = window
+    ys, xs, cs = np.meshgrid(np.arange(y0, y1), np.arange(x0, x1), np.arange(channels), indexing="ij")
+    idx = (ys * full_hw[1] + xs) * channels + cs
+    return np.stack([gaussian_at(s, stream, idx) for s in seeds])
 
 
 def gaussian_batch(seeds, stream: int, shape: tuple[int, ...]) -> np.ndarray:

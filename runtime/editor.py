@@ -51,16 +51,19 @@ class _Encoded:
     rgb: np.ndarray                 # uint8 input (H, W, 3)
     fit: SquareFit
     x: np.ndarray                   # (1, 3, S, S) model input
-    masks: np.ndarray | None = None  # (1, R, S, S)
+    masks: np.ndarray | None = None  # (1, R, S, S), quantised to 8-bit levels
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
     skip: np.ndarray | None = None
+    edits: int = 0                   # edits made so far (re-edits take the crop path)
+    base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
+    base_refined: dict = field(default_factory=dict)  # roi -> (1, 3, S, S) RB of the unedited output
 
 
 class Editor:
     """Chains the stages of one backend. Thread-compatible, not thread-safe (use one Editor per thread)."""
 
-    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8):
+    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, crop: bool = True):
         self.backend = backend
         cfg = manifest["model_config"]
         self.rois: tuple[str, ...] = tuple(manifest["rois"])
@@ -70,6 +73,17 @@ class Editor:
         self.injection_index = manifest.get("injection_index")
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
         self.cache_size = cache_size
+        # Local tail: an edit changes the decoder output only within 1 px of the mask, and the RB's output only
+        # within its receptive field beyond that; re-edits then run on the ROI's window and are pasted into the
+        # cached unedited result (exact: pixels outside the window are provably unchanged).
+        self.local = bool(manifest.get("local_tail"))
+        self.crop = crop and self.local
+        self.rb_radius = int(manifest.get("rb_radius", 0))
+        self.xi = None
+        if self.local:
+            n = philox.gaussian(int(manifest.get("noise_seed", 0)), philox.STREAM_INJECTION
+                                + int(manifest["tail_noise_index"]), self.size * self.size)
+            self.xi = n.reshape(1, 1, self.size, self.size)
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -102,27 +116,88 @@ class Editor:
         else:
             self._cache.move_to_end(key)
             timings["cache_hit"] = 1.0
-        if enc.masks is None:
-            enc.masks = self._run("smpn", timings, image=enc.x)["masks"]
+        if enc.masks is None:  # masks are quantised to 8-bit levels: exact zeros outside the ROI
+            enc.masks = np.round(self._run("smpn", timings, image=enc.x)["masks"] * 255.0) / np.float32(255.0)
         if need_codes and enc.h is None:
             codes = self._run("sae_encoder", timings, image=enc.x)
             pre = self._run("sae_decoder_prefix", timings, structure=codes["structure"], texture=codes["texture"])
             enc.texture, enc.h, enc.skip = codes["texture"], pre["h"], pre["skip"]
         return enc
 
+    def _stage_inputs(self, enc: _Encoded, b: int, masks, seeds, strength, noise, win=None) -> dict:
+        """Inputs of the edit stage for b edits, on the full image or a (y0, y1, x0, x1) window."""
+        y0, y1, x0, x1 = win or (0, self.size, 0, self.size)
+        cut = lambda a: np.repeat(np.ascontiguousarray(a[..., y0:y1, x0:x1]), b, axis=0)
+        if noise == "region":
+            nz = philox.gaussian_batch(seeds, philox.STREAM_REGION, (self.global_code_ch,))
+        elif noise == "pixel":
+            if not self.pixel_noise_shape:
+                raise ValueError("this model has no pixel-noise edit graph")
+            stream = philox.STREAM_PIXEL + int(self.injection_index)
+            if self.local:
+                nz = philox.pixel_window(seeds, stream, (self.size, self.size), (y0, y1, x0, x1),
+                                         int(self.pixel_noise_shape[-1]))
+            else:
+                nz = philox.gaussian_batch(seeds, stream, tuple(self.pixel_noise_shape))
+        else:
+            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
+        inputs = dict(h=cut(enc.h), skip=cut(enc.skip), texture=np.repeat(enc.texture, b, axis=0),
+                      mask=np.ascontiguousarray(masks[..., y0:y1, x0:x1]), noise=nz,
+                      strength=np.full((b,), strength, np.float32))
+        if self.local:
+            inputs["xi"] = np.ascontiguousarray(self.xi[..., y0:y1, x0:x1])
+        return inputs
+
+    def _refine(self, pairs, coarse, masks, timings) -> np.ndarray:
+        refined = np.empty_like(coarse)
+        for roi in dict.fromkeys(r for r, _, _ in pairs):
+            sel = [k for k, (r, _, _) in enumerate(pairs) if r == roi]
+            refined[sel] = self._run(f"refine_{roi}", timings, image=coarse[sel], mask=masks[sel])["refined"]
+        return refined
+
+    def _edit_full(self, enc, pairs, masks, strength, noise, timings) -> np.ndarray:
+        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
+        inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise)
+        coarse = self._run(stage, timings, **inputs)["image"]
+        return self._refine(pairs, coarse, masks, timings)
+
+    def _window(self, masks: np.ndarray):
+        """(outer, compute) windows around every non-zero mask pixel, or None when cropping would not pay."""
+        ys, xs = np.nonzero(masks.max(axis=(0, 1)) > 0)
+        if len(ys) == 0:
+            return None
+        s, r = self.size, self.rb_radius
+        box = lambda m: (max(0, ys.min() - m), min(s, ys.max() + 1 + m), max(0, xs.min() - m), min(s, xs.max() + 1 + m))
+        outer, comp = box(1 + r), box(2 + 2 * r)
+        if (comp[1] - comp[0]) * (comp[3] - comp[2]) > 0.9 * s * s:
+            return None
+        return outer, comp
+
+    def _ensure_base(self, enc: _Encoded, rois, timings) -> None:
+        if enc.base is None:
+            zero = self._stage_inputs(enc, 1, enc.masks[:, :1] * 0, [0], 0.0, "region")
+            enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
+        for roi in rois:
+            if roi not in enc.base_refined:
+                i = self.rois.index(roi)
+                enc.base_refined[roi] = self._run(f"refine_{roi}", timings, image=enc.base,
+                                                  mask=enc.masks[:, i: i + 1])["refined"]
+
+    def _edit_window(self, enc, pairs, masks, window, strength, noise, timings) -> np.ndarray:
+        (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
+        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
+        inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise,
+                                    (cy0, cy1, cx0, cx1))
+        coarse = self._run(stage, timings, **inputs)["image"]
+        part = self._refine(pairs, coarse, inputs["mask"], timings)
+        out = np.concatenate([enc.base_refined[r] for r, _, _ in pairs])
+        out[..., oy0:oy1, ox0:ox1] = part[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
+        return out
+
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:
             raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
         return self.rois.index(roi)
-
-    def _noise(self, seeds: Sequence[int], noise: str) -> np.ndarray:
-        if noise == "region":
-            return philox.gaussian_batch(seeds, philox.STREAM_REGION, (self.global_code_ch,))
-        if noise == "pixel":
-            if not self.pixel_noise_shape:
-                raise ValueError("this model has no pixel-noise edit graph")
-            return philox.gaussian_batch(seeds, philox.STREAM_PIXEL + int(self.injection_index), self.pixel_noise_shape)
-        raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
 
     # ---------------------------------------------------------------------------------------------- API
     def masks(self, image) -> dict[str, np.ndarray]:
@@ -149,17 +224,14 @@ class Editor:
         timings: dict[str, float] = {}
         enc = self._encode(image, timings)
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
-        b = len(pairs)
         masks = np.concatenate([enc.masks[:, i: i + 1] for _, i, _ in pairs])
-        rep = lambda a: np.repeat(a, b, axis=0)
-        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
-        coarse = self._run(stage, timings, h=rep(enc.h), skip=rep(enc.skip), texture=rep(enc.texture), mask=masks,
-                           noise=self._noise([s for _, _, s in pairs], noise),
-                           strength=np.full((b,), strength, np.float32))["image"]
-        refined = np.empty_like(coarse)
-        for roi in dict.fromkeys(r for r, _, _ in pairs):
-            sel = [k for k, (r, _, _) in enumerate(pairs) if r == roi]
-            refined[sel] = self._run(f"refine_{roi}", timings, image=coarse[sel], mask=masks[sel])["refined"]
+        window = self._window(masks) if (self.crop and enc.edits > 0) else None
+        if window is not None:
+            self._ensure_base(enc, {r for r, _, _ in pairs}, timings)
+            refined = self._edit_window(enc, pairs, masks, window, strength, noise, timings)
+        else:
+            refined = self._edit_full(enc, pairs, masks, strength, noise, timings)
+        enc.edits += 1
         t_total = (time.perf_counter() - t0) * 1e3
         out = []
         for k, (roi, i, seed) in enumerate(pairs):
@@ -185,34 +257,9 @@ def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, feathe
 
 
 def _manifest_of(backend: Backend) -> dict:
-    """The facts the Editor needs about the model behind a backend (export manifest or torch model)."""
+    """The facts the Editor needs about the model behind a backend (its export manifest, or the torch model's)."""
     m = getattr(backend, "manifest", None)
-    if m is None:
-        model = backend.model
-        m = {"model_config": model.cfg.to_dict(), "rois": list(model.rois)}
-        g = model.sae.G
-    else:
-        m = dict(m)
-        g = None
-    if "pixel_noise_shape" not in m:
-        specs = m.get("stages", {})
-        pix = specs.get("sae_decoder_edit_pixel")
-        if pix is not None:
-            noise = next(t for t in pix["inputs"] if t["name"] == "noise")
-            m["pixel_noise_shape"] = noise["shape"][1:]
-        elif g is not None and len(g.injection_layers) == 1:
-            from ..export.stages import stage_specs
-            noise = next(t for t in stage_specs(model)["sae_decoder_edit_pixel"].inputs if t.name == "noise")
-            m["pixel_noise_shape"] = noise.shape[1:]
-    if "injection_index" not in m:
-        if g is not None:
-            m["injection_index"] = g.layer(g.injection_layers[0]).index
-        else:
-            from ..config import SSAEConfig
-            from ..models.sae import Generator
-            cfg = SSAEConfig.from_dict(m["model_config"])
-            import torch
-            with torch.device("meta"):
-                gen = Generator(cfg.sae)
-            m["injection_index"] = gen.layer(gen.injection_layers[0]).index
-    return m
+    if m is not None:
+        return m
+    from ..export.stages import model_facts
+    return model_facts(backend.model)

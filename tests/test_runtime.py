@@ -153,3 +153,29 @@ def test_bf16_backends_are_within_40db_of_fp32(tiny_model, tiny_export, face_pat
         b = np.asarray(ed16.edit(face_path, roi=roi, seed=1).image).astype(np.float32)
         p = psnr(torch.from_numpy(b / 127.5 - 1)[None], torch.from_numpy(a / 127.5 - 1)[None]).item()
         assert p >= 40.0, (roi, p)
+
+
+@pytest.mark.parametrize("noise", ["region", "pixel"])
+def test_cropped_re_edits_equal_full_edits(tiny_model, tiny_export, face_path, noise):
+    """Re-edits run only on the ROI's window and paste into the cached unedited result: exactly the full edit."""
+    editors = []
+    for crop in (False, True):
+        for be in (TorchBackend(tiny_model), OrtBackend(tiny_export)):
+            ed = Editor(be, _manifest_of(be), crop=crop)
+            ed.masks(face_path)
+            enc = next(iter(ed._cache.values()))
+            enc.masks[:] = 0                      # small ROIs (the tiny model's masks cover everything)
+            enc.masks[0, 3, 10:14, 6:12] = 0.7    # eyes
+            enc.masks[0, 4, 20:24, 12:20] = 1.0   # lips
+            editors.append(ed)
+    full_t, full_o, crop_t, crop_o = editors
+    assert crop_t.local and crop_t.crop
+    for roi in ("lips", "eyes"):
+        for seed in (1, 2, 3):
+            ref = np.asarray(full_t.edit(face_path, roi=roi, seed=seed, noise=noise).image).astype(int)
+            for ed in (full_o, crop_t, crop_o):
+                got = np.asarray(ed.edit(face_path, roi=roi, seed=seed, noise=noise).image).astype(int)
+                assert np.abs(got - ref).max() <= 1, (roi, seed)
+    last = crop_o.edit(face_path, roi="lips", seed=4, noise=noise)
+    enc = next(iter(crop_o._cache.values()))
+    assert crop_o._window(enc.masks[:, 4:5]) is not None and "refine_lips" in last.timings

@@ -47,6 +47,11 @@ class RefinementBlock(nn.Module):
         self.pre = ConvStack(4, self.cfg.channels, self.cfg.pre_layers)
         self.post = ConvStack(4, self.cfg.channels, self.cfg.post_layers)
 
+    @property
+    def radius(self) -> int:
+        """Receptive-field radius in pixels (3x3 convs): an input change moves outputs at most this far."""
+        return sum(2 + len(stack.body) for stack in (self.pre, self.post))
+
     def fuse(self, y_prime: torch.Tensor, y_noisy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Eq. 2: Y'' = Y' * M + Y_N * (1 - M)."""
         return y_prime * mask + y_noisy * (1 - mask)

@@ -461,6 +461,18 @@ class Generator(nn.Module):
         h, skip = self.prefix(sp, gl, noises)
         return self.tail(h, skip, gl, noises, edit)
 
+    @property
+    def tail_is_local(self) -> bool:
+        """True when the tail is the last block's conv2, the skip merge and ToRGB: one 3x3 conv and pixelwise ops
+        at full resolution, so an edit changes the output only within 1 pixel of the mask and the tail can run
+        on a crop (the runtime's cached re-edits do)."""
+        return self.split_block == len(self.blocks) - 1 and self.split_conv == 2
+
+    @property
+    def tail_noise_index(self) -> int:
+        """Index of the tail's only StyledConv (its noise map is an input of the local tail)."""
+        return self.blocks[-1].conv2.index
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # The autoencoder and official-checkpoint conversion
