@@ -57,7 +57,7 @@ class _Encoded:
     skip: np.ndarray | None = None
     edits: int = 0                   # edits made so far (re-edits take the crop path)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
-    base_refined: dict = field(default_factory=dict)  # roi -> (1, 3, S, S) RB of the unedited output
+    base_refined: dict = field(default_factory=dict)  # (roi, mask hash) -> (1, 3, S, S) RB of the unedited output
 
 
 class Editor:
@@ -173,15 +173,15 @@ class Editor:
             return None
         return outer, comp
 
-    def _ensure_base(self, enc: _Encoded, rois, timings) -> None:
+    def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, timings) -> np.ndarray:
+        """RB output of the unedited decoder output for this ROI and mask (cached per image)."""
         if enc.base is None:
             zero = self._stage_inputs(enc, 1, enc.masks[:, :1] * 0, [0], 0.0, "region")
             enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
-        for roi in rois:
-            if roi not in enc.base_refined:
-                i = self.rois.index(roi)
-                enc.base_refined[roi] = self._run(f"refine_{roi}", timings, image=enc.base,
-                                                  mask=enc.masks[:, i: i + 1])["refined"]
+        key = (roi, hashlib.sha1(mask.tobytes()).hexdigest())
+        if key not in enc.base_refined:
+            enc.base_refined[key] = self._run(f"refine_{roi}", timings, image=enc.base, mask=mask)["refined"]
+        return enc.base_refined[key]
 
     def _edit_window(self, enc, pairs, masks, window, strength, noise, timings) -> np.ndarray:
         (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
@@ -190,9 +190,17 @@ class Editor:
                                     (cy0, cy1, cx0, cx1))
         coarse = self._run(stage, timings, **inputs)["image"]
         part = self._refine(pairs, coarse, inputs["mask"], timings)
-        out = np.concatenate([enc.base_refined[r] for r, _, _ in pairs])
+        out = np.concatenate([self._base_refined(enc, r, masks[k: k + 1], timings) for k, (r, _, _) in enumerate(pairs)])
         out[..., oy0:oy1, ox0:ox1] = part[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
         return out
+
+    def _user_mask(self, mask: np.ndarray, enc: _Encoded) -> np.ndarray:
+        m = np.asarray(mask, dtype=np.float32)
+        if m.shape != enc.rgb.shape[:2]:
+            raise ValueError(f"mask shape {m.shape} does not match the image ({enc.rgb.shape[0]}, {enc.rgb.shape[1]})")
+        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise ValueError("mask values must be finite and in [0, 1]")
+        return (np.round(enc.fit.forward_mask(m) * 255.0) / np.float32(255.0))[None, None].astype(np.float32)
 
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:
@@ -206,13 +214,17 @@ class Editor:
         return {roi: enc.fit.restore_mask(enc.masks[0, i]) for i, roi in enumerate(self.rois)}
 
     def edit(self, image, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region",
-             preserve_background: bool = False) -> EditResult:
-        """Edit the texture of one ROI. Returns the edited image at the input's size."""
+             preserve_background: bool = False, mask: np.ndarray | None = None) -> EditResult:
+        """Edit the texture of one ROI. Returns the edited image at the input's size.
+
+        mask: optionally your own region mask (float in [0, 1], the input image's H x W) instead of the SMPN's;
+        `roi` then only picks the refinement block."""
         return self.edit_many(image, [roi], [seed], strength=strength, noise=noise,
-                              preserve_background=preserve_background)[0]
+                              preserve_background=preserve_background, mask=mask)[0]
 
     def edit_many(self, image, rois: Sequence[str], seeds: Sequence[int], strength: float = 1.0,
-                  noise: str = "region", preserve_background: bool = False) -> list[EditResult]:
+                  noise: str = "region", preserve_background: bool = False,
+                  mask: np.ndarray | None = None) -> list[EditResult]:
         """Every (roi, seed) pair of one image in one batched pass after a single encode (roi-major order)."""
         if not rois or not seeds:
             raise ValueError("edit_many needs at least one ROI and one seed")
@@ -224,10 +236,12 @@ class Editor:
         timings: dict[str, float] = {}
         enc = self._encode(image, timings)
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
-        masks = np.concatenate([enc.masks[:, i: i + 1] for _, i, _ in pairs])
+        if mask is None:
+            masks = np.concatenate([enc.masks[:, i: i + 1] for _, i, _ in pairs])
+        else:
+            masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
         window = self._window(masks) if (self.crop and enc.edits > 0) else None
         if window is not None:
-            self._ensure_base(enc, {r for r, _, _ in pairs}, timings)
             refined = self._edit_window(enc, pairs, masks, window, strength, noise, timings)
         else:
             refined = self._edit_full(enc, pairs, masks, strength, noise, timings)
