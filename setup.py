@@ -16,6 +16,7 @@ PACKAGE_DIRS = {
     "ssae.models": "ssae/models",
     "ssae.data": "ssae/data",
     "ssae.train": "ssae/train",
+    "ssae.profiling": "ssae/profiling",
     "ssae.export": "export",
     "ssae.runtime": "runtime",
     "ssae.kernels": "kernels",

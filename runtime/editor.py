@@ -24,6 +24,7 @@ from PIL import Image, ImageFilter
 
 from ..data.transforms import SquareFit
 from ..kernels import philox
+from ..profiling.nvtx import nvtx_range
 from .backend import Backend
 from .images import load_image
 from .registry import create_backend, resolve_model
@@ -97,8 +98,9 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- stages
     def _run(self, stage: str, timings: dict, **inputs) -> dict[str, np.ndarray]:
         t = time.perf_counter()
-        out = self.backend.run(stage, inputs)
-        self.backend.synchronize()
+        with nvtx_range(stage):
+            out = self.backend.run(stage, inputs)
+            self.backend.synchronize()
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
         return out
 

@@ -221,6 +221,95 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_args(p):
+    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
+    p.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 2, 4, 8])
+    p.add_argument("--roi", default="hair")
+    p.add_argument("--image", default=None, help="image to edit (default: the bundled example face)")
+    p.add_argument("--json", default=None, help="write the report (JSON)")
+    p.add_argument("--csv", default=None, help="write per-stage statistics (CSV)")
+    p.add_argument("--plot", default=None, help="write a PNG plot")
+    p.add_argument("--compare", default=None, help="baseline report: list stages slower than the noise")
+
+
+@command("bench", _bench_args)
+def _bench(args: argparse.Namespace) -> int:
+    """Latency per stage and backend (p50/p90/p99/min), throughput, memory; regressions vs a baseline."""
+    import json
+    from pathlib import Path
+
+    from .fileio import atomic_write
+    from .profiling.bench import BenchConfig, compare, format_table, plot, run_bench, save_json, to_csv
+    from .runtime import BackendError
+    from .runtime.registry import ModelError
+
+    baseline = None
+    if args.compare:
+        try:
+            baseline = json.loads(Path(args.compare).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read baseline {args.compare}: {e}") from None
+    cfg = BenchConfig(model=args.model, backends=tuple(args.backends or ()), repeats=args.repeats,
+                      warmup=args.warmup, batch_sizes=tuple(args.batch_sizes), roi=args.roi, image=args.image)
+    try:
+        report = run_bench(cfg, log=lambda m: print(m, file=sys.stderr))
+    except (BackendError, ModelError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(format_table(report))
+    if args.json:
+        save_json(report, args.json)
+    if args.csv:
+        atomic_write(args.csv, lambda tmp: Path(tmp).write_text(to_csv(report)))
+    if args.plot:
+        plot(report, args.plot)
+    if baseline is not None:
+        try:
+            slow = compare(report, baseline)
+        except (ValueError, KeyError) as e:
+            raise UserError(f"baseline {args.compare} is not a bench report: {e}") from None
+        if slow:
+            print("slower than the baseline beyond this run's noise:")
+            for r in slow:
+                print(f"  {r['backend']} {r['stage']}: {r['baseline_p50']:.2f} -> {r['p50']:.2f} ms "
+                      f"(+{100 * r['slower_by']:.0f}%, noise {100 * r['noise']:.0f}%)")
+            return 1
+        print("no stage slower than the baseline beyond the noise")
+    return 0
+
+
+def _profile_args(p):
+    p.add_argument("--model", default=None)
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--stage", default="sae_decoder_prefix")
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--json", default=None)
+
+
+@command("profile", _profile_args)
+def _profile(args: argparse.Namespace) -> int:
+    """Per-layer time of one stage graph (ONNX Runtime / OpenVINO profilers, torch.profiler)."""
+    import json
+    from pathlib import Path
+
+    from .fileio import atomic_write
+    from .profiling.profile import format_profile, run_profile
+    from .runtime import BackendError
+    from .runtime.registry import ModelError
+
+    try:
+        res = run_profile(args.model, args.backend, args.stage, args.runs, args.top)
+    except (BackendError, ModelError, ValueError, ImportError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(format_profile(res))
+    if args.json:
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1)))
+    return 0
+
+
 def _train_args(p):
     from .train.cli import add_args
     add_args(p)
