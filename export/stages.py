@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn as nn
 
-from ..models.sae import LayerEdit, StyleEdit, pixel_noise  # noqa: F401
+from ..models.sae import LayerEdit, StyleEdit
 from ..models.ssae_model import SSAE
 
 NOISE_SEED = 0

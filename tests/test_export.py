@@ -1,6 +1,4 @@
 """ONNX export: files, checks, manifest, parity with PyTorch, the plugin graph."""
-import json
-
 import numpy as np
 import onnx
 import onnxruntime as ort

@@ -163,22 +163,23 @@ class ModConv(nn.Module):
         if edit is None:
             s = rms_normalize(a) if self.demodulate else a
             return self._finish(self._conv(x * s[:, :, None, None]), noise)
-        t = edit.strength.to(x.dtype).view(-1, 1, 1, 1) * resize_mask(edit.mask.to(x.dtype), x.shape[-2:])
+        mask = resize_mask(edit.mask.to(x.dtype), x.shape[-2:])
         if not self.upsample and self.demodulate and self.k % 2 == 1:
             # The fused operation (reference path of the CUDA kernel / TensorRT plugin).
             w = self.w_fold if self.w_fold is not None else self.folded_weight()
-            if self.use_noise and noise is None:
-                noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
+            if not self.use_noise:
+                noise, nw = x.new_zeros(1, 1, x.shape[2], x.shape[3]), x.new_zeros(1)
+            else:
+                nw = self.noise_weight
+                if noise is None:
+                    noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
             if fused_ops.fused_op_enabled() and edit.direction is not None:
-                nz = noise if self.use_noise else x.new_zeros(1, 1, x.shape[2], x.shape[3])
-                nw = self.noise_weight if self.use_noise else x.new_zeros(1)
-                return torch.ops.ssae.masked_modconv(x, w, self.bias, a, edit.direction,
-                                                     resize_mask(edit.mask.to(x.dtype), x.shape[-2:]),
-                                                     edit.strength.to(x.dtype), nz, nw, self.activate)
-            return masked_modconv(x, w, self.bias, a, resize_mask(edit.mask.to(x.dtype), x.shape[-2:]),
-                                  edit.strength, direction=edit.direction, pixel_noise=edit.pixel_noise,
-                                  pixel_factor=edit.pixel_factor, noise=noise if self.use_noise else None,
-                                  noise_weight=self.noise_weight if self.use_noise else 0.0, activate=self.activate)
+                return torch.ops.ssae.masked_modconv(x, w, self.bias, a, edit.direction, mask,
+                                                     edit.strength.to(x.dtype), noise, nw, self.activate)
+            return masked_modconv(x, w, self.bias, a, mask, edit.strength, direction=edit.direction,
+                                  pixel_noise=edit.pixel_noise, pixel_factor=edit.pixel_factor, noise=noise,
+                                  noise_weight=nw, activate=self.activate)
+        t = edit.strength.to(x.dtype).view(-1, 1, 1, 1) * mask
         # General path (upsampling layers, ToRGB): explicit per-pixel style.
         if self.demodulate:
             pix = None if edit.pixel_noise is None else pixel_direction_from_noise(edit.pixel_noise, edit.pixel_factor)

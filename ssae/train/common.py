@@ -151,14 +151,6 @@ def seed_everything(seed: int, rank: int = 0) -> None:
     np.random.seed((seed * 1000 + rank) % 2 ** 32)
 
 
-def iou(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per-channel IoU over a batch: pred, target (B, C, H, W) -> (C,) (1 where both are empty)."""
-    p, t = pred > threshold, target > 0.5
-    inter = (p & t).flatten(2).sum((0, 2)).float()
-    union = (p | t).flatten(2).sum((0, 2)).float()
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-
-
 def finite_or_raise(values: dict, step: int) -> None:
     for k, v in values.items():
         if isinstance(v, float) and not math.isfinite(v):

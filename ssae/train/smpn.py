@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..data.memory import BatchSampler
 from .base import Trainer
 from .configs import SMPNTrainConfig  # noqa: F401
-from .common import average_gradients, iou
+from .common import average_gradients
 from . import data as train_data
 
 
