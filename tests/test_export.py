@@ -105,3 +105,12 @@ def test_corrupt_or_incomplete_exports_are_detected(tiny_export, tmp_path):
         read_manifest(bad)
     with pytest.raises(ExportError, match="no manifest.json"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["sae_decoder_edit", "sae_decoder_edit_pixel", "refine_lips"])
+def test_local_stages_accept_any_crop_size(tiny_export, tiny_model, name):
+    """The edit tail and the RBs have dynamic spatial dims (the runtime runs them on ROI windows)."""
+    spec = stage_specs(tiny_model)[name]
+    assert "height" in spec.inputs[0].shape
+    for hw in ((11, 13), (32, 32), (5, 29)):
+        assert _parity(tiny_export, tiny_model, name, example_inputs(spec, 2, seed=1, hw=hw)) <= 1e-4

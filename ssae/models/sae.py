@@ -192,13 +192,15 @@ class ModConv(nn.Module):
 
 
 def resize_mask(mask: torch.Tensor, size) -> torch.Tensor:
-    """Resize a (B, 1, H, W) mask to a layer's resolution: identity, box filter for integer downscales, else bilinear."""
-    h, w = int(size[0]), int(size[1])
-    mh, mw = mask.shape[-2:]
-    if (mh, mw) == (h, w):
+    """Resize a (B, 1, H, W) mask to a layer's resolution: identity, box filter for integer downscales, else bilinear.
+
+    Sizes stay symbolic (no int()), so graphs exported with dynamic spatial dims are not specialised."""
+    h, w = size[0], size[1]
+    mh, mw = mask.shape[-2], mask.shape[-1]
+    if mh == h and mw == w:
         return mask
     if mh % h == 0 and mw % w == 0 and mh // h == mw // w:
-        return F.avg_pool2d(mask, mh // h)
+        return F.avg_pool2d(mask, int(mh // h))
     return F.interpolate(mask, size=(h, w), mode="bilinear", align_corners=False)
 
 
