@@ -33,6 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw", required=True)
     ap.add_argument("--lfw-derived", required=True)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--sae-note", default="", help="how the bundled SAE weights were trained (for the card)")
+    ap.add_argument("--limitations", default="", help="known limitations paragraph for the card")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     DEST.mkdir(parents=True, exist_ok=True)
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
     grid.save(ROOT / "ssae" / "assets" / "edits_lfw_test.png")
     summaries = {c: run_summary(runs / c) for c in ("sae", "smpn", "rb")}
     (DEST / "training.json").write_text(json.dumps(summaries, indent=1))
-    write_card(metrics, summaries)
+    write_card(metrics, summaries, args.sae_note, args.limitations)
     print(json.dumps(metrics, indent=1))
     return 0
 
 
-def write_card(metrics: dict, runs: dict) -> None:
+def write_card(metrics: dict, runs: dict, sae_note: str = "", limitations: str = "") -> None:
     iou, loc, ch = metrics["smpn_iou"], metrics["locality_ratio"], metrics["change_inside_8bit"]
     rec = metrics["reconstruction"]
     rows = "\n".join(f"| {r} | {iou[r]:.3f} | {loc[r]:.3f} | {ch[r]:.1f} |" for r in iou)
@@ -87,9 +89,9 @@ CelebAMask-HQ model: expect soft reconstructions and modest texture changes.
 |---|---|---|---|
 {comp}
 
-SAE: Park et al.'s objective (L1, non-saturating GAN on reconstructions and swaps, patch co-occurrence GAN, lazy
-R1; Adam 0.002, betas (0, 0.99)) after an L1-only warm-up. SMPN: BCE (Eq. 3) + soft Dice, AdamW, cosine schedule.
-RB: Eq. 5 (L1 outside the ROI + ROI discriminator).
+SAE: {sae_note or "Park et al.'s objective (L1, non-saturating GAN on reconstructions and swaps, patch co-occurrence GAN, lazy R1; Adam 0.002, betas (0, 0.99)) after an L1-only warm-up."}
+SMPN: BCE (Eq. 3) + soft Dice, AdamW, cosine schedule. RB: Eq. 5 (L1 outside the ROI + ROI discriminator), on
+edits of the bundled SAE.
 
 ## Metrics (LFW test split)
 SAE reconstruction: PSNR {rec['psnr_db']:.2f} dB, SSIM {rec['ssim']:.3f}.
@@ -101,6 +103,9 @@ SAE reconstruction: PSNR {rec['psnr_db']:.2f} dB, SSIM {rec['ssim']:.3f}.
 IoU: hair and skin against the human labels, nose/eyes/lips against the landmark masks. Locality: mean absolute
 change outside the predicted ROI divided by inside, between an edit (strength {metrics['strength']}, region noise)
 and the same pipeline at strength 0, averaged over images and seeds.
+
+## Known limitations
+{limitations or "None recorded."}
 
 ## Files
 `sae.safetensors`, `smpn.safetensors`, `rb.safetensors` (config in each file's metadata), `metrics.json`,

@@ -31,6 +31,11 @@ class Trainer:
         seed_everything(cfg.seed, self.rank)
         self.model = SSAE(self.model_cfg)
         self.step = 0
+        if cfg.init:
+            from ..checkpoint import COMPONENT_PREFIX, read_checkpoint
+            _, sd, _ = read_checkpoint(cfg.init)
+            prefix = COMPONENT_PREFIX[self.component]
+            self.model.load_state_dict({k: v for k, v in sd.items() if k.startswith(prefix)}, strict=False)
         self.build()
         self.model.to(self.device)
 

@@ -33,6 +33,7 @@ class TrainConfig:
     ckpt_every: int = 200
     eval_every: int = 0                   # 0 = once per epoch where the trainer evaluates
     max_minutes: float = 0.0              # stop (with a checkpoint) after this much wall time; 0 = no limit
+    init: str | None = None               # start this component from an ssae checkpoint (e.g. the bundled model)
     data: DataConfig = field(default_factory=DataConfig)
 
 

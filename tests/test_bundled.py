@@ -1,0 +1,75 @@
+"""The bundled lfw128 model: loads without pickle, meets its targets on held-out LFW faces, edits out of the box."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ssae
+from ssae.pretrained import ASSETS, bundled_path
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ssae.load_pretrained()
+
+
+def test_bundled_files_and_size():
+    d = bundled_path()
+    files = {p.name for p in d.iterdir()}
+    assert {"sae.safetensors", "smpn.safetensors", "rb.safetensors", "MODEL_CARD.md", "metrics.json"} <= files
+    assert sum(p.stat().st_size for p in d.glob("*.safetensors")) < 40 * 2 ** 20
+    metrics = json.loads((d / "metrics.json").read_text())
+    card = (d / "MODEL_CARD.md").read_text()
+    assert f"{metrics['smpn_iou']['hair']:.3f}" in card and f"{metrics['reconstruction']['psnr_db']:.2f}" in card
+
+
+def test_load_pretrained_returns_every_component(model):
+    assert model.cfg.name == "lfw128" and set(model.refiners) == {"hair", "skin", "nose", "eyes", "lips"}
+    assert not model.training
+
+
+def test_smpn_iou_on_held_out_lfw_faces(model, shared_dir):
+    """Hair and skin IoU against the human labels of 120 LFW *test* faces (never used in training)."""
+    from ssae.data.layouts import LFWParts
+    from ssae.data.memory import MemoryDataset
+    ds = LFWParts(shared_dir / "data" / "lfw_parts", "test", 128)
+    ds.names = ds.names[:120]
+    data = MemoryDataset.load(ds)
+    b = data.batch(np.arange(len(ds)))
+    with torch.no_grad():
+        pred = model.masks(b.images) > 0.5
+    t = b.masks > 0.5
+    iou = ((pred & t).flatten(2).sum((0, 2)) / (pred | t).flatten(2).sum((0, 2))).tolist()
+    assert iou[0] >= 0.65 and iou[1] >= 0.75, iou  # hair, skin (the full-split figures are in metrics.json)
+
+
+def test_edits_are_local_and_visible(model, shared_dir):
+    from ssae.data.layouts import LFWParts
+    from ssae.data.memory import MemoryDataset
+    from ssae.metrics import edit_locality
+    ds = LFWParts(shared_dir / "data" / "lfw_parts", "test", 128)
+    ds.names = ds.names[:8]
+    x = MemoryDataset.load(ds).batch(np.arange(8)).images
+    with torch.no_grad():
+        for roi in ("hair", "lips"):
+            out = model.edit(x, roi, seeds=list(range(8)))
+            base = model.edit(x, roi, seeds=list(range(8)), strength=0.0, mask=out.mask)
+            ratio, inside, _ = edit_locality(out.image, base.image, out.mask)
+            assert ratio.mean() <= 0.1, (roi, ratio)
+            assert inside.mean() * 127.5 >= 1.5, (roi, inside)  # a measurable change (see the model card)
+
+
+def test_main_job_command_edits_the_example_face(tmp_path):
+    out = tmp_path / "edited.png"
+    r = subprocess.run([sys.executable, "-m", "ssae.cli", "edit", str(ASSETS / "example_face.jpg"), "--roi", "hair",
+                        "--seed", "3", "-o", str(out)], capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "SSAE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 0, r.stderr
+    src = Image.open(ASSETS / "example_face.jpg")
+    img = Image.open(out)
+    assert img.size == src.size
+    assert np.abs(np.asarray(img).astype(int) - np.asarray(src.convert("RGB"))).mean() > 1
