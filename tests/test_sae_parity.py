@@ -74,12 +74,12 @@ def test_folded_and_separate_upsampling_agree_and_match_unfolded():
     with torch.no_grad():
         ref = g(sp, gl, [torch.zeros(1, 1, h, w) for h, w in model.G.noise_shapes((16, 16))])
         outs = {}
-        for mode in ("folded", "separate"):
+        up = model.G.blocks[2].conv1
+        for mode, k in (("folded", 6), ("separate", 3)):
             model.G.set_upsample_mode(mode)
             outs[mode] = model.decode(sp, gl, noise="none")
-    # the folded kernel really is a single 6x6 transposed conv with constant weights
-    up = model.G.blocks[2].conv1
-    assert up.upsample and up.w_fold is not None and tuple(up.w_fold.shape[-2:]) == (6, 6)
+            # folded: one 6x6 transposed conv; separate: 3x3 transposed conv + blur; constant kernels both
+            assert up.upsample and up.w_fold is not None and tuple(up.w_fold.shape[-2:]) == (k, k)
     assert rel_err(outs["folded"], ref) <= 1e-5
     assert rel_err(outs["separate"], ref) <= 1e-5
 
