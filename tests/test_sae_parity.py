@@ -85,23 +85,30 @@ def test_folded_and_separate_upsampling_agree_and_match_unfolded():
 
 
 def test_no_grouped_or_per_sample_convs_in_the_export_form(monkeypatch):
-    """Every conv of the export form runs with groups=1 and a weight independent of the batch."""
+    """Conv weights and groups do not depend on the batch (no groups=B, no per-sample weights): the convs of a
+    batch of 2 and of 3 are identical; grouped convs only appear as the constant depthwise blur."""
     import torch.nn.functional as F
 
     calls = []
     real_conv, real_convt = F.conv2d, F.conv_transpose2d
 
     def conv2d(x, w, *a, **k):
-        calls.append(("conv", k.get("groups", 1), w.shape[0], x.shape[0]))
+        calls.append(("conv", k.get("groups", 1), tuple(w.shape), w.data_ptr()))
         return real_conv(x, w, *a, **k)
 
     def convt(x, w, *a, **k):
-        calls.append(("convt", k.get("groups", 1), w.shape[0], x.shape[0]))
+        calls.append(("convt", k.get("groups", 1), tuple(w.shape), w.data_ptr()))
         return real_convt(x, w, *a, **k)
 
     model = SwappingAutoencoder(preset("tiny").sae).eval().freeze()
     monkeypatch.setattr(F, "conv2d", conv2d)
     monkeypatch.setattr(F, "conv_transpose2d", convt)
-    with torch.no_grad():
-        model.decode(*model.encode(torch.rand(3, 3, 32, 32)), noise=0)
-    assert calls and all(groups == 1 for _, groups, _, _ in calls)
+    seen = {}
+    for b in (2, 3):
+        calls.clear()
+        with torch.no_grad():
+            model.decode(*model.encode(torch.rand(b, 3, 32, 32)), noise=0)
+        seen[b] = [(kind, g, shape) for kind, g, shape, _ in calls]
+    assert seen[2] == seen[3] and seen[2]
+    for kind, groups, shape in seen[3]:
+        assert groups == 1 or (kind == "conv" and shape[1] == 1 and shape[-1] == 4)  # depthwise 4x4 blur
