@@ -129,7 +129,10 @@ class Editor:
     def _stage_inputs(self, enc: _Encoded, b: int, masks, seeds, strength, noise, win=None) -> dict:
         """Inputs of the edit stage for b edits, on the full image or a (y0, y1, x0, x1) window."""
         y0, y1, x0, x1 = win or (0, self.size, 0, self.size)
-        cut = lambda a: np.repeat(np.ascontiguousarray(a[..., y0:y1, x0:x1]), b, axis=0)
+        def cut(a):  # no copy for one edit on the full image (the cached array is passed as is)
+            v = np.ascontiguousarray(a[..., y0:y1, x0:x1])
+            return v if b == 1 else np.repeat(v, b, axis=0)
+
         if noise == "region":
             nz = philox.gaussian_batch(seeds, philox.STREAM_REGION, (self.global_code_ch,))
         elif noise == "pixel":

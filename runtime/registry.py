@@ -21,6 +21,8 @@ from ..fileio import default_cache_dir
 from .backend import Backend, BackendError
 
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
+#: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
+EXPORT_REVISION = 2
 
 
 class ModelError(ValueError):
@@ -36,7 +38,7 @@ class ModelSource:
     def key(self) -> str:
         """Content hash identifying the weights (for the export cache)."""
         from .. import __version__
-        h = hashlib.sha256(f"ssae-{__version__}|{self.kind}|{self.preset}".encode())
+        h = hashlib.sha256(f"ssae-{__version__}|{EXPORT_REVISION}|{self.kind}|{self.preset}".encode())
         if self.path is not None:
             files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
             for f in files:
