@@ -105,6 +105,7 @@ def test_sae_l1_falls_in_warmup_and_gan_phase_runs(trained_sae):
 def test_rb_trains_on_frozen_sae_edits(tmp_path, trained_sae, face_folder):
     sae_cfg, sae_res = trained_sae
     cfg = RBTrainConfig(out=str(tmp_path / "rb"), preset="tiny", steps=30, batch_size=8, lr=2e-3, log_every=1,
+                        strength_min=4.0, strength_max=6.0,  # strong edits: a clear signal for the ROI discriminator
                         sae=sae_res["weights"], data=_data(face_folder, tmp_path))
     tr = RBTrainer(cfg)
     roi, m, y_n, y_sae = tr.make_edits(0)
