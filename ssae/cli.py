@@ -22,8 +22,10 @@ def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]):
 @command("info", lambda p: None)
 def _info(args: argparse.Namespace) -> int:
     from .info import format_info, gather
+    from .runtime.registry import auto_backend
 
     print(format_info(gather()))
+    print(f"auto backend: {auto_backend()}")
     return 0
 
 
