@@ -237,6 +237,8 @@ class Editor:
         seeds = [int(s) for s in seeds]
         if not np.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}")
+        if noise not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         enc = self._encode(image, timings)

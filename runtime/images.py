@@ -8,9 +8,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-ImageInput = "str | os.PathLike | bytes | Image.Image | np.ndarray"
-
-
 class ImageError(ValueError):
     """The input is not a usable image (one-line message naming the problem)."""
 

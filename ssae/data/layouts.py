@@ -16,7 +16,6 @@ Every dataset returns `FaceSample`s at the model size through `SquareFit` (ssae.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -205,7 +204,3 @@ def celeba_index_map_to_parts(label: np.ndarray) -> dict[str, np.ndarray]:
         if m.any():
             out[part] = m
     return out
-
-
-def natural_key(s: str):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
