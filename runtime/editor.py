@@ -104,7 +104,7 @@ class Editor:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
         return out
 
-    def _encode(self, image, timings: dict, need_codes: bool = True) -> _Encoded:
+    def _encode(self, image, timings: dict, need_codes: bool = True, need_masks: bool = True) -> _Encoded:
         rgb = load_image(image)
         key = hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
         enc = self._cache.get(key)
@@ -118,7 +118,7 @@ class Editor:
         else:
             self._cache.move_to_end(key)
             timings["cache_hit"] = 1.0
-        if enc.masks is None:  # masks are quantised to 8-bit levels: exact zeros outside the ROI
+        if need_masks and enc.masks is None:  # masks are quantised to 8-bit levels: exact zeros outside the ROI
             enc.masks = np.round(self._run("smpn", timings, image=enc.x)["masks"] * 255.0) / np.float32(255.0)
         if need_codes and enc.h is None:
             codes = self._run("sae_encoder", timings, image=enc.x)
@@ -181,7 +181,7 @@ class Editor:
     def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, timings) -> np.ndarray:
         """RB output of the unedited decoder output for this ROI and mask (cached per image)."""
         if enc.base is None:
-            zero = self._stage_inputs(enc, 1, enc.masks[:, :1] * 0, [0], 0.0, "region")
+            zero = self._stage_inputs(enc, 1, np.zeros((1, 1, self.size, self.size), np.float32), [0], 0.0, "region")
             enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
         key = (roi, hashlib.sha1(mask.tobytes()).hexdigest())
         if key not in enc.base_refined:
@@ -241,7 +241,7 @@ class Editor:
             raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        enc = self._encode(image, timings)
+        enc = self._encode(image, timings, need_masks=mask is None)  # a user mask replaces the SMPN
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
         if mask is None:
             masks = np.concatenate([enc.masks[:, i: i + 1] for _, i, _ in pairs])

@@ -179,3 +179,21 @@ def test_cropped_re_edits_equal_full_edits(tiny_model, tiny_export, face_path, n
     last = crop_o.edit(face_path, roi="lips", seed=4, noise=noise)
     enc = next(iter(crop_o._cache.values()))
     assert crop_o._window(enc.masks[:, 4:5]) is not None and "refine_lips" in last.timings
+
+
+def test_user_mask_replaces_the_smpn(editors, face_path):
+    ed = editors["onnxruntime"]
+    ed._cache.clear()
+    m = np.zeros((250, 250), np.float32)
+    m[150:190, 90:160] = 1
+    first = ed.edit(face_path, roi="lips", seed=1, mask=m)
+    assert "smpn" not in first.timings
+    got = first.mask > 0.5
+    assert (got & (m > 0.5)).sum() / (got | (m > 0.5)).sum() > 0.8  # the mask, through the 32 px model and back
+    again = ed.edit(face_path, roi="lips", seed=2, mask=m)          # cropped re-edit around the user mask
+    src = np.asarray(first.image).astype(int)
+    out = np.asarray(again.image).astype(int)
+    assert np.array_equal(src[:100], out[:100])                      # far from the mask: unchanged
+    assert np.abs(src - out)[150:190, 90:160].max() > 0
+    with pytest.raises(ValueError, match="does not match"):
+        ed.edit(face_path, mask=np.zeros((10, 10), np.float32))
