@@ -81,3 +81,11 @@ def test_bench_cli_writes_files(tmp_path, tiny_export):
                             "onnxruntime", "--repeats", "2", "--warmup", "1", "--batch-sizes", "1", "--compare",
                             str(tmp_path / "r.json")], capture_output=True, text=True, timeout=600)
     assert again.returncode in (0, 1) and ("no stage slower" in again.stdout or "slower than the baseline" in again.stdout)
+
+
+def test_profile_refuses_unknown_stage_and_backend_without_profiler(tiny_export):
+    from ssae.runtime import BackendError
+    with pytest.raises(ValueError, match="unknown stage"):
+        run_profile(str(tiny_export), "onnxruntime", "no_such_stage", runs=1)
+    with pytest.raises(BackendError):
+        run_profile(str(tiny_export), "tensorrt", "smpn", runs=1)

@@ -94,11 +94,13 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     def one_round(record: bool, k: int) -> None:
         for n, ed in editors.items():
             be = ed.backend
+            ev = be.name.startswith("torch") and be.device.startswith("cuda")
+            time_call_ = (lambda f, s, ev=ev: time_call(f, s, cuda_events=ev))
             for key in STAGE_KEYS:
                 if key in GRAPH_STAGE:
-                    t = time_call(lambda: be.run(GRAPH_STAGE[key], stage_in[key]), be.synchronize)
+                    t = time_call_(lambda: be.run(GRAPH_STAGE[key], stage_in[key]), be.synchronize)
                 elif key == "refine":
-                    t = time_call(lambda: be.run(f"refine_{cfg.roi}", stage_in["refine"]), be.synchronize)
+                    t = time_call_(lambda: be.run(f"refine_{cfg.roi}", stage_in["refine"]), be.synchronize)
                 elif key == "full_edit":
                     ed._cache.clear()
                     t = time_call(lambda: ed.edit(img, roi=cfg.roi, seed=k), be.synchronize)

@@ -16,9 +16,17 @@ def summarize(samples_ms) -> dict[str, float]:
             "p99": float(np.percentile(a, 99)), "min": float(a.min()), "mean": float(a.mean()), "n": int(a.size)}
 
 
-def time_call(fn: Callable[[], object], sync: Callable[[], None] | None = None) -> float:
-    """Milliseconds for one call, with device synchronisation after it (CUDA events are used by GPU backends'
-    `synchronize`, so the host clock brackets completed device work)."""
+def time_call(fn: Callable[[], object], sync: Callable[[], None] | None = None, cuda_events: bool = False) -> float:
+    """Milliseconds for one call. Host clock around the call and the backend's device synchronisation; with
+    `cuda_events` (torch backends on CUDA) the time between two CUDA events recorded around the call instead."""
+    if cuda_events:
+        import torch
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
     t = time.perf_counter()
     fn()
     if sync is not None:
