@@ -312,6 +312,56 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate_args(p):
+    p.add_argument("--precision", choices=("int8",), required=True,
+                   help="int8: static QDQ quantization (fp16/bf16 plans are not built yet)")
+    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
+    p.add_argument("--images", default=None, help="folder of calibration faces (default: LFW train via --lfw)")
+    p.add_argument("--lfw", default=None, help="LFW Part Labels root (calibration: train split; report: test split)")
+    p.add_argument("--count", type=int, default=200, help="calibration images")
+    p.add_argument("--report-images", type=int, default=16)
+    p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
+    p.add_argument("--out", required=True, help="output folder: the calibrated export + report.json")
+
+
+@command("calibrate", _calibrate_args)
+def _calibrate(args: argparse.Namespace) -> int:
+    """Quantize an export to INT8 (QDQ) on real faces and report accuracy and speed against fp32."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from .calibration.int8 import Int8Config, quantize_export
+    from .calibration.report import compare_exports
+    from .data.layouts import ImageFolder, LFWParts
+    from .data.memory import MemoryDataset
+    from .export.onnx_export import read_manifest
+    from .fileio import atomic_write
+    from .runtime.registry import ModelError, export_dir_for, resolve_model
+
+    try:
+        src = export_dir_for(resolve_model(args.model))
+    except ModelError as e:
+        raise UserError(str(e)) from None
+    size = int(read_manifest(src)["model_config"]["image_size"])
+    if args.images:
+        calib = MemoryDataset.load(ImageFolder(args.images, size)).images
+        test = calib[-args.report_images:]
+    elif args.lfw:
+        calib = MemoryDataset.load(LFWParts(args.lfw, "train", size)).images
+        test = MemoryDataset.load(LFWParts(args.lfw, "test", size)).images[: args.report_images]
+    else:
+        raise UserError("give calibration images: --images DIR or --lfw LFW_PARTS_ROOT")
+    calib = calib[: args.count]
+    man = quantize_export(src, args.out, calib, Int8Config(method=args.method),
+                          progress=lambda n: print(f"calibrating {n}", file=sys.stderr))
+    report = {"int8": compare_exports(src, args.out, test), "calibration": man["calibration"]}
+    atomic_write(Path(args.out) / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
+    print(json.dumps(report, indent=1))
+    return 0
+
+
 def _train_args(p):
     from .train.cli import add_args
     add_args(p)
