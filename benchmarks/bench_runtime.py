@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,8 @@ import torch
 
 from ssae.export.onnx_export import example_inputs
 from ssae.export.stages import stage_specs
-from ssae.info import gather
+from ssae.profiling.bench import machine_info
+from ssae.profiling.stats import time_call
 from ssae.models.official import OfficialEncoder, OfficialGenerator
 from ssae.runtime.backend import BackendError
 from ssae.runtime.registry import create_backend, load_torch_model, resolve_model
@@ -49,12 +48,6 @@ def stage_inputs(model, batch=1):
     return {s: {t.name: a.numpy() for t, a in zip(specs[s].inputs,
                                                   example_inputs(specs[s], batch, seed=1, full_hw=size))}
             for s in STAGES}
-
-
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t) * 1e3
 
 
 def real_masks(size: int) -> dict[str, np.ndarray]:
@@ -103,18 +96,18 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
     times["official"] = {"encoder": [], "decoder": []}
     for k in range(repeats):
         with torch.no_grad():
-            times["official"]["encoder"].append(timed(lambda: e_off(x)))
-            times["official"]["decoder"].append(timed(lambda: g_off(sp, gl, noises)))
+            times["official"]["encoder"].append(time_call(lambda: e_off(x)))
+            times["official"]["decoder"].append(time_call(lambda: g_off(sp, gl, noises)))
         for b, be in runners.items():
             for s in STAGES:
-                times[b][s].append(timed(lambda: (be.run(s, inputs[s]), be.synchronize())))
+                times[b][s].append(time_call(lambda: be.run(s, inputs[s]), be.synchronize))
             ed = editors[b]
             ed._cache.clear()
-            times[b]["full_edit"].append(timed(lambda: ed.edit(face, roi="hair", seed=k + 2)))
+            times[b]["full_edit"].append(time_call(lambda: ed.edit(face, roi="hair", seed=k + 2)))
             ed.edit(face, roi="hair", seed=0, mask=masks["hair"])
             for roi in ("hair", "lips"):
                 times[b][f"cached_reedit_{roi}"].append(
-                    timed(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
+                    time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
     med = {b: {s: float(np.median(v)) for s, v in d.items()} for b, d in times.items()}
     mins = {b: {s: float(np.min(v)) for s, v in d.items()} for b, d in times.items()}
     off_dec = med["official"]["decoder"]
@@ -130,12 +123,6 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
                    "full_edit_speedup_vs_official_encode_decode": off_full / m["full_edit"]}
     return {"model": name, "image_size": size, "repeats": repeats, "official_ms": med["official"],
             "backends": rows}
-
-
-def machine() -> dict:
-    info = gather()
-    return {"cpu": info.cpu, "cores": os.cpu_count(), "isa": info.isa, "python": platform.python_version(),
-            "versions": {k: v for k, v in info.versions.items() if v}}
 
 
 def print_table(res: dict) -> None:
@@ -162,7 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    out = {"machine": machine(), "results": []}
+    out = {"machine": machine_info(), "results": []}
     for m in args.models:
         res = bench_model(m, args.repeats, args.backends, args.threads)
         print_table(res)

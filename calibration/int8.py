@@ -17,7 +17,6 @@ import numpy as np
 
 from ..export.onnx_export import read_manifest, sha256_file
 from ..fileio import atomic_write
-from ..kernels import philox
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -45,41 +44,16 @@ class _Reader:
 
 def stage_feeds(export_dir: str | os.PathLike, images: np.ndarray, roi: str = "hair", seed: int = 0) -> dict:
     """Calibration feeds of every stage from uint8 images (N, S, S, 3): each stage gets the fp32 outputs of the
-    stages before it (one feed per image)."""
+    stages before it (one feed per image; `Editor.stage_feeds`)."""
     from ..runtime.editor import Editor
     from ..runtime.onnx_backends import OrtBackend
 
     be = OrtBackend(export_dir)
-    ed = Editor(be, be.manifest, crop=False)
+    ed = Editor(be, be.manifest, cache_size=1)
     feeds: dict[str, list] = {s: [] for s in be.stages()}
-    ridx = ed.rois.index(roi)
     for k, img in enumerate(images):
-        x = (img.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0).astype(np.float32)
-        masks = be.run("smpn", {"image": x})["masks"]
-        codes = be.run("sae_encoder", {"image": x})
-        pre = be.run("sae_decoder_prefix", {"structure": codes["structure"], "texture": codes["texture"]})
-        feeds["smpn"].append({"image": x})
-        feeds["sae_encoder"].append({"image": x})
-        feeds["sae_decoder_prefix"].append({"structure": codes["structure"], "texture": codes["texture"]})
-        m = masks[:, ridx: ridx + 1]
-        edit = {"h": pre["h"], "skip": pre["skip"], "texture": codes["texture"], "mask": m,
-                "noise": philox.gaussian_batch([seed + k], philox.STREAM_REGION, (ed.global_code_ch,)),
-                "strength": np.ones(1, np.float32)}
-        if ed.local:
-            edit["xi"] = ed.xi
-        feeds["sae_decoder_edit"].append(edit)
-        y = be.run("sae_decoder_edit", edit)["image"]
-        for i, r in enumerate(ed.rois):
-            if f"refine_{r}" in feeds:
-                feeds[f"refine_{r}"].append({"image": y, "mask": masks[:, i: i + 1]})
-        if "sae_decoder_edit_pixel" in feeds:
-            pix = dict(edit)
-            pix["noise"] = philox.pixel_window([seed + k], philox.STREAM_PIXEL + int(ed.injection_index),
-                                               (ed.size, ed.size), (0, ed.size, 0, ed.size),
-                                               int(ed.pixel_noise_shape[-1]))
-            feeds["sae_decoder_edit_pixel"].append(pix)
-        for s in [s for s in feeds if s.startswith("smpn_")]:
-            feeds[s].append({"image": x})
+        for stage, feed in ed.stage_feeds(img, roi, seed + k).items():
+            feeds[stage].append(feed)
     return feeds
 
 

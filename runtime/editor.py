@@ -53,6 +53,7 @@ class _Encoded:
     fit: SquareFit
     x: np.ndarray                   # (1, 3, S, S) model input
     masks: np.ndarray | None = None  # (1, R, S, S), quantised to 8-bit levels
+    structure: np.ndarray | None = None
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
     skip: np.ndarray | None = None
@@ -123,7 +124,7 @@ class Editor:
         if need_codes and enc.h is None:
             codes = self._run("sae_encoder", timings, image=enc.x)
             pre = self._run("sae_decoder_prefix", timings, structure=codes["structure"], texture=codes["texture"])
-            enc.texture, enc.h, enc.skip = codes["texture"], pre["h"], pre["skip"]
+            enc.structure, enc.texture, enc.h, enc.skip = codes["structure"], codes["texture"], pre["h"], pre["skip"]
         return enc
 
     def _stage_inputs(self, enc: _Encoded, b: int, masks, seeds, strength, noise, win=None) -> dict:
@@ -206,6 +207,24 @@ class Editor:
         if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
             raise ValueError("mask values must be finite and in [0, 1]")
         return (np.round(enc.fit.forward_mask(m) * 255.0) / np.float32(255.0))[None, None].astype(np.float32)
+
+    def stage_feeds(self, image, roi: str = "hair", seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+        """Full-image inputs of every stage of this backend for one image, each made of the outputs of the stages
+        before it (edit stages: `roi`, `seed`, strength 1; RBs: that edit with their own ROI's mask). Used by the
+        benchmarks, the profiler and INT8 calibration."""
+        enc = self._encode(image, {})
+        m = enc.masks[:, self._roi_index(roi): self._roi_index(roi) + 1]
+        feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
+                 "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
+                 "sae_decoder_edit": self._stage_inputs(enc, 1, m, [seed], 1.0, "region")}
+        stages = self.backend.stages()
+        if "sae_decoder_edit_pixel" in stages:
+            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, 1, m, [seed], 1.0, "pixel")
+        coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
+        for i, r in enumerate(self.rois):
+            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[:, i: i + 1]}
+            feeds[f"smpn_{r}"] = {"image": enc.x}
+        return {s: f for s, f in feeds.items() if s in stages}
 
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:

@@ -47,7 +47,7 @@ def _example_image(path: str | None) -> np.ndarray:
     return load_image(path or (ASSETS / "example_face.jpg"))
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
     from ..info import gather
     info = gather()
     return {"cpu": info.cpu, "cores": os.cpu_count(), "isa": info.isa, "cuda_devices": info.cuda_devices,
@@ -81,14 +81,9 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
         raise BackendError("no backend could be loaded: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
     # full-size inputs of the single stages, from a real encode
     first = next(iter(editors.values()))
-    enc = next(iter(first._cache.values()))
-    ridx = first.rois.index(cfg.roi)
-    edit_in = first._stage_inputs(enc, 1, enc.masks[:, ridx: ridx + 1], [0], 1.0, "region")
-    stage_in = {"smpn": {"image": enc.x}, "encoder": {"image": enc.x},
-                "decoder_prefix": None, "edit_tail": edit_in,
-                "refine": {"image": enc.x, "mask": enc.masks[:, ridx: ridx + 1]}}
-    codes = first.backend.run("sae_encoder", {"image": enc.x})
-    stage_in["decoder_prefix"] = {"structure": codes["structure"], "texture": codes["texture"]}
+    feeds = first.stage_feeds(img, cfg.roi)
+    stage_in = {key: feeds[g] for key, g in GRAPH_STAGE.items()}
+    stage_in["refine"] = feeds[f"refine_{cfg.roi}"]
     samples = {n: {k: [] for k in STAGE_KEYS} for n in editors}
 
     def one_round(record: bool, k: int) -> None:
@@ -121,7 +116,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                   for _ in range(cfg.throughput_repeats)]
             throughput[n][str(b)] = b / (float(np.median(ts)) / 1e3)
     report = {
-        "schema": SCHEMA, "machine": _machine(), "model": cfg.model or "bundled",
+        "schema": SCHEMA, "machine": machine_info(), "model": cfg.model or "bundled",
         "image_size": first.size, "roi": cfg.roi, "repeats": cfg.repeats, "skipped": skipped,
         "backends": {n: {"device": ed.backend.device, "precision": ed.backend.precision,
                          "stages": {k: summarize(v) for k, v in samples[n].items()},

@@ -16,25 +16,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _inputs_for(editor, stage: str) -> dict:
-    from ..pretrained import ASSETS
-    img = ASSETS / "example_face.jpg"
-    editor.edit(img, roi="hair", seed=0)
-    enc = next(iter(editor._cache.values()))
-    if stage == "smpn" or stage == "sae_encoder" or stage.startswith("smpn_"):
-        return {"image": enc.x}
-    if stage == "sae_decoder_prefix":
-        codes = editor.backend.run("sae_encoder", {"image": enc.x})
-        return {"structure": codes["structure"], "texture": codes["texture"]}
-    if stage.startswith("sae_decoder_edit"):
-        noise = "pixel" if stage.endswith("pixel") else "region"
-        return editor._stage_inputs(enc, 1, enc.masks[:, :1], [0], 1.0, noise)
-    if stage.startswith("refine_"):
-        i = editor.rois.index(stage.split("_", 1)[1])
-        return {"image": enc.x, "mask": enc.masks[:, i: i + 1]}
-    raise ValueError(f"unknown stage {stage!r}")
-
-
 def _table(rows: dict[str, float], total: float, top: int) -> list[dict]:
     items = sorted(rows.items(), key=lambda kv: -kv[1])[:top]
     return [{"name": k, "ms": v, "share": v / total if total else 0.0} for k, v in items]
@@ -101,7 +82,8 @@ def run_profile(model, backend_name: str, stage: str, runs: int = 10, top: int =
     ed = Editor(be, _manifest_of(be))
     if stage not in be.stages():
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(be.stages())})")
-    inputs = _inputs_for(ed, stage)
+    from ..pretrained import ASSETS
+    inputs = ed.stage_feeds(ASSETS / "example_face.jpg")[stage]
     if be.name.startswith("onnxruntime"):
         res = profile_onnxruntime(be, stage, inputs, runs, top)
     elif be.name.startswith("openvino"):
