@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .data.memory import MemoryDataset
-from .metrics import edit_locality, psnr, ssim
+from .metrics import edit_locality, iou_counts, psnr, ssim
 from .models.sae import StyleEdit
 from .models.ssae_model import SSAE
 
@@ -34,9 +34,8 @@ def evaluate(model: SSAE, data: MemoryDataset, batch_size: int = 16, seeds_per_i
         b = data.batch(idx)
         x = b.images
         masks = model.masks(x)
-        pred, tgt, known = masks > 0.5, b.masks > 0.5, b.labelled[:, :, None, None]
-        inter += ((pred & tgt) & known).flatten(2).sum((0, 2)).numpy()
-        union += ((pred | tgt) & known).flatten(2).sum((0, 2)).numpy()
+        i_, u_ = iou_counts(masks, b.masks, b.labelled)
+        inter, union = inter + i_, union + u_
         sp, gl = model.sae.encode(x)
         noises = model.sae.resolve_noise(0, sp)
         h, skip = model.sae.G.prefix(sp, gl, noises)

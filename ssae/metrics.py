@@ -36,3 +36,12 @@ def edit_locality(edited: torch.Tensor, base: torch.Tensor, mask: torch.Tensor, 
     din = (d * inside).flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
     dout = (d * ~inside).flatten(1).sum(1) / (~inside).flatten(1).sum(1).clamp_min(1)
     return dout / din.clamp_min(1e-8), din, dout
+
+
+def iou_counts(pred: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor, threshold: float = 0.5):
+    """Per-channel intersection and union pixel counts over a batch, for accumulating IoU across batches.
+
+    pred, target: (B, C, H, W) soft masks; labelled: (B, C) which target channels are known. Returns two (C,)
+    numpy arrays."""
+    p, t, k = pred > threshold, target > 0.5, labelled[:, :, None, None]
+    return ((p & t) & k).flatten(2).sum((0, 2)).numpy(), ((p | t) & k).flatten(2).sum((0, 2)).numpy()

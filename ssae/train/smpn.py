@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.memory import BatchSampler
+from ..metrics import iou_counts
 from .base import Trainer
 from .configs import SMPNTrainConfig  # noqa: F401
 from .common import average_gradients
@@ -85,10 +86,7 @@ class SMPNTrainer(Trainer):
         for s in range(0, len(self.val), 32):
             idx = np.arange(s, min(s + 32, len(self.val)))
             b = self.val.batch(idx)
-            p = self.net.predict(b.images.to(self.device)).float().cpu() > 0.5
-            t = b.masks > 0.5
-            k = b.labelled[:, :, None, None]
-            inter += ((p & t) & k).flatten(2).sum((0, 2)).numpy()
-            union += ((p | t) & k).flatten(2).sum((0, 2)).numpy()
+            i_, u_ = iou_counts(self.net.predict(b.images.to(self.device)).float().cpu(), b.masks, b.labelled)
+            inter, union = inter + i_, union + u_
         self.net.train()
         return {f"iou_{r}": float(inter[i] / union[i]) if union[i] else float("nan") for i, r in enumerate(rois)}
