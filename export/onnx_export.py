@@ -94,7 +94,7 @@ def check_onnx(path: str | os.PathLike) -> None:
 
 
 def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] | None = None, opset: int = 18,
-                plugin: bool = True, single_roi_smpn: bool = False,
+                plugin: bool = True, single_roi_smpn: bool = True,
                 progress: Callable[[str], None] | None = None) -> dict:
     """Export the stages of `model` into `out_dir`; returns the manifest (also written as manifest.json)."""
     import onnx

@@ -131,7 +131,7 @@ class RefineStage(nn.Module):
         return self.rb(image, mask)
 
 
-def build_stages(model: SSAE, noise_seed: int = NOISE_SEED, single_roi_smpn: bool = False) -> dict[str, nn.Module]:
+def build_stages(model: SSAE, noise_seed: int = NOISE_SEED, single_roi_smpn: bool = True) -> dict[str, nn.Module]:
     """All stage modules of a model, by stage name."""
     s = model.cfg.image_size
     stages: dict[str, nn.Module] = {

@@ -52,7 +52,7 @@ class _Encoded:
     rgb: np.ndarray                 # uint8 input (H, W, 3)
     fit: SquareFit
     x: np.ndarray                   # (1, 3, S, S) model input
-    masks: np.ndarray | None = None  # (1, R, S, S), quantised to 8-bit levels
+    masks: dict = field(default_factory=dict)  # roi -> (1, 1, S, S), quantised to 8-bit levels
     structure: np.ndarray | None = None
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
@@ -105,7 +105,7 @@ class Editor:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
         return out
 
-    def _encode(self, image, timings: dict, need_codes: bool = True, need_masks: bool = True) -> _Encoded:
+    def _encode(self, image, timings: dict, need_codes: bool = True, rois: Sequence[str] = ()) -> _Encoded:
         rgb = load_image(image)
         key = hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
         enc = self._cache.get(key)
@@ -119,13 +119,28 @@ class Editor:
         else:
             self._cache.move_to_end(key)
             timings["cache_hit"] = 1.0
-        if need_masks and enc.masks is None:  # masks are quantised to 8-bit levels: exact zeros outside the ROI
-            enc.masks = np.round(self._run("smpn", timings, image=enc.x)["masks"] * 255.0) / np.float32(255.0)
+        self._predict_masks(enc, rois, timings)
         if need_codes and enc.h is None:
             codes = self._run("sae_encoder", timings, image=enc.x)
             pre = self._run("sae_decoder_prefix", timings, structure=codes["structure"], texture=codes["texture"])
             enc.structure, enc.texture, enc.h, enc.skip = codes["structure"], codes["texture"], pre["h"], pre["skip"]
         return enc
+
+    def _predict_masks(self, enc: _Encoded, rois: Sequence[str], timings: dict) -> None:
+        """SMPN masks of `rois` into the image's cache: one single-ROI graph per missing ROI when only one or two are
+        missing and the backend has them (a single-ROI edit then pays 1/5 of the SMPN), else the five-ROI graph.
+        Masks are quantised to 8-bit levels, so they are exactly zero outside the ROI."""
+        missing = [r for r in dict.fromkeys(rois) if r not in enc.masks]
+        if not missing:
+            return
+        q = lambda m: np.round(m * 255.0) / np.float32(255.0)
+        stages = self.backend.stages()
+        if len(missing) <= 2 and all(f"smpn_{r}" in stages for r in missing):
+            for r in missing:
+                enc.masks[r] = q(self._run(f"smpn_{r}", timings, image=enc.x)["masks"])
+            return
+        allm = q(self._run("smpn", timings, image=enc.x)["masks"])
+        enc.masks.update({r: allm[:, i: i + 1] for i, r in enumerate(self.rois)})
 
     def _stage_inputs(self, enc: _Encoded, b: int, masks, seeds, strength, noise, win=None) -> dict:
         """Inputs of the edit stage for b edits, on the full image or a (y0, y1, x0, x1) window."""
@@ -212,8 +227,9 @@ class Editor:
         """Full-image inputs of every stage of this backend for one image, each made of the outputs of the stages
         before it (edit stages: `roi`, `seed`, strength 1; RBs: that edit with their own ROI's mask). Used by the
         benchmarks, the profiler and INT8 calibration."""
-        enc = self._encode(image, {})
-        m = enc.masks[:, self._roi_index(roi): self._roi_index(roi) + 1]
+        self._roi_index(roi)
+        enc = self._encode(image, {}, rois=self.rois)
+        m = enc.masks[roi]
         feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
                  "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
                  "sae_decoder_edit": self._stage_inputs(enc, 1, m, [seed], 1.0, "region")}
@@ -222,7 +238,7 @@ class Editor:
             feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, 1, m, [seed], 1.0, "pixel")
         coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
         for i, r in enumerate(self.rois):
-            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[:, i: i + 1]}
+            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}
             feeds[f"smpn_{r}"] = {"image": enc.x}
         return {s: f for s, f in feeds.items() if s in stages}
 
@@ -234,8 +250,8 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- API
     def masks(self, image) -> dict[str, np.ndarray]:
         """Soft masks (float32 in [0, 1]) per ROI at the input image's size."""
-        enc = self._encode(image, {}, need_codes=False)
-        return {roi: enc.fit.restore_mask(enc.masks[0, i]) for i, roi in enumerate(self.rois)}
+        enc = self._encode(image, {}, need_codes=False, rois=self.rois)
+        return {roi: enc.fit.restore_mask(enc.masks[roi][0, 0]) for roi in self.rois}
 
     def edit(self, image, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region",
              preserve_background: bool = False, mask: np.ndarray | None = None) -> EditResult:
@@ -260,10 +276,10 @@ class Editor:
             raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        enc = self._encode(image, timings, need_masks=mask is None)  # a user mask replaces the SMPN
+        enc = self._encode(image, timings, rois=rois if mask is None else ())  # a user mask replaces the SMPN
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
         if mask is None:
-            masks = np.concatenate([enc.masks[:, i: i + 1] for _, i, _ in pairs])
+            masks = np.concatenate([enc.masks[r] for r, _, _ in pairs])
         else:
             masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
         window = self._window(masks) if (self.crop and enc.edits > 0) else None

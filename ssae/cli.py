@@ -200,7 +200,8 @@ def _export_args(p):
     p.add_argument("--model", default=None, help="checkpoint or preset (default: bundled)")
     p.add_argument("--out", required=True, help="output folder (ONNX files + manifest.json)")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--single-roi-smpn", action="store_true", help="also export one SMPN graph per ROI")
+    p.add_argument("--no-single-roi-smpn", action="store_true",
+                   help="skip the per-ROI SMPN graphs (single-ROI edits then run the five-ROI graph)")
     p.add_argument("--no-plugin", action="store_true", help="skip the TensorRT plugin graph")
 
 
@@ -217,7 +218,7 @@ def _export(args: argparse.Namespace) -> int:
     except ModelError as e:
         raise UserError(str(e)) from None
     man = export_onnx(model, args.out, opset=args.opset, plugin=not args.no_plugin,
-                      single_roi_smpn=args.single_roi_smpn,
+                      single_roi_smpn=not args.no_single_roi_smpn,
                       progress=lambda n: print(f"exporting {n}", file=sys.stderr))
     print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
     return 0

@@ -29,12 +29,25 @@ def test_edit_api_shapes_and_timings(editors, face_path):
     res = ed.edit(face_path, roi="hair", seed=3, strength=1.0)
     assert res.image.size == (250, 250) and res.image.mode == "RGB"
     assert res.mask.shape == (250, 250) and res.mask.dtype == np.float32 and 0 <= res.mask.min() <= res.mask.max() <= 1
-    for stage in ("smpn", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "refine_hair", "total"):
+    for stage in ("smpn_hair", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "refine_hair", "total"):
         assert res.timings[stage] > 0
+    assert "smpn" not in res.timings  # a single-ROI edit runs only that ROI's SMPN graph
     again = ed.edit(face_path, roi="hair", seed=4)           # cached re-edit: no SMPN / encoder / prefix
     assert "sae_encoder" not in again.timings and again.timings["cache_hit"] == 1.0
     masks = ed.masks(face_path)
     assert set(masks) == {"hair", "skin", "nose", "eyes", "lips"} and masks["lips"].shape == (250, 250)
+
+
+def test_single_roi_smpn_graphs_give_the_five_roi_masks(editors, face_path):
+    """The per-ROI SMPN graphs a single edit runs agree with the five-ROI graph (8-bit mask levels)."""
+    from ssae.runtime.editor import Editor
+    ed = editors["onnxruntime"]
+    full = Editor(ed.backend, ed.backend.manifest).masks(face_path)  # fresh cache: the five-ROI graph
+    for roi in ("hair", "lips"):
+        single = Editor(ed.backend, ed.backend.manifest)
+        single.edit(face_path, roi=roi, seed=0)  # caches the single-ROI mask
+        got = single.masks(face_path)[roi]
+        assert np.abs(got - full[roi]).max() <= 1.5 / 255, roi
 
 
 def test_same_seed_same_edit_on_every_backend(editors, face_path):
@@ -164,9 +177,10 @@ def test_cropped_re_edits_equal_full_edits(tiny_model, tiny_export, face_path, n
             ed = Editor(be, _manifest_of(be), crop=crop)
             ed.masks(face_path)
             enc = next(iter(ed._cache.values()))
-            enc.masks[:] = 0                      # small ROIs (the tiny model's masks cover everything)
-            enc.masks[0, 3, 10:14, 6:12] = 0.7    # eyes
-            enc.masks[0, 4, 20:24, 12:20] = 1.0   # lips
+            for m in enc.masks.values():          # small ROIs (the tiny model's masks cover everything)
+                m[:] = 0
+            enc.masks["eyes"][0, 0, 10:14, 6:12] = 0.7
+            enc.masks["lips"][0, 0, 20:24, 12:20] = 1.0
             editors.append(ed)
     full_t, full_o, crop_t, crop_o = editors
     assert crop_t.local and crop_t.crop
@@ -178,7 +192,7 @@ def test_cropped_re_edits_equal_full_edits(tiny_model, tiny_export, face_path, n
                 assert np.abs(got - ref).max() <= 1, (roi, seed)
     last = crop_o.edit(face_path, roi="lips", seed=4, noise=noise)
     enc = next(iter(crop_o._cache.values()))
-    assert crop_o._window(enc.masks[:, 4:5]) is not None and "refine_lips" in last.timings
+    assert crop_o._window(enc.masks["lips"]) is not None and "refine_lips" in last.timings
 
 
 def test_user_mask_replaces_the_smpn(editors, face_path):
