@@ -1,0 +1,173 @@
+"""The fused masked modulated conv kernel vs the unfused torch formulation, on a CUDA GPU.
+
+Shape: the injection layer of the paper's 256 px model (`paper256`: the last 3x3 StyledConv before ToRGB, read
+from the generator), batch 1 and 4, FP32 and FP16. "unfused" is `kernels/reference.py:masked_modconv` run on CUDA
+tensors: cuDNN conv (cudnn.benchmark on) plus the elementwise style/noise/activation ops, as the torch backend
+runs the layer; for FP32 TF32 is off (the fused kernel computes in true FP32), with a TF32 row for context.
+Pixel mode: fused (noise generated in the kernel) vs the Philox kernel writing z + the unfused reference.
+Times: CUDA events around each call, median of --reps after --warmup calls.
+
+    python benchmarks/bench_kernel_gpu.py [--reps 200] [--json PATH]
+
+Writes benchmarks/results/kernel_gpu_<device>.json (with the GPU's name) and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from ssae.kernels import cuda as kc
+from ssae.kernels import philox, reference
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def injection_layer_shape(preset_name: str = "paper256") -> dict:
+    """Cin, Cout, resolution and layer index of the preset's (first) injection layer."""
+    from ssae.config import preset
+    from ssae.models.sae import Generator
+
+    cfg = preset(preset_name)
+    g = Generator(cfg.sae)
+    layer = g.layer(g.injection_layers[0])
+    h, w = g.noise_shapes((cfg.image_size // cfg.sae.downsampling,) * 2)[layer.index]
+    return dict(preset=preset_name, layer=layer.name, index=layer.index, cin=layer.cin, cout=layer.cout, h=h, w=w)
+
+
+def cuda_time_ms(fn, reps: int, warmup: int) -> dict:
+    """Median / min / p90 milliseconds of fn() by CUDA events (each call timed on the current stream)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    pairs = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    ms = sorted(s.elapsed_time(e) for s, e in pairs)
+    return dict(median_ms=statistics.median(ms), min_ms=ms[0], p90_ms=ms[int(0.9 * (len(ms) - 1))], reps=reps)
+
+
+def make_inputs(shape: dict, batch: int, dtype: torch.dtype, seed: int = 0) -> dict:
+    """Random layer inputs on the GPU; the mask covers a face-sized region (about 40% of the image)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    cin, cout, h, w = shape["cin"], shape["cout"], shape["h"], shape["w"]
+
+    def rnd(*s, scale=1.0, shift=0.0):
+        return (torch.randn(*s, generator=g, device="cuda") * scale + shift).to(dtype)
+
+    mask = torch.zeros(batch, 1, h, w, device="cuda")
+    mask[:, :, h // 8: h * 5 // 8, w // 6: w * 5 // 6] = 1.0
+    aw = torch.randn(cin, 2048, generator=g, device="cuda") / 2048 ** 0.5
+    return dict(x=rnd(batch, cin, h, w), weight=rnd(cout, cin, 3, 3, scale=(1 / (9 * cin)) ** 0.5),
+                bias=rnd(cout), style=rnd(batch, cin, shift=1.0), direction=rnd(batch, cin), mask=mask.to(dtype),
+                strength=torch.full((batch,), 2.0, device="cuda", dtype=dtype), xi=rnd(1, 1, h, w),
+                noise_weight=rnd(1, scale=0.1), factor=reference.pixel_noise_factor(aw).to(dtype))
+
+
+def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: int) -> list[dict]:
+    p = make_inputs(shape, batch, dtype)
+    seeds = list(range(3, 3 + batch))
+    stream = philox.STREAM_PIXEL + shape["index"]
+    n_z = shape["h"] * shape["w"] * shape["cin"]
+
+    def fused_region():
+        return kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                      direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
+
+    def unfused_region():
+        return reference.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                        direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
+
+    def fused_pixel():
+        return kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                      factor=p["factor"], seeds=seeds, pixel_stream=stream, noise=p["xi"],
+                                      noise_weight=p["noise_weight"])
+
+    def unfused_pixel():
+        z = torch.stack([kc.philox_normals_cuda(s, stream, 0, n_z) for s in seeds])
+        z = z.view(batch, shape["h"], shape["w"], shape["cin"]).to(dtype)
+        return reference.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                        pixel_noise=z, pixel_factor=p["factor"], noise=p["xi"],
+                                        noise_weight=p["noise_weight"])
+
+    rows = []
+    name = "fp32" if dtype == torch.float32 else "fp16"
+    with torch.no_grad():
+        for mode, fused, unfused in (("region", fused_region, unfused_region), ("pixel", fused_pixel, unfused_pixel)):
+            err = ((fused().double() - unfused().double()).abs().max() / unfused().double().abs().max()).item()
+            tf = cuda_time_ms(fused, reps, warmup)
+            tu = cuda_time_ms(unfused, reps, warmup)
+            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu,
+                       speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
+                       kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
+            if dtype == torch.float32:
+                torch.backends.cudnn.allow_tf32 = True
+                torch.backends.cuda.matmul.allow_tf32 = True
+                row["unfused_tf32"] = cuda_time_ms(unfused, reps, warmup)
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
+            rows.append(row)
+    return rows
+
+
+def device_slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--preset", default="paper256")
+    ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/kernel_gpu_<device>.json")
+    args = ap.parse_args(argv)
+    reason = kc.unavailable_reason()
+    if reason is not None:
+        print(f"bench_kernel_gpu: skipped: {reason}", file=sys.stderr)
+        return 2
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    kc.load_module()  # compile / load outside the timings
+    shape = injection_layer_shape(args.preset)
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    rows = []
+    for dtype in (torch.float32, torch.float16):
+        for b in args.batches:
+            rows += bench_case(shape, b, dtype, args.reps, args.warmup)
+    result = dict(device=props.name, capability=f"{props.major}.{props.minor}", torch=torch.__version__,
+                  cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
+                  layer=shape, loader=type(kc.load_module()).__name__, reps=args.reps,
+                  note="unfused = kernels/reference.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "
+                       "(unfused_tf32: with)", results=rows)
+    print(f"{props.name} (sm_{props.major}{props.minor}), layer {shape['layer']}: Cin {shape['cin']}, "
+          f"Cout {shape['cout']}, {shape['h']}x{shape['w']}; median ms of {args.reps}")
+    print(f"{'mode':7} {'dtype':5} {'B':>2} {'fused':>9} {'unfused':>9} {'speed-up':>8} {'rel err':>9}")
+    for r in rows:
+        print(f"{r['mode']:7} {r['dtype']:5} {r['batch']:>2} {r['fused']['median_ms']:9.4f} "
+              f"{r['unfused']['median_ms']:9.4f} {r['speedup']:7.2f}x {r['max_rel_err_vs_unfused']:9.2e}")
+    goal = [r for r in rows if r["mode"] == "region" and r["dtype"] == "fp16" and r["batch"] == 1]
+    if goal:
+        print(f"goal (FP16 region, batch 1, fused >= 1.5x unfused): {goal[0]['speedup']:.2f}x "
+              f"{'met' if goal[0]['speedup'] >= 1.5 else 'NOT met'}")
+    out = args.json or RESULTS / f"kernel_gpu_{device_slug(props.name)}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The one script a CUDA machine runs for the GPU path (no network needed; a few minutes):
+#   1. nvidia-smi and the toolchain (nvcc, python packages);
+#   2. makes `ssae` importable (pip install --no-deps, offline; else a symlinked package on PYTHONPATH);
+#   3. pytest -m "gpu or tensorrt" tests/gpu (the fused kernel vs the reference; TensorRT tests where present);
+#   4. benchmarks/bench_kernel_gpu.py (fused kernel vs unfused torch, JSON with the GPU's name);
+#   5. every other benchmarks/bench_*_gpu.py.
+# Every step runs under a time limit, its exit status is recorded, and a failure does not stop the rest.
+# Results (benchmarks/results/*gpu*.json, logs, the step summary) are copied into $OUT when it is set.
+# Exit status: 0 when every step passed, 1 otherwise.
+#
+#   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 330)
+set -u
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 1
+PY="${PYTHON:-python}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
+TOTAL_BUDGET="${TOTAL_BUDGET:-330}"
+LOGDIR="$(mktemp -d -t ssae_gpu_check.XXXXXX)"
+SUMMARY="$LOGDIR/summary.txt"
+START=$(date +%s)
+FAILED=0
+: >"$SUMMARY"
+
+# step NAME CMD...: run CMD with a time limit (never past the total budget), log it, record its exit status.
+step() {
+    local name="$1"; shift
+    local left=$((TOTAL_BUDGET - ($(date +%s) - START)))
+    local limit=$((left < STEP_TIMEOUT ? left : STEP_TIMEOUT))
+    if [ "$limit" -le 5 ]; then
+        echo "SKIP  $name (time budget spent)" | tee -a "$SUMMARY"
+        FAILED=1
+        return 0
+    fi
+    echo "=== $name (limit ${limit}s)"
+    local t0=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$LOGDIR/$name.log"
+    local rc=${PIPESTATUS[0]}
+    local status="ok"
+    [ "$rc" -ne 0 ] && { status="FAIL"; FAILED=1; }
+    [ "$rc" -eq 124 ] && status="TIMEOUT"
+    printf '%-5s %-28s rc=%-3s %4ss\n' "$status" "$name" "$rc" "$(($(date +%s) - t0))" | tee -a "$SUMMARY"
+}
+
+step nvidia-smi nvidia-smi
+TOOLCHAIN_PY='
+import importlib, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+for m in ("cuda.bindings.driver", "cupy", "triton", "onnxruntime", "tensorrt"):
+    try:
+        mod = importlib.import_module(m)
+        print(m, getattr(mod, "__version__", "importable"))
+    except Exception as e:
+        print(m, "missing:", type(e).__name__)
+'
+step nvcc bash -c 'command -v nvcc && nvcc --version | tail -n 2'
+step python-packages "$PY" -c "$TOOLCHAIN_PY"
+
+# Make `ssae` importable without the network: an offline pip install, else a symlinked package tree.
+if ! "$PY" -c "import ssae.kernels.cuda" >/dev/null 2>&1; then
+    step install "$PY" -m pip install --no-deps --no-index --no-build-isolation -e .
+    if ! "$PY" -c "import ssae.kernels.cuda" >/dev/null 2>&1; then
+        SITE="$LOGDIR/site"
+        mkdir -p "$SITE" && cp -rs "$ROOT/ssae" "$SITE/ssae"
+        for d in export runtime kernels calibration; do
+            [ -d "$ROOT/$d" ] && ln -sfn "$ROOT/$d" "$SITE/ssae/$d"
+        done
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+        step import-fallback "$PY" -c "import ssae.kernels.cuda as k; print('ssae from', k.__file__)"
+    fi
+fi
+
+step pytest-gpu "$PY" -m pytest -m "gpu or tensorrt" tests/gpu -rs -q -p no:cacheprovider \
+    --junitxml="$LOGDIR/pytest-gpu.xml"
+step bench_kernel_gpu "$PY" benchmarks/bench_kernel_gpu.py
+for bench in benchmarks/bench_*_gpu.py; do
+    [ -e "$bench" ] || continue
+    [ "$bench" = "benchmarks/bench_kernel_gpu.py" ] && continue
+    step "$(basename "$bench" .py)" "$PY" "$bench"
+done
+
+echo "=== summary ($(($(date +%s) - START))s)"
+cat "$SUMMARY"
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT/gpu_check"
+    cp "$LOGDIR"/*.log "$LOGDIR"/*.xml "$SUMMARY" "$OUT/gpu_check/" 2>/dev/null
+    cp benchmarks/results/*gpu*.json "$OUT/" 2>/dev/null
+    echo "copied results to $OUT"
+fi
+exit "$FAILED"

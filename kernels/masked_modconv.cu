@@ -1,0 +1,707 @@
+// SSAE fused masked modulated 3x3 convolution (the injection layer), CUDA.
+//
+//   y = act(conv3x3(x * s(p), W_hat) + b + w_n * xi(p))      s(p) = rmsnorm(a + strength * m(p) * d(p))
+//
+// exactly as `kernels/reference.py:masked_modconv` computes it (NCHW, zero padding 1, stride 1), with the
+// normalised style s(p) computed on the fly: the style map is never written to memory.
+//
+//   region mode: d is one Cin vector per sample; 1 / rms(p) comes in closed form from three per-sample scalars
+//                mean(a^2), mean(a d), mean(d^2) that every block reduces from a and d itself.
+//   pixel mode:  d(p) = L z(p), z(p) ~ N(0, I_Cin) generated here with Philox4x32-10 + Box-Muller exactly as
+//                `kernels/philox.py` specifies (value j = (y * W_full + x) * Cin + c of stream pixel_stream), and
+//                L the Cin x Cin factor of `reference.pixel_noise_factor`.
+//   xi:          xi_mode 0: no noise term; 1: explicit map `noise` ((1 or B), 1, H, W), batch stride
+//                xi_batch_stride; 2: generated, value y * W_full + x of stream xi_stream (what the runtime feeds
+//                as `xi`, see runtime/editor.py).
+// (y0, x0, W_full) place the computed H x W window in the full image (the runtime edits crops), so generated
+// noise does not depend on the crop.
+//
+// Launch ABI (mirrored, with grid/block sizes, by `kernels/cuda.py`; the TensorRT plugin launches the same PTX):
+// parameters are the input pointers, then 15 int32 scalars, then the output pointer (the order TensorRT's AOT
+// plugin launcher uses); block = 256 threads, grid = (ceil(W / 16) * ceil(H / 8), ceil(Cout / 64), B), no dynamic
+// shared memory. Entry points (T = float for *_f32, __half for *_f16 and *_f16_simt):
+//   ssae_masked_modconv_region_{f32,f16,f16_simt}(x, weight, bias, style, direction, mask, strength, noise,
+//                                                 noise_weight, <int32 x 15>, y)
+//   ssae_masked_modconv_pixel_{f32,f16,f16_simt}(x, weight, bias, style, factor, seeds, mask, strength, noise,
+//                                                noise_weight, <int32 x 15>, y)
+//   int32 scalars: batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi,
+//                  xi_stream, pixel_stream, win_y0, win_x0, full_width
+//   ssae_philox_normals(seed_lo, seed_hi, stream, start (int64), count, out): out[i] = value start + i.
+//
+// Two inner paths share everything else (style, noise, tiles, epilogue):
+//   TensorCorePath (FP16): implicit GEMM on tensor cores with WMMA 16x16x16 (fp32 accumulation);
+//   SimtPath (FP32, and FP16 where tensor cores do not pay, e.g. Cin < 16): plain fp32 FMAs.
+// Both handle any size: partial tiles and channel counts are zero-filled.
+//
+// Builds: nvcc (PTX/cubin, sm_75+), NVRTC, and the host: everything marked SSAE_HD runs on the host too (the CPU
+// test compiles the Philox/Box-Muller helpers with nvcc, and the whole kernel with g++ and SSAE_HOST_EMULATION,
+// in which the test harness provides the CUDA built-ins).
+// Do not build with --use_fast_math: the noise must use IEEE float64 log/sqrt/sin/cos.
+
+#if defined(__USE_FAST_MATH__)  // where the compiler announces --use_fast_math (nvcc 13 does not: kernels/cuda.py
+                                // never passes it, and tests/test_kernel_build.py checks the flags)
+#error "masked_modconv.cu must not be built with --use_fast_math (the noise needs IEEE float64 math)"
+#endif
+#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 750
+#error "masked_modconv.cu needs sm_75 or newer (tensor-core WMMA FP16)"
+#endif
+#if !defined(SSAE_RNG_ONLY)
+#include <mma.h>
+#include <cuda_fp16.h>
+#endif
+#define SSAE_HD __host__ __device__ __forceinline__
+#define SSAE_DEV __device__ __forceinline__
+#elif !defined(SSAE_HOST_EMULATION)
+#error "compile with nvcc or NVRTC (or define SSAE_HOST_EMULATION and provide the CUDA built-ins)"
+#endif
+
+namespace ssae {
+
+// =============================================================================================== noise (host+device)
+
+/// Philox4x32 constants (Salmon et al. 2011), as in kernels/philox.py.
+constexpr unsigned int kPhiloxM0 = 0xD2511F53u;
+constexpr unsigned int kPhiloxM1 = 0xCD9E8D57u;
+constexpr unsigned int kPhiloxW0 = 0x9E3779B9u;
+constexpr unsigned int kPhiloxW1 = 0xBB67AE85u;
+constexpr double kPi = 3.141592653589793;
+
+/// Four 32-bit words: a Philox counter or its output.
+struct Words4 {
+    unsigned int w0, w1, w2, w3;
+};
+
+/// Four float32 normals: the values 4q .. 4q + 3 of a stream.
+struct Normal4 {
+    float n0, n1, n2, n3;
+};
+
+/// Philox4x32-10: 10 rounds on `ctr` with key (k0, k1), the key bumped by (W0, W1) between rounds.
+SSAE_HD Words4 philox4x32_10(Words4 ctr, unsigned int k0, unsigned int k1) {
+    for (int round = 0; round < 10; ++round) {
+        const unsigned long long p0 = static_cast<unsigned long long>(kPhiloxM0) * ctr.w0;
+        const unsigned long long p1 = static_cast<unsigned long long>(kPhiloxM1) * ctr.w2;
+        const Words4 next = {static_cast<unsigned int>(p1 >> 32) ^ ctr.w1 ^ k0, static_cast<unsigned int>(p1),
+                             static_cast<unsigned int>(p0 >> 32) ^ ctr.w3 ^ k1, static_cast<unsigned int>(p0)};
+        ctr = next;
+        k0 += kPhiloxW0;
+        k1 += kPhiloxW1;
+    }
+    return ctr;
+}
+
+/// u = (w + 0.5) / 2^32 in float64: uniform on (0, 1), never 0 or 1 (exact in double).
+SSAE_HD double uniform_open(unsigned int w) {
+    return (static_cast<double>(w) + 0.5) * (1.0 / 4294967296.0);
+}
+
+/// Box-Muller on two words: r = sqrt(-2 ln u_a), t = 2 pi u_b in float64; (r cos t, r sin t) rounded to float32.
+SSAE_HD void box_muller(unsigned int wa, unsigned int wb, float* cos_out, float* sin_out) {
+    const double r = sqrt(-2.0 * log(uniform_open(wa)));
+    const double theta = 2.0 * kPi * uniform_open(wb);
+    *cos_out = static_cast<float>(r * cos(theta));
+    *sin_out = static_cast<float>(r * sin(theta));
+}
+
+/// The Philox output words of block q of (seed, stream): key (seed_lo, seed_hi), counter (q, 0, stream, 0).
+SSAE_HD Words4 philox_block_words(unsigned int seed_lo, unsigned int seed_hi, unsigned int stream, unsigned int q) {
+    const Words4 ctr = {q, 0u, stream, 0u};
+    return philox4x32_10(ctr, seed_lo, seed_hi);
+}
+
+/// The normals 4q .. 4q + 3 of (seed, stream): (w0, w1) -> 4q, 4q + 1 and (w2, w3) -> 4q + 2, 4q + 3.
+SSAE_HD Normal4 philox_normal4(unsigned int seed_lo, unsigned int seed_hi, unsigned int stream, unsigned int q) {
+    const Words4 w = philox_block_words(seed_lo, seed_hi, stream, q);
+    Normal4 n;
+    box_muller(w.w0, w.w1, &n.n0, &n.n1);
+    box_muller(w.w2, w.w3, &n.n2, &n.n3);
+    return n;
+}
+
+/// Element i (0..3) of a Normal4, without a local-memory array.
+SSAE_HD float normal4_at(const Normal4& n, unsigned int i) {
+    return i == 0 ? n.n0 : (i == 1 ? n.n1 : (i == 2 ? n.n2 : n.n3));
+}
+
+/// Value `index` of (seed, stream); the block number wraps to 32 bits as in philox.py.
+SSAE_HD float philox_normal_at(unsigned int seed_lo, unsigned int seed_hi, unsigned int stream,
+                               unsigned long long index) {
+    const Normal4 n = philox_normal4(seed_lo, seed_hi, stream, static_cast<unsigned int>(index >> 2));
+    return normal4_at(n, static_cast<unsigned int>(index & 3u));
+}
+
+}  // namespace ssae
+
+#if !defined(SSAE_RNG_ONLY)
+namespace ssae {
+
+// =============================================================================================== tiling
+
+constexpr int kThreads = 256;                          // 8 warps per block
+constexpr int kTileH = 8, kTileW = 16;                 // output pixels per block: 8 rows x 16 columns
+constexpr int kTileM = kTileH * kTileW;                // 128 (GEMM M)
+constexpr int kTileN = 64;                             // output channels per block (GEMM N)
+constexpr int kHaloH = kTileH + 2, kHaloW = kTileW + 2;
+constexpr int kHaloPixels = kHaloH * kHaloW;           // 180 input pixels feed one tile (3x3, pad 1)
+constexpr int kTaps = 9;
+constexpr int kRngGroup = 32;                          // pixel mode: directions computed 32 channels per pass
+constexpr float kEps = 1e-8f;                          // reference.EPS
+constexpr float kSqrt2 = 1.41421356237309515f;
+constexpr float kLeakySlope = 0.2f;
+
+/// xi_mode values (any other value: generated, as kXiGenerated = 2).
+constexpr int kXiNone = 0, kXiExplicit = 1;
+
+/// Rounds n up to a multiple of 128 bytes (shared-memory sub-buffers stay aligned).
+constexpr int align128(int n) { return (n + 127) / 128 * 128; }
+
+/// FP16 tensor-core path: shared memory holds the modulated input of 64 channels ("group") for the halo,
+/// halo-pixel-major with 80 halves per pixel (the 16-half pad keeps every pixel row 32-byte aligned, as WMMA
+/// needs, and spreads banks), and the weights of 16 channels ("chunk") x 9 taps x 64 output channels.
+/// For tap (ky, kx) the A operand of 16 consecutive output pixels of a row is 16 consecutive halo pixels: a
+/// row-major 16x16 matrix with ldm = 80. B is the weight chunk, col-major with ldm = 152.
+struct TensorCorePath {
+    static constexpr bool kTensorCores = true;
+    static constexpr int kGroup = 64, kChunk = 16;
+    static constexpr int kXmLd = kGroup + 16;                    // halves per halo pixel
+    static constexpr int kWsLd = kTaps * kChunk + 8;             // halves per output channel
+    static constexpr int kStageLd = kTileM + 4;                  // floats per output channel (epilogue)
+    static constexpr int kXmBytes = align128(kHaloPixels * kXmLd * 2);
+    static constexpr int kWsBytes = align128(kTileN * kWsLd * 2);
+    static constexpr int kStageBytes = kTileN * kStageLd * 4;
+    static constexpr int kMainBytes = kXmBytes + kWsBytes;
+    static constexpr int kSmemBytes = kMainBytes > kStageBytes ? kMainBytes : kStageBytes;
+    using Storage = __half;
+    SSAE_HD static int xm_index(int pixel, int channel) { return pixel * kXmLd + channel; }
+    SSAE_HD static int ws_index(int o, int c, int tap) { return o * kWsLd + tap * kChunk + c; }
+};
+
+/// FP32 path: fp32 shared memory, channel-major modulated input (32 channels, 180 halo pixels each) and a
+/// weight chunk of 8 channels in the natural (o, c, tap) order; every thread computes 4 pixels x 8 channels.
+struct SimtPath {
+    static constexpr bool kTensorCores = false;
+    static constexpr int kGroup = 32, kChunk = 8;
+    static constexpr int kWsLd = kTaps * kChunk + 1;             // floats per output channel (+1: banks)
+    static constexpr int kXmBytes = align128(kGroup * kHaloPixels * 4);
+    static constexpr int kWsBytes = align128(kTileN * kWsLd * 4);
+    static constexpr int kSmemBytes = kXmBytes + kWsBytes;
+    using Storage = float;
+    SSAE_HD static int xm_index(int pixel, int channel) { return channel * kHaloPixels + pixel; }
+    SSAE_HD static int ws_index(int o, int c, int tap) { return o * kWsLd + c * kTaps + tap; }
+};
+
+static_assert(TensorCorePath::kSmemBytes + kTileM * 4 <= 48 * 1024, "static shared memory over 48 KiB");
+static_assert(SimtPath::kSmemBytes + kTileM * 4 <= 48 * 1024, "static shared memory over 48 KiB");
+static_assert(kThreads * 3 * 4 <= SimtPath::kSmemBytes, "reduction buffer must fit the shared buffer");
+
+// =============================================================================================== types
+
+/// fp32 value of a stored element.
+SSAE_HD float to_float(float v) { return v; }
+SSAE_HD float to_float(__half v) { return __half2float(v); }
+
+/// Rounds an fp32 value to the storage type T (round to nearest even).
+template <typename T> SSAE_HD T from_float(float v);
+template <> SSAE_HD float from_float<float>(float v) { return v; }
+template <> SSAE_HD __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+/// Everything one launch computes: the kernel parameters of the ABI, typed.
+template <typename T>
+struct Problem {
+    const T* x;                        // (B, Cin, H, W)
+    const T* weight;                   // (Cout, Cin, 3, 3) W_hat
+    const T* bias;                     // (Cout,)
+    const T* style;                    // (B, Cin) a
+    const T* direction;                // region: (B, Cin) d; pixel: (Cin, Cin) factor L
+    const unsigned long long* seeds;   // pixel: (B,) seeds of z; region: unused
+    const T* mask;                     // (B, 1, H, W)
+    const T* strength;                 // (B,)
+    const T* noise;                    // xi_mode 1: (B or 1, 1, H, W)
+    const T* noise_weight;             // (1,) w_n
+    T* y;                              // (B, Cout, H, W)
+    int batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride;
+    unsigned int xi_seed_lo, xi_seed_hi, xi_stream, pixel_stream;
+    int win_y0, win_x0, full_width;
+};
+
+/// This block's tile: sample b, output rows oy0.., columns ox0.., output channels n0..
+struct Tile {
+    int b, oy0, ox0, n0;
+};
+
+/// Per-sample constants of the style: mean(a^2), mean(a d), mean(d^2) (region; pixel: mean(a^2) only) and the
+/// sample's edit strength.
+struct SampleStyle {
+    float aa, ad, dd, strength;
+};
+
+// =============================================================================================== device helpers
+
+/// Tile of the current block from blockIdx: x = tile index (row-major over the tile grid), y = Cout tile, z = b.
+template <typename T>
+SSAE_DEV Tile block_tile(const Problem<T>& p) {
+    const int tiles_x = (p.width + kTileW - 1) / kTileW;
+    const int t = static_cast<int>(blockIdx.x);
+    return Tile{static_cast<int>(blockIdx.z), (t / tiles_x) * kTileH, (t % tiles_x) * kTileW,
+                static_cast<int>(blockIdx.y) * kTileN};
+}
+
+/// Block-wide reduction of the per-sample style scalars over Cin (all threads call it; `scratch` holds
+/// 3 x kThreads floats). Ends with a barrier, so `scratch` may be reused right after.
+template <typename T, bool kPixel>
+SSAE_DEV SampleStyle sample_style(const Problem<T>& p, int b, float* scratch) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const T* a = p.style + static_cast<long long>(b) * p.cin;
+    float saa = 0.f, sad = 0.f, sdd = 0.f;
+    for (int c = tid; c < p.cin; c += kThreads) {
+        const float av = to_float(a[c]);
+        const float dv = kPixel ? 0.f : to_float(p.direction[static_cast<long long>(b) * p.cin + c]);
+        saa += av * av;
+        sad += av * dv;
+        sdd += dv * dv;
+    }
+    scratch[tid] = saa;
+    scratch[kThreads + tid] = sad;
+    scratch[2 * kThreads + tid] = sdd;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half /= 2) {
+        if (tid < half) {
+            scratch[tid] += scratch[tid + half];
+            scratch[kThreads + tid] += scratch[kThreads + tid + half];
+            scratch[2 * kThreads + tid] += scratch[2 * kThreads + tid + half];
+        }
+        __syncthreads();
+    }
+    const float inv_c = 1.f / static_cast<float>(p.cin);
+    SampleStyle s{scratch[0] * inv_c, scratch[kThreads] * inv_c, scratch[2 * kThreads] * inv_c,
+                  to_float(p.strength[b])};
+    __syncthreads();
+    return s;
+}
+
+/// Region mode: 1 / rms(a + t d) in closed form, t = strength * mask(p).
+SSAE_DEV float region_inv_rms(const SampleStyle& s, float t) {
+    return rsqrtf(s.aa + 2.f * t * s.ad + t * t * s.dd + kEps);
+}
+
+/// Pixel mode: d[i] = sum_j L[c0 + i, j] z_j for the kRngGroup channels c0.. (0 past Cin), where z_j is value
+/// j0 + j of the pixel stream: the Cin normals of one pixel, regenerated from the counter on every call.
+template <typename T>
+SSAE_DEV void pixel_direction_group(const Problem<T>& p, int c0, unsigned int seed_lo, unsigned int seed_hi,
+                                    unsigned long long j0, float (&d)[kRngGroup]) {
+#pragma unroll
+    for (int i = 0; i < kRngGroup; ++i) d[i] = 0.f;
+    Normal4 block = {0.f, 0.f, 0.f, 0.f};
+    for (int j = 0; j < p.cin; ++j) {
+        const unsigned long long idx = j0 + static_cast<unsigned long long>(j);
+        if (j == 0 || (idx & 3u) == 0) {
+            block = philox_normal4(seed_lo, seed_hi, p.pixel_stream, static_cast<unsigned int>(idx >> 2));
+        }
+        const float z = normal4_at(block, static_cast<unsigned int>(idx & 3u));
+#pragma unroll
+        for (int i = 0; i < kRngGroup; ++i) {
+            const int c = c0 + i;
+            if (c < p.cin) d[i] += to_float(p.direction[static_cast<long long>(c) * p.cin + j]) * z;
+        }
+    }
+}
+
+/// Pixel mode: 1 / rms(a + t d(p)) over all Cin channels (t != 0), from kRngGroup-channel passes.
+template <typename T>
+SSAE_DEV float pixel_inv_rms(const Problem<T>& p, const T* a, float t, unsigned int seed_lo, unsigned int seed_hi,
+                             unsigned long long j0) {
+    float sum = 0.f;
+    for (int c0 = 0; c0 < p.cin; c0 += kRngGroup) {
+        float d[kRngGroup];
+        pixel_direction_group(p, c0, seed_lo, seed_hi, j0, d);
+#pragma unroll
+        for (int i = 0; i < kRngGroup; ++i) {
+            if (c0 + i < p.cin) {
+                const float s = to_float(a[c0 + i]) + t * d[i];
+                sum += s * s;
+            }
+        }
+    }
+    return rsqrtf(sum / static_cast<float>(p.cin) + kEps);
+}
+
+/// The halo pixel h (0..179) of a tile in image coordinates, and whether it lies inside the image.
+SSAE_HD bool halo_pixel(const Tile& tile, int h, int height, int width, int* gy, int* gx) {
+    *gy = tile.oy0 - 1 + h / kHaloW;
+    *gx = tile.ox0 - 1 + h % kHaloW;
+    return *gy >= 0 && *gy < height && *gx >= 0 && *gx < width;
+}
+
+/// Pixel-mode state of the halo pixel a thread owns: t = strength * mask, 1 / rms, and the pixel's first value
+/// index in the pixel stream. Threads >= kHaloPixels own none (t = 0).
+struct OwnedPixel {
+    bool inside;
+    int gy, gx;
+    float t, inv_rms;
+    unsigned long long j0;
+};
+
+/// Pixel mode: set up the halo pixel of thread `tid` (the full-Cin RMS pass runs here, once per block).
+template <typename T>
+SSAE_DEV OwnedPixel own_halo_pixel(const Problem<T>& p, const Tile& tile, const SampleStyle& st, int tid,
+                                   unsigned int seed_lo, unsigned int seed_hi) {
+    OwnedPixel o{false, 0, 0, 0.f, rsqrtf(st.aa + kEps), 0ull};
+    if (tid >= kHaloPixels) return o;
+    o.inside = halo_pixel(tile, tid, p.height, p.width, &o.gy, &o.gx);
+    if (!o.inside) return o;
+    const long long hw = static_cast<long long>(p.height) * p.width;
+    o.t = st.strength * to_float(p.mask[tile.b * hw + static_cast<long long>(o.gy) * p.width + o.gx]);
+    const unsigned long long pixel = static_cast<unsigned long long>(p.win_y0 + o.gy) * p.full_width +
+                                     static_cast<unsigned long long>(p.win_x0 + o.gx);
+    o.j0 = pixel * static_cast<unsigned long long>(p.cin);
+    if (o.t != 0.f) o.inv_rms = pixel_inv_rms(p, p.style + static_cast<long long>(tile.b) * p.cin, o.t, seed_lo,
+                                              seed_hi, o.j0);
+    return o;
+}
+
+/// Region mode: write the modulated input x * s of channels g0 .. g0 + kGroup for the whole halo into `xm`
+/// (zero outside the image and past Cin: the conv's zero padding). All threads, one element each in turn.
+template <class Path, typename T>
+SSAE_DEV void build_group_region(const Problem<T>& p, const Tile& tile, const SampleStyle& st, int g0,
+                                 typename Path::Storage* xm) {
+    const long long hw = static_cast<long long>(p.height) * p.width;
+    const T* a = p.style + static_cast<long long>(tile.b) * p.cin;
+    const T* d = p.direction + static_cast<long long>(tile.b) * p.cin;
+    for (int e = static_cast<int>(threadIdx.x); e < Path::kGroup * kHaloPixels; e += kThreads) {
+        const int cl = e / kHaloPixels, h = e % kHaloPixels, c = g0 + cl;
+        int gy, gx;
+        float v = 0.f;
+        if (c < p.cin && halo_pixel(tile, h, p.height, p.width, &gy, &gx)) {
+            const long long pix = static_cast<long long>(gy) * p.width + gx;
+            const float t = st.strength * to_float(p.mask[tile.b * hw + pix]);
+            const float xv = to_float(p.x[(static_cast<long long>(tile.b) * p.cin + c) * hw + pix]);
+            v = xv * (to_float(a[c]) + t * to_float(d[c])) * region_inv_rms(st, t);
+        }
+        xm[Path::xm_index(h, cl)] = from_float<typename Path::Storage>(v);
+    }
+}
+
+/// Pixel mode: the same for the halo pixel this thread owns (threads >= 180 idle), kRngGroup channels per
+/// regenerated noise pass.
+template <class Path, typename T>
+SSAE_DEV void build_group_pixel(const Problem<T>& p, const Tile& tile, const OwnedPixel& own, int g0,
+                                unsigned int seed_lo, unsigned int seed_hi, typename Path::Storage* xm) {
+    const int h = static_cast<int>(threadIdx.x);
+    if (h >= kHaloPixels) return;
+    const long long hw = static_cast<long long>(p.height) * p.width;
+    const long long pix = static_cast<long long>(own.gy) * p.width + own.gx;
+    const T* a = p.style + static_cast<long long>(tile.b) * p.cin;
+    for (int sub = 0; sub < Path::kGroup; sub += kRngGroup) {
+        const int c0 = g0 + sub;
+        float d[kRngGroup];
+        if (own.inside && own.t != 0.f && c0 < p.cin) {
+            pixel_direction_group(p, c0, seed_lo, seed_hi, own.j0, d);
+        } else {
+#pragma unroll
+            for (int i = 0; i < kRngGroup; ++i) d[i] = 0.f;
+        }
+#pragma unroll
+        for (int i = 0; i < kRngGroup; ++i) {
+            const int c = c0 + i;
+            float v = 0.f;
+            if (own.inside && c < p.cin) {
+                const float xv = to_float(p.x[(static_cast<long long>(tile.b) * p.cin + c) * hw + pix]);
+                v = xv * (to_float(a[c]) + own.t * d[i]) * own.inv_rms;
+            }
+            xm[Path::xm_index(h, sub + i)] = from_float<typename Path::Storage>(v);
+        }
+    }
+}
+
+/// Weights of input channels c0 .. c0 + kChunk for the tile's kTileN output channels into `ws`
+/// (zero past Cin / Cout). Reads are contiguous along each output channel's (c, tap) row.
+template <class Path, typename T>
+SSAE_DEV void load_weight_chunk(const Problem<T>& p, const Tile& tile, int c0, typename Path::Storage* ws) {
+    constexpr int kRow = Path::kChunk * kTaps;
+    for (int e = static_cast<int>(threadIdx.x); e < kTileN * kRow; e += kThreads) {
+        const int ol = e / kRow, k = e % kRow;
+        const int c = c0 + k / kTaps, tap = k % kTaps, o = tile.n0 + ol;
+        float v = 0.f;
+        if (o < p.cout && c < p.cin) v = to_float(p.weight[(static_cast<long long>(o) * p.cin + c) * kTaps + tap]);
+        ws[Path::ws_index(ol, k / kTaps, tap)] = from_float<typename Path::Storage>(v);
+    }
+}
+
+/// w_n * xi(p) for each of the tile's output pixels into `term` (threads 0..127; caller synchronises).
+template <typename T>
+SSAE_DEV void stage_noise_term(const Problem<T>& p, const Tile& tile, float* term) {
+    const int m = static_cast<int>(threadIdx.x);
+    if (m >= kTileM) return;
+    const int oy = tile.oy0 + m / kTileW, ox = tile.ox0 + m % kTileW;
+    float v = 0.f;
+    if (p.xi_mode != kXiNone && oy < p.height && ox < p.width) {
+        float xi;
+        if (p.xi_mode == kXiExplicit) {
+            xi = to_float(p.noise[static_cast<long long>(tile.b) * p.xi_batch_stride +
+                                  static_cast<long long>(oy) * p.width + ox]);
+        } else {
+            const unsigned long long idx = static_cast<unsigned long long>(p.win_y0 + oy) * p.full_width +
+                                           static_cast<unsigned long long>(p.win_x0 + ox);
+            xi = philox_normal_at(p.xi_seed_lo, p.xi_seed_hi, p.xi_stream, idx);
+        }
+        v = to_float(p.noise_weight[0]) * xi;
+    }
+    term[m] = v;
+}
+
+/// Output element: act(conv + w_n xi + b) with act(v) = leaky_relu(v, 0.2) * sqrt(2), or conv + w_n xi + b.
+SSAE_HD float finish_output(float conv, float noise_term, float bias, int activate) {
+    float v = conv + noise_term + bias;
+    if (activate) v = (v < 0.f ? kLeakySlope * v : v) * kSqrt2;
+    return v;
+}
+
+/// Stores output element (o, oy, ox) of sample b when inside the output.
+template <typename T>
+SSAE_DEV void store_output(const Problem<T>& p, int b, int o, int oy, int ox, float conv, float noise_term) {
+    if (o >= p.cout || oy >= p.height || ox >= p.width) return;
+    const float v = finish_output(conv, noise_term, to_float(p.bias[o]), p.activate);
+    p.y[((static_cast<long long>(b) * p.cout + o) * p.height + oy) * p.width + ox] = from_float<T>(v);
+}
+
+// =============================================================================================== inner products
+
+/// Tensor-core accumulators of one warp: 2 output rows (16 pixels each) x 2 x 16 output channels.
+/// Warp w covers rows 2 (w % 4), 2 (w % 4) + 1 and channels 32 (w / 4) .. + 32 of the tile.
+struct TcAccumulators {
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc[2][2];
+};
+
+/// acc += the chunk's contribution: for each tap (ky, kx), A = modulated input of halo rows (row + ky) shifted
+/// by kx (16 pixels x 16 channels of the chunk), B = the tap's 16 channels x 16 output channels.
+SSAE_DEV void mma_chunk(TcAccumulators& t, const __half* xm, const __half* ws, int chunk_in_group) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int row0 = 2 * (warp % 4), n_base = 32 * (warp / 4);
+    const int c_off = chunk_in_group * TensorCorePath::kChunk;
+    for (int tap = 0; tap < kTaps; ++tap) {
+        const int ky = tap / 3, kx = tap % 3;
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int halo = (row0 + i + ky) * kHaloW + kx;
+            wmma::load_matrix_sync(a[i], xm + TensorCorePath::xm_index(halo, c_off), TensorCorePath::kXmLd);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            wmma::load_matrix_sync(b[j], ws + TensorCorePath::ws_index(n_base + 16 * j, 0, tap),
+                                   TensorCorePath::kWsLd);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(t.acc[i][j], a[i], b[j], t.acc[i][j]);
+    }
+}
+
+/// SIMT accumulators of one thread: 4 output rows (of one column) x 8 output channels.
+/// Thread tid covers column tid % 16, rows 4 ((tid / 16) % 2) .., channels 8 (tid / 32) .. of the tile.
+struct SimtAccumulators {
+    float acc[4][8];
+};
+
+/// acc += the chunk's contribution, fp32 FMAs; weights are read as warp-wide broadcasts.
+SSAE_DEV void fma_chunk(SimtAccumulators& t, const float* xm, const float* ws, int chunk_in_group) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const int col = tid % 16, row0 = 4 * ((tid / 16) % 2), o0 = 8 * (tid / 32);
+    for (int cc = 0; cc < SimtPath::kChunk; ++cc) {
+        const int cl = chunk_in_group * SimtPath::kChunk + cc;
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx) {
+            float v[6];
+#pragma unroll
+            for (int r = 0; r < 6; ++r) v[r] = xm[SimtPath::xm_index((row0 + r) * kHaloW + col + kx, cl)];
+#pragma unroll
+            for (int ky = 0; ky < 3; ++ky) {
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const float w = ws[SimtPath::ws_index(o0 + k, cc, ky * 3 + kx)];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) t.acc[i][k] += v[i + ky] * w;
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes the accumulators.
+SSAE_DEV void clear(TcAccumulators& t) {
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(t.acc[i][j], 0.f);
+}
+SSAE_DEV void clear(SimtAccumulators& t) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int k = 0; k < 8; ++k) t.acc[i][k] = 0.f;
+}
+
+/// Accumulate one weight chunk (dispatch on the path).
+SSAE_DEV void accumulate(TcAccumulators& t, const __half* xm, const __half* ws, int chunk) {
+    mma_chunk(t, xm, ws, chunk);
+}
+SSAE_DEV void accumulate(SimtAccumulators& t, const float* xm, const float* ws, int chunk) {
+    fma_chunk(t, xm, ws, chunk);
+}
+
+/// Epilogue, tensor cores: fragments -> fp32 stage in shared memory (channel-major) -> coalesced stores.
+/// Caller synchronised after the main loop; `stage` aliases the main buffers.
+template <typename T>
+SSAE_DEV void write_tile(const Problem<T>& p, const Tile& tile, TcAccumulators& t, float* stage,
+                         const float* noise_term) {
+    namespace wmma = nvcuda::wmma;
+    const int warp = static_cast<int>(threadIdx.x) / 32;
+    const int row0 = 2 * (warp % 4), n_base = 32 * (warp / 4);
+    for (int i = 0; i < 2; ++i)
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(stage + (n_base + 16 * j) * TensorCorePath::kStageLd + (row0 + i) * kTileW,
+                                    t.acc[i][j], TensorCorePath::kStageLd, wmma::mem_col_major);
+    __syncthreads();
+    for (int e = static_cast<int>(threadIdx.x); e < kTileN * kTileM; e += kThreads) {
+        const int ol = e / kTileM, m = e % kTileM;
+        store_output(p, tile.b, tile.n0 + ol, tile.oy0 + m / kTileW, tile.ox0 + m % kTileW,
+                     stage[ol * TensorCorePath::kStageLd + m], noise_term[m]);
+    }
+}
+
+/// Epilogue, SIMT: every thread stores its 4 x 8 outputs.
+template <typename T>
+SSAE_DEV void write_tile(const Problem<T>& p, const Tile& tile, SimtAccumulators& t, float* /*stage*/,
+                         const float* noise_term) {
+    const int tid = static_cast<int>(threadIdx.x);
+    const int col = tid % 16, row0 = 4 * ((tid / 16) % 2), o0 = 8 * (tid / 32);
+    for (int i = 0; i < 4; ++i) {
+        const int m = (row0 + i) * kTileW + col;
+        for (int k = 0; k < 8; ++k)
+            store_output(p, tile.b, tile.n0 + o0 + k, tile.oy0 + row0 + i, tile.ox0 + col, t.acc[i][k],
+                         noise_term[m]);
+    }
+}
+
+// =============================================================================================== the kernel body
+
+/// Select<cond, A, B>::type: A if cond else B (std::conditional without the standard library, for NVRTC).
+template <bool kCond, class A, class B> struct Select { using type = A; };
+template <class A, class B> struct Select<false, A, B> { using type = B; };
+
+/// One block: a kTileH x kTileW x kTileN output tile of one sample.
+/// Loop: for each group of input channels, build the modulated halo input in shared memory (style computed on
+/// the fly), then for each chunk of it load the weights and accumulate (tensor cores or FMAs); then add
+/// bias and noise, activate, store.
+template <typename T, bool kPixel, class Path>
+SSAE_DEV void masked_modconv_block(const Problem<T>& p) {
+    using Storage = typename Path::Storage;
+    using Acc = typename Select<Path::kTensorCores, TcAccumulators, SimtAccumulators>::type;
+    alignas(128) __shared__ unsigned char smem[Path::kSmemBytes];
+    __shared__ float noise_term[kTileM];
+    Storage* xm = reinterpret_cast<Storage*>(smem);
+    Storage* ws = reinterpret_cast<Storage*>(smem + Path::kXmBytes);
+
+    const Tile tile = block_tile(p);
+    const SampleStyle st = sample_style<T, kPixel>(p, tile.b, reinterpret_cast<float*>(smem));
+    unsigned int seed_lo = 0u, seed_hi = 0u;
+    OwnedPixel own{};
+    if constexpr (kPixel) {
+        const unsigned long long seed = p.seeds[tile.b];
+        seed_lo = static_cast<unsigned int>(seed & 0xFFFFFFFFull);
+        seed_hi = static_cast<unsigned int>(seed >> 32);
+        own = own_halo_pixel(p, tile, st, static_cast<int>(threadIdx.x), seed_lo, seed_hi);
+    }
+
+    Acc acc;
+    clear(acc);
+    for (int g0 = 0; g0 < p.cin; g0 += Path::kGroup) {
+        __syncthreads();  // the previous group's inner products are done with xm
+        if constexpr (kPixel) {
+            build_group_pixel<Path>(p, tile, own, g0, seed_lo, seed_hi, xm);
+        } else {
+            build_group_region<Path>(p, tile, st, g0, xm);
+        }
+        for (int chunk = 0; chunk < Path::kGroup / Path::kChunk && g0 + chunk * Path::kChunk < p.cin; ++chunk) {
+            __syncthreads();  // the previous chunk is done with ws
+            load_weight_chunk<Path>(p, tile, g0 + chunk * Path::kChunk, ws);
+            __syncthreads();  // xm and ws are complete
+            accumulate(acc, xm, ws, chunk);
+        }
+    }
+    __syncthreads();  // the stage of the epilogue aliases xm / ws
+    stage_noise_term(p, tile, noise_term);
+    __syncthreads();
+    write_tile(p, tile, acc, reinterpret_cast<float*>(smem), noise_term);
+}
+
+/// The typed problem from the ABI's parameters.
+template <typename T>
+SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, const T* style, const T* direction,
+                                 const long long* seeds, const T* mask, const T* strength, const T* noise,
+                                 const T* noise_weight, int batch, int cin, int cout, int height, int width,
+                                 int activate, int xi_mode, int xi_batch_stride, int xi_seed_lo, int xi_seed_hi,
+                                 int xi_stream, int pixel_stream, int win_y0, int win_x0, int full_width, T* y) {
+    return Problem<T>{x, weight, bias, style, direction, reinterpret_cast<const unsigned long long*>(seeds), mask,
+                      strength, noise, noise_weight, y, batch, cin, cout, height, width, activate, xi_mode,
+                      xi_batch_stride, static_cast<unsigned int>(xi_seed_lo), static_cast<unsigned int>(xi_seed_hi),
+                      static_cast<unsigned int>(xi_stream), static_cast<unsigned int>(pixel_stream), win_y0, win_x0,
+                      full_width};
+}
+
+}  // namespace ssae
+
+// =============================================================================================== entry points
+
+// The 15 int32 scalars of the ABI, in order, and their forwarding.
+#define SSAE_MMC_SCALARS                                                                                         \
+    int batch, int cin, int cout, int height, int width, int activate, int xi_mode, int xi_batch_stride,         \
+        int xi_seed_lo, int xi_seed_hi, int xi_stream, int pixel_stream, int win_y0, int win_x0, int full_width
+#define SSAE_MMC_SCALAR_ARGS                                                                                     \
+    batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi, xi_stream,      \
+        pixel_stream, win_y0, win_x0, full_width
+
+// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them.
+#define SSAE_MMC_REGION_ENTRY(NAME, T, PATH)                                                                     \
+    extern "C" __global__ void __launch_bounds__(ssae::kThreads) NAME(                                           \
+        const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,                       \
+        const T* __restrict__ style, const T* __restrict__ direction, const T* __restrict__ mask,                 \
+        const T* __restrict__ strength, const T* __restrict__ noise, const T* __restrict__ noise_weight,         \
+        SSAE_MMC_SCALARS, T* __restrict__ y) {                                                                   \
+        ssae::masked_modconv_block<T, false, PATH>(ssae::make_problem<T>(                                        \
+            x, weight, bias, style, direction, nullptr, mask, strength, noise, noise_weight, SSAE_MMC_SCALAR_ARGS, \
+            y));                                                                                                 \
+    }
+
+// Pixel mode: the direction replaced by the factor L, plus the per-sample seeds (int64 bit patterns of uint64).
+#define SSAE_MMC_PIXEL_ENTRY(NAME, T, PATH)                                                                      \
+    extern "C" __global__ void __launch_bounds__(ssae::kThreads) NAME(                                           \
+        const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,                       \
+        const T* __restrict__ style, const T* __restrict__ factor, const long long* __restrict__ seeds,          \
+        const T* __restrict__ mask, const T* __restrict__ strength, const T* __restrict__ noise,                 \
+        const T* __restrict__ noise_weight, SSAE_MMC_SCALARS, T* __restrict__ y) {                               \
+        ssae::masked_modconv_block<T, true, PATH>(ssae::make_problem<T>(                                         \
+            x, weight, bias, style, factor, seeds, mask, strength, noise, noise_weight, SSAE_MMC_SCALAR_ARGS, y)); \
+    }
+
+SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f32, float, ssae::SimtPath)
+SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f16, __half, ssae::TensorCorePath)
+SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f16_simt, __half, ssae::SimtPath)
+SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f32, float, ssae::SimtPath)
+SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f16, __half, ssae::TensorCorePath)
+SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f16_simt, __half, ssae::SimtPath)
+
+/// out[i] = value start + i of (seed, stream), i < count: the generator of kernels/philox.py on the device.
+/// Grid: ceil(count / 256) blocks of 256 threads.
+extern "C" __global__ void __launch_bounds__(ssae::kThreads) ssae_philox_normals(
+    int seed_lo, int seed_hi, int stream, long long start, int count, float* __restrict__ out) {
+    const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i < count) {
+        out[i] = ssae::philox_normal_at(static_cast<unsigned int>(seed_lo), static_cast<unsigned int>(seed_hi),
+                                        static_cast<unsigned int>(stream), static_cast<unsigned long long>(start + i));
+    }
+}
+
+#endif  // !SSAE_RNG_ONLY
