@@ -203,6 +203,9 @@ def _export_args(p):
     p.add_argument("--no-single-roi-smpn", action="store_true",
                    help="skip the per-ROI SMPN graphs (single-ROI edits then run the five-ROI graph)")
     p.add_argument("--no-plugin", action="store_true", help="skip the TensorRT plugin graph")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: strongly typed FP16 graphs (fp32 graph I/O; --model may be an fp32 export folder)")
+    p.add_argument("--plan", default=None, help="precision plan JSON (nodes kept in fp32; ssae calibrate)")
 
 
 @command("export", _export_args)
@@ -213,6 +216,8 @@ def _export(args: argparse.Namespace) -> int:
     from .export.onnx_export import export_onnx
     from .runtime.registry import ModelError, load_torch_model, resolve_model
 
+    if args.precision == "fp16" or args.plan:
+        return _export_fp16(args)
     try:
         model = load_torch_model(resolve_model(args.model))
     except ModelError as e:
@@ -221,6 +226,91 @@ def _export(args: argparse.Namespace) -> int:
                       single_roi_smpn=not args.no_single_roi_smpn,
                       progress=lambda n: print(f"exporting {n}", file=sys.stderr))
     print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    return 0
+
+
+def _export_fp16(args: argparse.Namespace) -> int:
+    """fp16 export: convert an fp32 export folder (given, or exported first into a temporary folder)."""
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from .export import fp16
+    from .export.onnx_export import ExportError, export_onnx
+    from .export.precision_plan import PrecisionPlan, PrecisionPlanError
+    from .runtime.backend import BackendError
+    from .runtime.registry import ModelError, load_torch_model, resolve_model
+
+    try:
+        plan = PrecisionPlan.load(args.plan) if args.plan else None
+        if plan is not None and plan.precision != "fp16":
+            raise UserError(f"{args.plan} is a {plan.precision} plan; ssae export converts to fp16")
+        src = resolve_model(args.model)
+        out = Path(args.out)
+        tmp = None
+        if src.kind == "export":
+            fp32_dir = src.path
+        else:
+            model = load_torch_model(src)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=f".{out.name}.fp32-", dir=out.parent)
+            fp32_dir = Path(tmp)
+            export_onnx(model, fp32_dir, opset=args.opset, plugin=not args.no_plugin,
+                        single_roi_smpn=not args.no_single_roi_smpn,
+                        progress=lambda n: print(f"exporting {n}", file=sys.stderr))
+        try:
+            man = fp16.write_export(fp32_dir, out, plan=plan, precision="fp16",
+                                    source_label=None if tmp is None else f"fp32 export of {args.model or 'bundled'}",
+                                    progress=lambda n: print(f"fp16 {n}", file=sys.stderr))
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except (ModelError, BackendError, ExportError, PrecisionPlanError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    return 0
+
+
+def _build_args(p):
+    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
+    p.add_argument("--precision", choices=("fp16", "fp32", "int8"), default="fp16",
+                   help="fp16: convert an fp32 export (with --plan); fp32/int8: the export's graphs as they are")
+    p.add_argument("--plan", default=None, help="precision plan JSON (nodes kept in fp32)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch of the optimization profiles")
+    p.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT tunes for")
+    p.add_argument("--plugin", choices=("auto", "aot", "jit", "off"), default="auto",
+                   help="the edit stage through the ssae::MaskedModConv plugin (auto: AOT, else JIT, else none)")
+    p.add_argument("--out", default=None, help="engine folder (default: <export>/tensorrt-<precision>)")
+    p.add_argument("--rebuild", action="store_true", help="ignore cached engines")
+    p.add_argument("--stages", nargs="+", default=None, help="only these stages")
+    p.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
+
+
+@command("build", _build_args)
+def _build(args: argparse.Namespace) -> int:
+    """Build TensorRT engines (FP16, plugin, profiles, timing cache) for every stage of an export."""
+    import json
+
+    from .export import trt_build
+    from .export.onnx_export import ExportError
+    from .export.precision_plan import PrecisionPlan, PrecisionPlanError
+    from .runtime.backend import BackendError
+    from .runtime.registry import ModelError, export_dir_for, resolve_model
+
+    try:
+        trt_build.require_tensorrt()  # before any export work: say at once what is missing
+        trt_build.require_cudart()
+        plan = PrecisionPlan.load(args.plan) if args.plan else None
+        src = export_dir_for(resolve_model(args.model))
+        index = trt_build.build_engines(src, args.out, plan=plan, progress=trt_build.log, opts=trt_build.BuildOptions(
+            precision=args.precision, max_batch=args.max_batch, opt_batch=args.opt_batch, plugin=args.plugin,
+            rebuild=args.rebuild, stages=tuple(args.stages or ()), verbose=args.verbose))
+    except (trt_build.TensorRTUnavailable, trt_build.BuildError, trt_build.EngineMismatch, ModelError, BackendError,
+            ExportError, PrecisionPlanError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(json.dumps({"environment": index["environment"], "precision": index["precision"],
+                      "plugin": index["plugin"], "engines": {k: v["file"] for k, v in index["engines"].items()}}))
     return 0
 
 
