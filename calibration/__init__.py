@@ -1,2 +1,2 @@
-"""ssae.calibration: INT8 post-training quantization (QDQ) of ONNX exports, calibrated on real faces, with an
-accuracy/speed report against fp32. (FP16/bf16 precision plans: not built yet.)"""
+"""ssae.calibration: calibration sets of real faces, FP16/bf16 precision plans (which nodes stay fp32), INT8
+post-training quantization (QDQ) with an exclusion search, and the accuracy/speed report against fp32."""

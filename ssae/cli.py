@@ -404,52 +404,47 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _calibrate_args(p):
-    p.add_argument("--precision", choices=("int8",), required=True,
-                   help="int8: static QDQ quantization (fp16/bf16 plans are not built yet)")
-    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
-    p.add_argument("--images", default=None, help="folder of calibration faces (default: LFW train via --lfw)")
+    p.add_argument("--precision", nargs="+", choices=("fp16", "bf16", "int8"), required=True,
+                   help="fp16/bf16: precision plan (nodes kept in fp32); int8: static QDQ quantization")
+    p.add_argument("--model", default=None, help="checkpoint, fp32 export folder or preset (default: bundled)")
+    p.add_argument("--backend", nargs="+", default=None,
+                   help="backends of the report (default: int8 onnxruntime openvino; fp16 simulated onnxruntime; "
+                        "bf16 openvino torch-bf16 simulated)")
     p.add_argument("--lfw", default=None, help="LFW Part Labels root (calibration: train split; report: test split)")
+    p.add_argument("--lfw-derived", default=None, help="derived nose/eyes/lips masks (labels for their IoU)")
+    p.add_argument("--images", default=None, help="or a folder of faces (the report uses its last images)")
+    p.add_argument("--calibration-set", default=None, help="or an existing calibration_set.npz")
     p.add_argument("--count", type=int, default=200, help="calibration images")
     p.add_argument("--report-images", type=int, default=16)
     p.add_argument("--method", choices=("minmax", "entropy", "percentile"), default="minmax")
-    p.add_argument("--out", required=True, help="output folder: the calibrated export + report.json")
+    p.add_argument("--activations", choices=("s8", "u8"), default="s8",
+                   help="int8 activations: s8 symmetric (TensorRT) or u8 asymmetric (ONNX Runtime on x86)")
+    p.add_argument("--target-psnr", type=float, default=30.0, help="int8 exclusion search target (dB vs fp32)")
+    p.add_argument("--no-search", action="store_true", help="int8: quantize every graph, no exclusion search")
+    p.add_argument("--out", required=True, help="output folder: calibrated graphs, plans, report.json, report.md")
 
 
 @command("calibrate", _calibrate_args)
 def _calibrate(args: argparse.Namespace) -> int:
-    """Quantize an export to INT8 (QDQ) on real faces and report accuracy and speed against fp32."""
+    """Calibrate fp16/bf16 precision plans and INT8 graphs on real faces; report accuracy and speed vs fp32."""
     import json
-    from pathlib import Path
 
-    import numpy as np
+    from .calibration.dataset import CalibrationSetError
+    from .calibration.run import CalibrateConfig, calibrate
+    from .export.onnx_export import ExportError
+    from .runtime.backend import BackendError
+    from .runtime.registry import ModelError
 
-    from .calibration.int8 import Int8Config, quantize_export
-    from .calibration.report import compare_exports
-    from .data.layouts import ImageFolder, LFWParts
-    from .data.memory import MemoryDataset
-    from .export.onnx_export import read_manifest
-    from .fileio import atomic_write
-    from .runtime.registry import ModelError, export_dir_for, resolve_model
-
+    cfg = CalibrateConfig(out=args.out, precisions=tuple(args.precision), model=args.model,
+                          backends=tuple(args.backend or ()), lfw=args.lfw, lfw_derived=args.lfw_derived,
+                          images=args.images, calibration_set=args.calibration_set, count=args.count,
+                          report_images=args.report_images, method=args.method, activations=args.activations,
+                          target_psnr=args.target_psnr, search=not args.no_search)
     try:
-        src = export_dir_for(resolve_model(args.model))
-    except ModelError as e:
-        raise UserError(str(e)) from None
-    size = int(read_manifest(src)["model_config"]["image_size"])
-    if args.images:
-        calib = MemoryDataset.load(ImageFolder(args.images, size)).images
-        test = calib[-args.report_images:]
-    elif args.lfw:
-        calib = MemoryDataset.load(LFWParts(args.lfw, "train", size)).images
-        test = MemoryDataset.load(LFWParts(args.lfw, "test", size)).images[: args.report_images]
-    else:
-        raise UserError("give calibration images: --images DIR or --lfw LFW_PARTS_ROOT")
-    calib = calib[: args.count]
-    man = quantize_export(src, args.out, calib, Int8Config(method=args.method),
-                          progress=lambda n: print(f"calibrating {n}", file=sys.stderr))
-    report = {"int8": compare_exports(src, args.out, test), "calibration": man["calibration"]}
-    atomic_write(Path(args.out) / "report.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))
-    print(json.dumps(report, indent=1))
+        report = calibrate(cfg)
+    except (ModelError, ExportError, BackendError, CalibrationSetError, FileNotFoundError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(json.dumps({p: {k: v for k, v in report[p].items() if k != "backends"} for p in cfg.precisions}, indent=1))
     return 0
 
 

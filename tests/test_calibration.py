@@ -1,4 +1,4 @@
-"""INT8 calibration (QDQ, per-channel symmetric weights) on real faces: structure, accuracy, CLI report."""
+"""Calibration: calibration sets, fp16/bf16 precision plans, INT8 QDQ graphs and cache, exclusion search, report."""
 import json
 import subprocess
 import sys
@@ -6,28 +6,110 @@ import sys
 import numpy as np
 import onnx
 import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from ssae.calibration.int8 import Int8Config, quantize_export
-from ssae.calibration.report import compare_exports
+from ssae.calibration.accuracy import compare_variant, markdown_report
+from ssae.calibration.dataset import CalibrationSet, CalibrationSetError
+from ssae.calibration.float_plan import make_plan, plan_graph, round_array, simulate
+from ssae.calibration.int8 import Int8Config, quantize_export, stage_feeds
+from ssae.calibration.int8_search import graph_group, search_exclusions
 from ssae.export.onnx_export import read_manifest
+from ssae.runtime.onnx_backends import OrtBackend
 
 
 @pytest.fixture(scope="module")
-def faces(shared_dir):
+def cset(shared_dir):
+    return CalibrationSet.from_lfw(shared_dir / "data" / "lfw_parts", 32, count=12)
+
+
+@pytest.fixture(scope="module")
+def faces(cset):
+    return cset.images
+
+
+@pytest.fixture(scope="module")
+def test_faces(shared_dir):
     from ssae.data.layouts import LFWParts
     from ssae.data.memory import MemoryDataset
-    ds = LFWParts(shared_dir / "data" / "lfw_parts", "train", 32)
-    ds.names = ds.names[:12]
-    return MemoryDataset.load(ds).images
+    ds = LFWParts(shared_dir / "data" / "lfw_parts", "test", 32)
+    ds.names = ds.names[:3]
+    return MemoryDataset.load(ds)
 
 
 @pytest.fixture(scope="module")
 def int8_export(tmp_path_factory, tiny_export, faces):
     out = tmp_path_factory.mktemp("int8")
-    quantize_export(tiny_export, out, faces[:8], Int8Config(method="minmax"))
+    quantize_export(tiny_export, out, faces[:8], Int8Config(method="minmax"), cache_dir=out / "cache")
     return out
 
 
+# ------------------------------------------------------------------------------------------- calibration set
+def test_calibration_set_round_trip_with_provenance(cset, tmp_path):
+    path = cset.save(tmp_path / "set.npz")
+    back = CalibrationSet.load(path)
+    assert np.array_equal(back.images, cset.images) and back.names == cset.names
+    p = back.provenance
+    assert p["layout"] == "LFWParts" and p["split"] == "train" and p["count"] == 12 and p["size"] == 32
+    assert len(p["sha256"]) == 64
+    z = dict(np.load(path))
+    z["images"] = z["images"].copy()
+    z["images"][0, 0, 0, 0] ^= 1  # one pixel changed: the recorded hash no longer matches
+    np.savez(tmp_path / "bad.npz", **z)
+    with pytest.raises(CalibrationSetError, match="sha256"):
+        CalibrationSet.load(tmp_path / "bad.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CalibrationSetError, match="not a calibration set"):
+        CalibrationSet.load(tmp_path / "junk.npz")
+
+
+# ------------------------------------------------------------------------------------------- fp16 / bf16 plans
+def test_rounding_matches_torch_half_and_bfloat16():
+    a = np.random.default_rng(0).standard_normal(10000).astype(np.float32) * np.float32(300.0)
+    a[:3] = [70000.0, 1e-9, -65520.0]
+    for prec, dt in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        want = torch.from_numpy(a).to(dt).float().numpy()
+        assert np.array_equal(round_array(a, prec), want, equal_nan=True), prec
+
+
+def _square_mean_graph():
+    """y = ReduceMean(x * x) * 0.5: x*x overflows fp16 for |x| > 256."""
+    half = numpy_helper.from_array(np.array(0.5, np.float32), "half")
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"], name="square"),
+             helper.make_node("ReduceMean", ["sq"], ["m"], name="mean", keepdims=1),
+             helper.make_node("Mul", ["m", "half"], ["y"], name="scale")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])], [half])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_fp16_plan_keeps_the_overflowing_node_in_fp32():
+    model = _square_mean_graph()
+    feeds = [{"x": np.full((1, 64), 400.0, np.float32)}]
+    sim = simulate(model, "fp16")
+    from ssae.calibration.float_plan import _session
+    assert not np.isfinite(_session(sim).run(None, feeds[0])[0]).all()  # the simulation overflows like fp16 would
+    res = plan_graph(model, feeds, "fp16", target_snr_db=45.0)
+    assert "square" in res.overflow_nodes and "square" in res.keep_fp32
+    assert res.snr_db_all_low == float("-inf") and res.snr_db >= 45.0
+    bf = plan_graph(model, feeds, "bf16", target_snr_db=20.0)  # bf16 has the fp32 range: nothing overflows
+    assert bf.overflow_nodes == [] and bf.snr_db > 20.0
+
+
+def test_plans_for_every_graph_of_an_export(tiny_export, faces, tmp_path):
+    feeds = stage_feeds(tiny_export, faces[:3])
+    plan, results = make_plan(tiny_export, feeds, "fp16")
+    runnable = {s for s, e in read_manifest(tiny_export)["stages"].items() if not e.get("plugin")}
+    assert set(results) == runnable
+    for r in results.values():
+        assert r.snr_db >= r.snr_db_all_low and r.snr_db > 40.0
+    plan.save(tmp_path / "plan.json")
+    from ssae.export.precision_plan import PrecisionPlan
+    back = PrecisionPlan.load(tmp_path / "plan.json")
+    assert back.precision == "fp16" and back.provenance["target_snr_db"] == 45.0
+
+
+# ------------------------------------------------------------------------------------------- int8
 def test_qdq_graphs_with_per_channel_symmetric_weights(int8_export):
     man = read_manifest(int8_export)  # hashes verified
     assert man["precision"] == "int8" and man["calibration"]["images"] == 8
@@ -39,14 +121,47 @@ def test_qdq_graphs_with_per_channel_symmetric_weights(int8_export):
     assert axes, "per-channel weight quantization carries an axis"
     zps = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in g.graph.node
            if n.op_type == "DequantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
-    assert zps and all(np.all(z == 0) for z in zps)  # symmetric
+    assert zps and all(np.all(z == 0) for z in zps)  # symmetric: int8 activations/weights, int32 biases
+    assert {z.dtype for z in zps} <= {np.dtype(np.int8), np.dtype(np.int32)} and np.dtype(np.int8) in {z.dtype for z in zps}
+    assert man["calibration"]["op_types"] == ["Conv", "ConvTranspose", "Gemm", "MatMul"]
+    conv_inputs = {i for n in g.graph.node if n.op_type == "Conv" for i in n.input}
+    dq_out = {n.output[0] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    assert all(len(set(n.input) & dq_out) >= 2 for n in g.graph.node if n.op_type == "Conv")  # int8 x and W
+    assert conv_inputs & dq_out
     assert man["stages"]["sae_decoder_edit_plugin"]["plugin"]  # the plugin graph is carried over unchanged
 
 
-def test_int8_edits_stay_close_to_fp32(tiny_export, int8_export, faces):
-    rep = compare_exports(tiny_export, int8_export, faces[8:], backends=("onnxruntime",))
-    r = rep["onnxruntime"]
+def test_calibration_cache_replaces_the_calibration_pass(tiny_export, int8_export, tmp_path):
+    cache = int8_export / "cache"
+    assert len(list(cache.glob("*.json"))) >= 5
+    again = tmp_path / "again"
+    # no images at all: every range must come from the cache
+    quantize_export(tiny_export, again, np.zeros((0, 32, 32, 3), np.uint8), Int8Config(method="minmax"),
+                    cache_dir=cache)
+    for f in ("sae_decoder_prefix.onnx", "refine_hair.onnx", "smpn.onnx"):
+        assert (again / f).read_bytes() == (int8_export / f).read_bytes(), f
+
+
+def test_u8_activations_for_onnxruntime_on_x86(tiny_export, faces, tmp_path):
+    quantize_export(tiny_export, tmp_path, faces[:4], Int8Config(activations="u8", stages=("refine_hair",)))
+    g = onnx.load(str(tmp_path / "refine_hair.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer}
+    q = [n for n in g.graph.node if n.op_type == "QuantizeLinear"]
+    assert q and all(inits[n.input[2]].dtype == np.uint8 for n in q)
+    assert read_manifest(tmp_path)["calibration"]["activations"] == "uint8 asymmetric"
+    with pytest.raises(ValueError, match="activation type"):
+        quantize_export(tiny_export, tmp_path / "x", faces[:2], Int8Config(activations="fp8"))
+
+
+def test_int8_report_against_fp32_on_labelled_faces(tiny_export, int8_export, test_faces):
+    r = compare_variant(OrtBackend(tiny_export), OrtBackend(int8_export), test_faces.images, test_faces.masks,
+                        test_faces.labelled)
     assert r["psnr_db"] >= 25.0 and r["ssim"] > 0.8 and r["speedup_vs_fp32"] > 0
+    assert set(r["iou_delta"]) == {"hair", "skin", "nose", "eyes", "lips"}
+    assert r["iou_delta"]["hair"] is not None and abs(r["iou_delta"]["hair"]) <= 1.0
+    assert r["iou_delta"]["nose"] is None  # no derived labels given: no IoU for nose
+    md = markdown_report({"precisions": {"int8": {"onnxruntime": r}}})
+    assert "| int8 | onnxruntime |" in md and "IoU Δ hair" in md
 
 
 def test_unknown_method_is_rejected(tiny_export, tmp_path, faces):
@@ -54,11 +169,45 @@ def test_unknown_method_is_rejected(tiny_export, tmp_path, faces):
         quantize_export(tiny_export, tmp_path, faces[:2], Int8Config(method="kl"))
 
 
-def test_calibrate_cli_writes_report(tmp_path, tiny_export, shared_dir):
-    out = tmp_path / "q"
-    r = subprocess.run([sys.executable, "-m", "ssae.cli", "calibrate", "--precision", "int8", "--model",
-                        str(tiny_export), "--lfw", str(shared_dir / "data" / "lfw_parts"), "--count", "6",
-                        "--report-images", "2", "--out", str(out)], capture_output=True, text=True, timeout=900)
+def test_exclusion_search_keeps_the_costliest_group_in_float(tiny_export, faces, tmp_path):
+    assert graph_group("smpn_lips") == "smpn" and graph_group("refine_eyes") == "refine"
+    cfg, hist = search_exclusions(tiny_export, faces[:6], faces[10:12], Int8Config(), target_psnr=500.0,
+                                  max_rounds=1, cache_dir=tmp_path / "cache")
+    assert hist[0]["keep_float"] == [] and len(hist) >= 3
+    kept = set(cfg.keep_float)
+    groups = {graph_group(s) for s in kept}
+    assert len(groups) == 1 and kept == {s for s in read_manifest(tiny_export)["stages"]
+                                         if graph_group(s) in groups and not s.endswith("_plugin")}
+    ranked = [h for h in hist if h["quantized_only"]]
+    worst = min(ranked, key=lambda h: h["psnr_db"])
+    assert set(worst["quantized_only"]) == kept  # the group that cost the most PSNR alone is the one kept
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def test_calibrate_cli_writes_plans_graphs_and_report(tmp_path, tiny_export, shared_dir):
+    out = tmp_path / "c"
+    r = subprocess.run([sys.executable, "-m", "ssae.cli", "calibrate", "--precision", "int8", "fp16", "bf16",
+                        "--model", str(tiny_export), "--lfw", str(shared_dir / "data" / "lfw_parts"),
+                        "--count", "6", "--report-images", "2", "--no-search", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
     rep = json.loads((out / "report.json").read_text())
-    assert rep["int8"]["onnxruntime"]["psnr_db"] > 20 and rep["calibration"]["format"] == "QDQ"
+    for prec in ("int8", "fp16", "bf16"):
+        s = rep[prec]
+        assert s["backend"] is not None, prec
+        assert s["psnr_db"] > 20 and set(s["iou_delta"]) == {"hair", "skin", "nose", "eyes", "lips"}
+        assert set(s["locality_ratio"]) == set(s["iou_delta"]) and s["speedup_vs_fp32"] > 0
+    assert rep["fp16"]["backend"] == "simulated" and rep["fp16"]["psnr_db"] > 40
+    assert rep["int8_calibration"]["format"] == "QDQ" and rep["calibration_set"]["count"] == 6
+    assert CalibrationSet.load(out / "calibration_set.npz").provenance["split"] == "train"
+    assert read_manifest(out / "fp16")["precision"] == "fp16" and (out / "fp16-plan.json").exists()
+    assert read_manifest(out)["precision"] == "int8"
+    md = (out / "report.md").read_text()
+    assert "| fp16 | simulated |" in md and "| bf16 |" in md and "Calibration set: 6 faces" in md
+
+
+def test_calibrate_cli_bad_calibration_set_is_one_line(tmp_path, tiny_export):
+    r = subprocess.run([sys.executable, "-m", "ssae.cli", "calibrate", "--precision", "int8", "--model",
+                        str(tiny_export), "--calibration-set", str(tmp_path / "none.npz"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "calibration set not found" in r.stderr
