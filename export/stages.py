@@ -67,7 +67,8 @@ class _NoiseHolder(nn.Module):
 
 
 class DecoderPrefixStage(nn.Module):
-    """structure, texture -> h, skip: the activations entering the first injection layer and its block's skip."""
+    """structure, texture -> h, skip: the activations entering the first injection layer and its block's skip
+    (for a local tail: the skip branch's RGB contribution, 3 channels; `Generator.project_skip`)."""
 
     def __init__(self, sae, size: int, noise_seed: int = NOISE_SEED):
         super().__init__()
@@ -75,7 +76,10 @@ class DecoderPrefixStage(nn.Module):
         self.noise = _NoiseHolder(sae, size, noise_seed)
 
     def forward(self, structure, texture):
-        return self.sae.G.prefix(structure, texture, self.noise.list())
+        h, skip = self.sae.G.prefix(structure, texture, self.noise.list())
+        if self.sae.G.tail_is_local:  # the skip branch as its RGB contribution (Generator.project_skip)
+            skip = self.sae.G.project_skip(skip, texture)
+        return h, skip
 
 
 class DecoderEditStage(nn.Module):
@@ -107,6 +111,8 @@ class DecoderEditStage(nn.Module):
         if xi is not None:
             noises = list(noises)
             noises[self.sae.G.tail_noise_index] = xi
+        if self.local:
+            return self.sae.G.tail_projected(h, skip, texture, noises, edit)
         return self.sae.G.tail(h, skip, texture, noises, edit)
 
 
@@ -161,7 +167,7 @@ def stage_specs(model: SSAE) -> dict[str, StageSpec]:
     block = g.blocks[g.split_block]
     entry = block.conv1 if g.split_conv == 1 else block.conv2
     h_shape = (entry.cin,) + tuple(res[entry.index])
-    skip_shape = (block.conv2.cout,) + tuple(res[block.conv2.index + 1])
+    skip_shape = (3 if g.tail_is_local else block.conv2.cout,) + tuple(res[block.conv2.index + 1])
     layer = g.layer(g.injection_layers[0])
     img = TensorSpec("image", ("batch", 3, s, s))
     mask = TensorSpec("mask", ("batch", 1, s, s))

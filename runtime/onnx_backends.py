@@ -40,9 +40,11 @@ class _OnnxFolderBackend(Backend):
                 raise BackendError(f"{self.name} cannot load {path.name}: {str(e).splitlines()[0]}") from None
         return self._compiled[stage]
 
-    def output_shapes(self, stage: str, feed: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]] | None:
+    def output_shapes(self, stage: str, feed: dict[str, np.ndarray],
+                      known: dict[str, list[int | None]] | None = None) -> dict[str, tuple[int, ...]] | None:
         """Output shapes of a stage for these inputs: the manifest's symbolic dims ("batch", "height", "width")
-        bound from the input arrays' shapes; None when the inputs do not determine them."""
+        bound from the input arrays' shapes, else taken from `known` (per output, sizes fixed by the graph);
+        None when neither determines them."""
         dims: dict[str, int] = {}
         for t in self.manifest["stages"][stage]["inputs"]:
             for d, v in zip(t["shape"], feed[t["name"]].shape):
@@ -51,9 +53,18 @@ class _OnnxFolderBackend(Backend):
                         raise BackendError(f"{stage}: inputs disagree on {d} ({dims[d]} vs {v})")
         shapes = {}
         for t in self.manifest["stages"][stage]["outputs"]:
-            if any(isinstance(d, str) and d not in dims for d in t["shape"]):
-                return None  # an output size the inputs do not determine (e.g. the prefix's full-size h)
-            shapes[t["name"]] = tuple(dims[d] if isinstance(d, str) else int(d) for d in t["shape"])
+            fixed = (known or {}).get(t["name"]) or [None] * len(t["shape"])
+            shape = []
+            for d, f in zip(t["shape"], fixed):
+                if not isinstance(d, str):
+                    shape.append(int(d))
+                elif d in dims:
+                    shape.append(dims[d])
+                elif f is not None:
+                    shape.append(int(f))
+                else:
+                    return None  # an output size nothing here determines
+            shapes[t["name"]] = tuple(shape)
         return shapes
 
     def warmup(self) -> None:
@@ -176,20 +187,21 @@ class OpenVINOBackend(_OnnxFolderBackend):
         feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self._inputs(stage)}
         for n, a in feed.items():
             req.set_tensor(n, self.ov.Tensor(a, shared_memory=True))
-        shapes = self.output_shapes(stage, feed)
-        if shapes is None:
-            shapes = {}
-            for n in self._outputs(stage):
-                ps = self.compiled(stage).output(n).get_partial_shape()
-                if not ps.is_static:
-                    req.infer()
-                    return {m: np.array(req.get_tensor(m).data, dtype=np.float32) for m in self._outputs(stage)}
-                shapes[n] = tuple(ps.to_shape())
+        shapes = self.output_shapes(stage, feed, self._static_output_dims(stage))
+        if shapes is None:  # sizes only known after inference: copy the outputs out
+            req.infer()
+            return {m: np.array(req.get_tensor(m).data, dtype=np.float32) for m in self._outputs(stage)}
         outs = {n: np.empty(shp, np.float32) for n, shp in shapes.items()}
         for n, a in outs.items():
             req.set_tensor(n, self.ov.Tensor(a, shared_memory=True))
         req.infer()
         return outs
+
+    def _static_output_dims(self, stage: str) -> dict[str, list[int | None]]:
+        """Per output, the sizes OpenVINO's shape inference fixed (None where dynamic), e.g. the prefix's 256 x 256."""
+        cm = self.compiled(stage)
+        return {n: [d.get_length() if d.is_static else None for d in cm.output(n).get_partial_shape()]
+                for n in self._outputs(stage)}
 
     def _request(self, stage: str):
         reqs = self.__dict__.setdefault("_requests", {})

@@ -147,6 +147,12 @@ def test_prefix_then_tail_equals_full_decode():
         h, skip = model.G.prefix(sp, gl, noises)
         split = model.G.tail(h, skip, gl, noises, edit)
     assert torch.equal(full, split)
+    assert model.G.tail_is_local
+    with torch.no_grad():  # the runtime's form: skip branch projected through the (linear, unedited) ToRGB once
+        skip_rgb = model.G.project_skip(skip, gl)
+        projected = model.G.tail_projected(h, skip_rgb, gl, noises, edit)
+    assert skip_rgb.shape == (2, 3, 32, 32) and skip.shape[1] > 3
+    assert (projected - full).abs().max() <= 1e-5 * full.abs().max()
 
 
 def test_configurable_injection_layers_including_upsampling():

@@ -483,6 +483,25 @@ class Generator(nn.Module):
         h, skip = self.prefix(sp, gl, noises)
         return self.tail(h, skip, gl, noises, edit)
 
+    # -- the local tail with the skip branch projected to RGB (what the runtime caches) --
+    def project_skip(self, skip: torch.Tensor, gl: torch.Tensor) -> torch.Tensor:
+        """The skip branch's share of the image, (B, 3, H, W), for a local tail.
+
+        The tail is x = (skip + conv2(h)) / sqrt(2) -> ToRGB, and ToRGB is a 1x1 modulated conv that is linear and
+        never edited, so ToRGB(x) = ToRGB(conv2(h) / sqrt(2)) + [ToRGB(skip / sqrt(2)) - bias]. The bracket is
+        computed once per image: the cache holds 3 channels instead of the skip's Cout."""
+        if not self.tail_is_local:
+            raise ValueError("project_skip needs a local tail (injection at the last block's conv2)")
+        gl = l2_normalize(gl)
+        return self._conv(self.to_rgb, skip / SQRT2, gl, None, None) - self.to_rgb.bias.view(1, -1, 1, 1)
+
+    def tail_projected(self, h: torch.Tensor, skip_rgb: torch.Tensor, gl: torch.Tensor, noises=None,
+                       edit: StyleEdit | None = None) -> torch.Tensor:
+        """`tail` with the skip branch already projected by `project_skip` (same image)."""
+        gl = l2_normalize(gl)
+        y = self._conv(self.blocks[-1].conv2, h, gl, noises, edit)
+        return self._conv(self.to_rgb, y / SQRT2, gl, None, None) + skip_rgb
+
     @property
     def tail_is_local(self) -> bool:
         """True when the tail is the last block's conv2, the skip merge and ToRGB: one 3x3 conv and pixelwise ops
