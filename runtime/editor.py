@@ -57,6 +57,7 @@ class _Encoded:
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
     skip: np.ndarray | None = None
+    key: str = ""                    # content hash of the decoded image
     edits: int = 0                   # edits made so far (re-edits take the crop path)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
     base_refined: dict = field(default_factory=dict)  # (roi, mask hash) -> (1, 3, S, S) RB of the unedited output
@@ -74,6 +75,7 @@ class Editor:
         self.pixel_noise_shape = tuple(manifest.get("pixel_noise_shape") or ())
         self.injection_index = manifest.get("injection_index")
         self._cache: OrderedDict[str, _Encoded] = OrderedDict()
+        self._chain_key: str | None = None  # image whose codes a chaining backend holds on its device
         self.cache_size = cache_size
         # Local tail: an edit changes the decoder output only within 1 px of the mask, and the RB's output only
         # within its receptive field beyond that; re-edits then run on the ROI's window and are pasted into the
@@ -112,7 +114,7 @@ class Editor:
         if enc is None:
             fit = SquareFit(rgb.shape[0], rgb.shape[1], self.size)
             x = fit.forward_rgb(rgb).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
-            enc = _Encoded(rgb, fit, np.ascontiguousarray(x, dtype=np.float32))
+            enc = _Encoded(rgb, fit, np.ascontiguousarray(x, dtype=np.float32), key=key)
             self._cache[key] = enc
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -276,30 +278,56 @@ class Editor:
             raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        enc = self._encode(image, timings, rois=rois if mask is None else ())  # a user mask replaces the SMPN
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
-        if mask is None:
-            masks = np.concatenate([enc.masks[r] for r, _, _ in pairs])
+        if len(pairs) == 1 and noise == "region" and mask is None and hasattr(self.backend, "run_chain"):
+            enc = self._encode(image, timings, need_codes=False)
+            refined, masks = self._edit_chained(enc, rois[0], seeds[0], strength, timings)
         else:
-            masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
-        window = self._window(masks) if (self.crop and enc.edits > 0) else None
-        if window is not None:
-            refined = self._edit_window(enc, pairs, masks, window, strength, noise, timings)
-        else:
-            refined = self._edit_full(enc, pairs, masks, strength, noise, timings)
+            enc = self._encode(image, timings, rois=rois if mask is None else ())  # a user mask replaces the SMPN
+            refined, masks = self._edit_stages(enc, pairs, strength, noise, mask, timings)
         enc.edits += 1
         t_total = (time.perf_counter() - t0) * 1e3
         out = []
         for k, (roi, i, seed) in enumerate(pairs):
             img = np.round((np.clip(refined[k], -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
             img = enc.fit.restore_rgb(img)
-            mask = enc.fit.restore_mask(masks[k, 0])
+            m = enc.fit.restore_mask(masks[k, 0])
             if preserve_background:
-                img = composite(img, enc.rgb, mask)
+                img = composite(img, enc.rgb, m)
             tm = dict(timings)
             tm["total"] = t_total
-            out.append(EditResult(Image.fromarray(img), mask, roi, seed, float(strength), noise, tm))
+            out.append(EditResult(Image.fromarray(img), m, roi, seed, float(strength), noise, tm))
         return out
+
+    def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
+        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT with
+        CUDA graphs); a new edit of the image it holds replays only the tail (`run_reedit`)."""
+        from .backend import BackendError
+        t = time.perf_counter()
+        out = None
+        if self._chain_key == enc.key:
+            try:
+                out = self.backend.run_reedit(roi, seed, strength)
+                stage = "chain_reedit"
+            except BackendError:  # the device holds another image or ROI
+                out = None
+        if out is None:
+            out = self.backend.run_chain(enc.x, roi, seed, strength)
+            self._chain_key, stage = enc.key, "chain_full"
+        timings[stage] = (time.perf_counter() - t) * 1e3
+        enc.masks.setdefault(roi, out["mask"])
+        return out["refined"], out["mask"]
+
+    def _edit_stages(self, enc: _Encoded, pairs, strength: float, noise: str, mask, timings: dict):
+        """The stage-by-stage path: (refined (N, 3, S, S), masks (N, 1, S, S)) for every (roi, index, seed) pair."""
+        if mask is None:
+            masks = np.concatenate([enc.masks[r] for r, _, _ in pairs])
+        else:
+            masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
+        window = self._window(masks) if (self.crop and enc.edits > 0) else None
+        if window is not None:
+            return self._edit_window(enc, pairs, masks, window, strength, noise, timings), masks
+        return self._edit_full(enc, pairs, masks, strength, noise, timings), masks
 
 
 def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, feather: float | None = None) -> np.ndarray:
