@@ -31,7 +31,7 @@ from ssae.models.official import OfficialEncoder, OfficialGenerator
 from ssae.runtime.backend import BackendError
 from ssae.runtime.registry import create_backend, load_torch_model, resolve_model
 
-STAGES = ("smpn", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "refine_hair")
+STAGES = ("smpn", "smpn_hair", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "refine_hair")
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32")
 
 
