@@ -7,7 +7,9 @@ encoder's fp32 outputs -> `sae_decoder_prefix`; the prefix outputs with the SMPN
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -76,6 +78,17 @@ def _reader_class():
     return StageDataReader
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def data_reader(feeds: list[dict[str, np.ndarray]]):
     """An onnxruntime `CalibrationDataReader` over a graph's calibration feeds."""
     return _reader_class()(feeds)
@@ -134,13 +147,14 @@ def quantize_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, i
             tmp = out / f".{entry['file']}.tmp"
             cf = cache_file(name)
             reader = data_reader(feeds[name]) if name in need else None
-            quantize_static(str(src / entry["file"]), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                            per_channel=cfg.per_channel, activation_type=act,
-                            weight_type=QuantType.QInt8, calibrate_method=method,
-                            op_types_to_quantize=list(cfg.quantized_ops()),
-                            nodes_to_exclude=cfg.exclude.get(name) or None,
-                            calibration_cache_path=None if cf is None else str(cf),
-                            extra_options={"ActivationSymmetric": cfg.activations == "s8", "WeightSymmetric": True})
+            with _quiet_root_logger():  # ORT logs a "consider pre-processing" warning per graph
+                quantize_static(str(src / entry["file"]), str(tmp), reader, quant_format=QuantFormat.QDQ,
+                                per_channel=cfg.per_channel, activation_type=act,
+                                weight_type=QuantType.QInt8, calibrate_method=method,
+                                op_types_to_quantize=list(cfg.quantized_ops()),
+                                nodes_to_exclude=cfg.exclude.get(name) or None,
+                                calibration_cache_path=None if cf is None else str(cf),
+                                extra_options={"ActivationSymmetric": cfg.activations == "s8", "WeightSymmetric": True})
             os.replace(tmp, path)
             entry["precision"] = "int8"
         else:
