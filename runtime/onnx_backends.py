@@ -183,8 +183,8 @@ class OpenVINOBackend(_OnnxFolderBackend):
         """One inference on a per-stage infer request whose inputs share the callers' arrays and whose outputs are
         written straight into fresh arrays owned by the caller (no output copy: the decoder prefix returns
         2 x 33 MB at 256 px)."""
-        req = self._request(stage)
         feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self._inputs(stage)}
+        req = self._request(stage, feed)
         for n, a in feed.items():
             req.set_tensor(n, self.ov.Tensor(a, shared_memory=True))
         shapes = self.output_shapes(stage, feed, self._static_output_dims(stage))
@@ -203,8 +203,18 @@ class OpenVINOBackend(_OnnxFolderBackend):
         return {n: [d.get_length() if d.is_static else None for d in cm.output(n).get_partial_shape()]
                 for n in self._outputs(stage)}
 
-    def _request(self, stage: str):
-        reqs = self.__dict__.setdefault("_requests", {})
-        if stage not in reqs:
-            reqs[stage] = self.compiled(stage).create_infer_request()
-        return reqs[stage]
+    #: Infer requests kept per stage, one per input-shape signature: switching one request between shapes (a hair
+    #: window, a lips window, the full image) re-plans its memory on every call (alternating hair / lips re-edits
+    #: at 256 px, paper256: 67 -> 55 ms and 9.5 -> 6.8 ms median with per-shape requests).
+    REQUESTS_PER_STAGE = 4
+
+    def _request(self, stage: str, feed: dict[str, np.ndarray]):
+        from collections import OrderedDict
+        reqs = self.__dict__.setdefault("_requests", {}).setdefault(stage, OrderedDict())
+        key = tuple(a.shape for a in feed.values())
+        if key not in reqs:
+            reqs[key] = self.compiled(stage).create_infer_request()
+            while len(reqs) > self.REQUESTS_PER_STAGE:
+                reqs.popitem(last=False)
+        reqs.move_to_end(key)
+        return reqs[key]
