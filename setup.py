@@ -17,6 +17,7 @@ PACKAGE_DIRS = {
     "ssae.data": "ssae/data",
     "ssae.train": "ssae/train",
     "ssae.profiling": "ssae/profiling",
+    "ssae.serve": "ssae/serve",
     "ssae.export": "export",
     "ssae.runtime": "runtime",
     "ssae.kernels": "kernels",
@@ -47,7 +48,10 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.14", "cuda-bindings>=12.8"],
         "openvino": ["openvino>=2024.4"],
         "labels": ["mediapipe==0.10.21", "numpy<2"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        # ssae serve / edit-batch (Ray Serve, Ray Data) and Triton config validation
+        "serve": ["ray[serve,data]==2.60.0", "tritonclient[grpc]>=2.50,<3"],
+        # Ray is left out of dev (about 750 MB, ~50 s to install): its tests skip without it
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "tritonclient[grpc]>=2.50,<3"],
     },
     entry_points={"console_scripts": ["ssae=ssae.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Processing"],

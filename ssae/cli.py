@@ -198,7 +198,14 @@ def _edit(args: argparse.Namespace) -> int:
 
 def _export_args(p):
     p.add_argument("--model", default=None, help="checkpoint or preset (default: bundled)")
-    p.add_argument("--out", required=True, help="output folder (ONNX files + manifest.json)")
+    p.add_argument("dest", nargs="?", default=None, metavar="OUT_DIR", help="output folder (or --out)")
+    p.add_argument("--out", default=None, help="output folder (ONNX files + manifest.json, or a Triton repository)")
+    p.add_argument("--format", choices=("onnx", "triton"), default="onnx",
+                   help="triton: a Triton model repository (ONNX Runtime models, TensorRT plans when built, "
+                        "one edit ensemble per ROI); --model may be an export folder")
+    p.add_argument("--max-batch", type=int, default=8, help="triton: max_batch_size of every model")
+    p.add_argument("--engines", default=None,
+                   help="triton: TensorRT engine folder (default: the export's tensorrt-* folder, if built)")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-single-roi-smpn", action="store_true",
                    help="skip the per-ROI SMPN graphs (single-ROI edits then run the five-ROI graph)")
@@ -216,6 +223,13 @@ def _export(args: argparse.Namespace) -> int:
     from .export.onnx_export import export_onnx
     from .runtime.registry import ModelError, load_torch_model, resolve_model
 
+    if args.out and args.dest and args.out != args.dest:
+        raise UserError(f"two output folders given ({args.dest} and --out {args.out})")
+    args.out = args.out or args.dest
+    if not args.out:
+        raise UserError("give the output folder (OUT_DIR or --out)")
+    if args.format == "triton":
+        return _export_triton(args)
     if args.precision == "fp16" or args.plan:
         return _export_fp16(args)
     try:
@@ -226,6 +240,27 @@ def _export(args: argparse.Namespace) -> int:
                       single_roi_smpn=not args.no_single_roi_smpn,
                       progress=lambda n: print(f"exporting {n}", file=sys.stderr))
     print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    return 0
+
+
+def _export_triton(args: argparse.Namespace) -> int:
+    """Triton model repository from an export folder (exported first, into the cache, for a checkpoint)."""
+    import json
+
+    from .export.onnx_export import ExportError
+    from .runtime.backend import BackendError
+    from .runtime.registry import ModelError, export_dir_for, resolve_model
+    from .serve.triton import TritonError, TritonOptions, write_repository
+
+    if args.precision != "fp32" or args.plan:
+        raise UserError("--format triton takes an export folder as it is: convert it first "
+                        "(ssae export --precision fp16 --out D), then ssae export --format triton --model D OUT_DIR")
+    try:
+        src = export_dir_for(resolve_model(args.model))
+        summary = write_repository(src, args.out, TritonOptions(max_batch_size=args.max_batch, engines=args.engines))
+    except (ModelError, ExportError, BackendError, TritonError, ValueError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(json.dumps({k: summary[k] for k in ("repository", "models", "tensorrt_models", "ensembles", "skipped")}))
     return 0
 
 
@@ -270,6 +305,140 @@ def _export_fp16(args: argparse.Namespace) -> int:
         raise UserError(str(e).splitlines()[0]) from None
     print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
     return 0
+
+
+def _serve_args(p):
+    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
+    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, onnxruntime, openvino, tensorrt")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    scale = p.add_mutually_exclusive_group()
+    scale.add_argument("--replicas", type=int, default=1, help="replicas of the editor")
+    scale.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    p.add_argument("--max-batch", type=int, default=8, help="dynamic batching: largest batch (1: off)")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0, help="how long a replica waits to fill a batch")
+    p.add_argument("--max-image-mb", type=float, default=20.0, help="larger request bodies get 413")
+    p.add_argument("--cache-mb", type=float, default=512.0, help="encode cache per replica")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per replica (onnxruntime, torch)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="Ray CPUs reserved per replica")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--address", default=None,
+                   help="join this Ray cluster (ray start --head / KubeRay; 'auto'), deploy and return")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="Serve config YAML: written from the other options when FILE does not exist (for "
+                        "`serve deploy FILE`), else deployed as it says")
+
+
+@command("serve", _serve_args)
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the editor over HTTP on Ray Serve (dynamic batching, replicas, encode cache); needs ssae[serve]."""
+    import os
+    import time
+    from pathlib import Path
+
+    from .serve.api import TOKEN_ENV
+    from .serve.deployment import ServeConfig, ServeConfigError, parse_autoscale, read_serve_config, \
+        write_serve_config
+
+    try:
+        cfg = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
+                          replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                          max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_image_mb=args.max_image_mb,
+                          cache_mb=args.cache_mb, threads=args.threads,
+                          cpus_per_replica=args.cpus_per_replica).validate()
+        overrides = None
+        if args.config and not Path(args.config).exists():
+            write_serve_config(cfg, args.config)
+            print(f"wrote {args.config}: deploy it on a cluster with `serve deploy {args.config}`, "
+                  f"or here with `ssae serve --config {args.config}`")
+            return 0
+        if args.config:
+            cfg, overrides = read_serve_config(args.config)
+    except ServeConfigError as e:
+        raise UserError(str(e)) from None
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        raise UserError("ssae serve needs Ray Serve: pip install 'ssae[serve]'") from None
+    from .serve.deployment import start
+    from .serve.engine import prepare_model
+
+    token = os.environ.get(TOKEN_ENV) or None
+    if args.address is None:
+        try:  # ONNX backends: export a checkpoint once here, not once per replica
+            cfg.model = prepare_model(cfg.model, cfg.backend)
+        except (ValueError, RuntimeError) as e:
+            raise UserError(str(e).splitlines()[0]) from None
+    try:
+        start(cfg, address=args.address, overrides=overrides, num_cpus=args.num_cpus, token=token)
+    except Exception as e:  # noqa: BLE001 - Ray raises many types (bad address, replica start failures)
+        raise UserError(f"cannot start the deployment: {str(e).strip().splitlines()[0]}") from None
+    url = f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+    print(f"serving {cfg.model or 'the bundled model'} at {url} (GET /healthz, POST /edit, POST /masks)"
+          + ("; bearer token required" if token else ""), flush=True)
+    if args.address is not None:
+        return 0  # the application lives on the cluster
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        from ray import serve as _serve_mod
+        _serve_mod.shutdown()
+    return 0
+
+
+def _edit_batch_args(p):
+    p.add_argument("input", help="folder of images (recursive) or a text file listing image paths")
+    p.add_argument("output", help="output folder (one PNG per image, ROI and seed)")
+    p.add_argument("--roi", nargs="+", default=["hair"], help="one or more ROIs")
+    p.add_argument("--seeds", default="0", help="seeds: 0-3 or 1,5,7-8")
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--noise", choices=("region", "pixel"), default="region")
+    p.add_argument("--preserve-background", action="store_true")
+    p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--workers", type=int, default=1, help="actors in the pool (one Editor each)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per map_batches call")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads per worker (onnxruntime, torch)")
+    p.add_argument("--address", default=None, help="join this Ray cluster ('auto'); default: a local Ray")
+    p.add_argument("--local", action="store_true", help="no Ray: edit in this process")
+    p.add_argument("--errors", default=None, help="error list JSON (default: OUTPUT/edit-batch-errors.json)")
+
+
+@command("edit-batch", _edit_batch_args)
+def _edit_batch(args: argparse.Namespace) -> int:
+    """Edit a folder of images with an actor pool on Ray Data; resumable; exit 1 when some inputs failed."""
+    import json
+
+    from .config import ROIS
+    from .runtime.backend import BackendError
+    from .runtime.registry import ModelError
+    from .serve.batch import BatchConfig, BatchError, parse_seeds, print_progress, run_batch
+
+    bad = [r for r in args.roi if r not in ROIS]
+    if bad:
+        raise UserError(f"unknown ROI {bad[0]!r} (choose from {', '.join(ROIS)})")
+    if not args.local:
+        try:
+            import ray  # noqa: F401
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise UserError("edit-batch needs Ray Data: pip install 'ssae[serve]' (or run with --local)") from None
+    try:
+        cfg = BatchConfig(rois=tuple(dict.fromkeys(args.roi)), seeds=tuple(parse_seeds(args.seeds)),
+                          strength=args.strength, noise=args.noise, preserve_background=args.preserve_background,
+                          model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
+                          cpus_per_worker=args.cpus_per_worker, threads=args.threads, address=args.address,
+                          local=args.local)
+        report = run_batch(args.input, args.output, cfg, args.errors, progress=print_progress)
+    except (BatchError, ModelError, BackendError) as e:
+        raise UserError(str(e).splitlines()[0]) from None
+    print(json.dumps({k: v for k, v in report.to_dict().items() if k != "errors"}))
+    for e in report.errors:
+        print(f"unreadable: {e['path']}: {e['error']}", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _build_args(p):
