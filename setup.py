@@ -50,7 +50,8 @@ setup(
         "labels": ["mediapipe==0.10.21", "numpy<2"],
         # ssae serve / edit-batch (Ray Serve, Ray Data) and Triton config validation
         "serve": ["ray[serve,data]==2.60.0", "tritonclient[grpc]>=2.50,<3"],
-        # Ray is left out of dev (about 750 MB, ~50 s to install): its tests skip without it
+        # Ray is not in dev (about 750 MB); the README's test command and CI install the serve extra too, and the
+        # Ray tests skip with a reason where it is missing
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "tritonclient[grpc]>=2.50,<3"],
     },
     entry_points={"console_scripts": ["ssae=ssae.cli:main"]},

@@ -4,8 +4,8 @@
 together. A batch of one goes through `Editor.edit` (re-edits of a cached image then take the Editor's cheap
 window path). A larger batch is one pass: every image is encoded once (SMPN, encoder and decoder prefix, or
 nothing when the encode cache has it), then the edit tail of all requests runs as one batched call per noise mode
-and the refinement blocks as one batched call per ROI; re-edits of images edited before run on the window around
-the union of their masks (as the Editor's re-edits do), first edits on the full image. Requests may mix images,
+and the refinement blocks as one batched call per ROI; re-edits of images edited before run per ROI on the window
+around the union of their masks (as the Editor's re-edits do), first edits on the full image. Requests may mix images,
 ROIs, seeds, strengths and `preserve_background`. The result of each request is the same as `Editor.edit` gives
 (tests/test_serve.py checks this within one 8-bit level).
 
@@ -141,11 +141,14 @@ class Engine:
             except Exception as e:  # noqa: BLE001
                 results[k] = e
                 encs.append(None)
-        groups: dict[tuple[str, bool], list[int]] = {}
-        for k, j in enumerate(jobs):  # one batched call per noise mode, first edits and re-edits apart
+        # one batched call per noise mode for first edits (full image); re-edits per noise mode and ROI, so that
+        # each group's window stays around one region (lips of many faces: small; lips with hair: the whole image)
+        groups: dict[tuple[str, bool, str], list[int]] = {}
+        for k, j in enumerate(jobs):
             if results[k] is None:
-                groups.setdefault((j.params.noise, encs[k].edits > 0), []).append(k)
-        for (noise, again), idx in groups.items():
+                again = encs[k].edits > 0
+                groups.setdefault((j.params.noise, again, j.params.roi if again else ""), []).append(k)
+        for (noise, again, _roi), idx in groups.items():
             try:
                 refined, masks = self._tail(idx, jobs, encs, noise, again, timings)
             except Exception as e:  # noqa: BLE001 - the whole group failed (e.g. a model without pixel noise)
