@@ -383,9 +383,21 @@ def _serve(args: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        from ray import serve as _serve_mod
-        _serve_mod.shutdown()
+        _stop_serving(timeout_s=30.0)
     return 0
+
+
+def _stop_serving(timeout_s: float) -> None:
+    """Ctrl-C: a graceful Serve shutdown, bounded (it can take minutes on a loaded machine), then Ray's own."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    t = threading.Thread(target=serve.shutdown, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    ray.shutdown()
 
 
 def _edit_batch_args(p):

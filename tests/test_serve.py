@@ -34,6 +34,15 @@ def ssae(*args, env=None, timeout=600):
                           timeout=timeout, env=e)
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`ssae ARGS` in this process (cheaper than a subprocess for the error paths): exit code, stdout, stderr."""
+    from ssae.cli import main
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 def face_rgb(size=None) -> np.ndarray:
     im = Image.open(FACE).convert("RGB")
     return np.asarray(im.resize((size, size)) if size else im)
@@ -351,16 +360,16 @@ def test_edit_batch_local_writes_skips_and_lists_unreadable_inputs(tmp_path, tin
     assert (out / "b_lips_seed1.png").exists() and (out / "a_hair_seed0.png").stat().st_mtime_ns == mtime
 
 
-def test_edit_batch_bad_input_is_one_line_and_exit_2(tmp_path, tiny_export):
+def test_edit_batch_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "in").mkdir()
     for args, msg in [(("--roi", "beard"), "unknown ROI 'beard'"), (("--seeds", "3-1"), "bad seed range"),
                       (("--seeds", "x"), "seeds must look like")]:
-        r = ssae("edit-batch", tmp_path / "in", tmp_path / "out", "--local", *args)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    r = ssae("edit-batch", tmp_path / "missing", tmp_path / "out", "--local")
-    assert r.returncode == 2 and "input not found" in r.stderr
-    r = ssae("edit-batch", tmp_path / "in", tmp_path / "in" / "out", "--local")
-    assert r.returncode == 2 and "outside the input folder" in r.stderr
+        rc, out, err = cli(capsys, "edit-batch", tmp_path / "in", tmp_path / "out", "--local", *args)
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    rc, out, err = cli(capsys, "edit-batch", tmp_path / "missing", tmp_path / "out", "--local")
+    assert rc == 2 and "input not found" in err
+    rc, out, err = cli(capsys, "edit-batch", tmp_path / "in", tmp_path / "in" / "out", "--local")
+    assert rc == 2 and "outside the input folder" in err
 
 
 def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
@@ -379,7 +388,7 @@ def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
 
 
 # ------------------------------------------------------------------------------------------------ serve config
-def test_serve_config_file_is_written_and_read_back(tmp_path):
+def test_serve_config_file_is_written_and_read_back(tmp_path, capsys):
     from ssae.serve.deployment import APP_BUILDER, DEPLOYMENT_NAME, ServeConfig, read_serve_config
 
     f = tmp_path / "serve.yaml"
@@ -404,11 +413,11 @@ def test_serve_config_file_is_written_and_read_back(tmp_path):
     assert overrides["autoscaling_config"]["max_replicas"] == 3
     for args, msg in [(("--autoscale", "3:1"), "autoscale"), (("--replicas", "0"), "replicas must be >= 1"),
                       (("--max-batch", "0"), "max batch"), (("--port", "70000"), "port")]:
-        r = ssae("serve", "--config", tmp_path / "x.yaml", *args)
-        assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "x.yaml").exists(), r.stderr
+        rc, out, err = cli(capsys, "serve", "--config", tmp_path / "x.yaml", *args)
+        assert rc == 2 and msg in err and not (tmp_path / "x.yaml").exists(), err
     (tmp_path / "bad.yaml").write_text('{"applications": [{"name": "x", "import_path": "other:app"}]}\n')
-    r = ssae("serve", "--config", tmp_path / "bad.yaml")
-    assert r.returncode == 2 and "no application with import_path" in r.stderr
+    rc, out, err = cli(capsys, "serve", "--config", tmp_path / "bad.yaml")
+    assert rc == 2 and "no application with import_path" in err and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed here")
@@ -531,7 +540,7 @@ def test_triton_repository_adds_tensorrt_plans_when_engines_exist(tiny_export, t
     assert triton.validate_repository(repo) == []
 
 
-def test_export_format_triton_cli(tiny_export, tmp_path):
+def test_export_format_triton_cli(tiny_export, tmp_path, capsys):
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
     r = ssae("export", "--format", "triton", tmp_path / "repo", "--model", tiny_export, "--max-batch", "4")
     assert r.returncode == 0, r.stderr
@@ -545,5 +554,5 @@ def test_export_format_triton_cli(tiny_export, tmp_path):
                        "max batch size"),
                       (("--format", "triton", "--model", tiny_export), "give the output folder"),
                       (("--format", "triton", tmp_path / "r4", "--model", tmp_path / "nothing"), "model not found")]:
-        r = ssae("export", *args)
-        assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        rc, out, err = cli(capsys, "export", *args)
+        assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err

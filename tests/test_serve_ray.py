@@ -191,18 +191,6 @@ def test_edit_batch_on_ray_data(ray_local, tiny_export, tmp_path):
     assert (rep.written, rep.skipped, rep.failed) == (0, 9, 1)
 
 
-def test_edit_batch_cli_on_ray(tiny_export, tmp_path):
-    src, out = tmp_path / "in", tmp_path / "out"
-    _faces(src)
-    env = dict(os.environ, RAY_ADDRESS="")
-    r = subprocess.run([sys.executable, "-m", "ssae.cli", "edit-batch", str(src), str(out), "--roi", "lips",
-                        "--seeds", "4", "--model", str(tiny_export), "--backend", "onnxruntime", "--workers", "1"],
-                       capture_output=True, text=True, timeout=600, env=env)
-    assert r.returncode == 1, r.stderr[-2000:]
-    rep = json.loads(r.stdout.strip().splitlines()[-1])
-    assert (rep["written"], rep["failed"]) == (3, 1) and (out / "a_lips_seed4.png").exists()
-
-
 def test_serve_config_and_options_pass_rays_own_validation():
     from ray.serve.schema import ServeDeploySchema
 
