@@ -64,7 +64,7 @@ def test_ssae_serve_command_writes_then_serves_a_config_file(tiny_export, tmp_pa
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, err = proc.communicate(timeout=120)
+            out, err = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
             proc.kill()
             raise
