@@ -380,6 +380,13 @@ def _serve(args: argparse.Namespace) -> int:
           + ("; bearer token required" if token else ""), flush=True)
     if args.address is not None:
         return 0  # the application lives on the cluster
+    import signal
+
+    def _interrupt(signum, frame):  # also when the parent process left SIGINT ignored (inherited across exec)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)  # containers and process managers stop servers with SIGTERM
     try:
         while True:
             time.sleep(3600)
