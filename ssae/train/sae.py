@@ -61,6 +61,16 @@ class SAETrainer(Trainer):
     def optimizers(self):
         return {"g": self.opt_g, "d": self.opt_d}
 
+    def resume(self) -> bool:
+        """Resume, then apply this run's `--lr` (a checkpoint's optimizer state carries the lr it was saved with;
+        a continued run may lower it, e.g. to fine-tune with a larger `--lambda-L1`)."""
+        resumed = super().resume()
+        c = self.cfg.r1_every / (self.cfg.r1_every + 1)
+        for opt, lr in ((self.opt_g, self.cfg.lr), (self.opt_d, self.cfg.lr * c)):
+            for g in opt.param_groups:
+                g["lr"] = lr
+        return resumed
+
     def eval_due(self, step: int) -> bool:
         every = self.cfg.eval_every or 500
         return step % every == 0
