@@ -242,7 +242,7 @@ def make_plan(export_dir: str | os.PathLike, feeds: dict[str, list[dict[str, np.
     man = read_manifest(src)
     results: dict[str, GraphPlan] = {}
     for stage, e in man["stages"].items():
-        if e.get("plugin") or stage not in feeds:
+        if e.get("plugin") or e.get("cpu_only") or stage not in feeds:
             continue
         if progress:
             progress(stage)
@@ -263,7 +263,8 @@ def make_plan(export_dir: str | os.PathLike, feeds: dict[str, list[dict[str, np.
 
 def write_simulated_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, plan: PrecisionPlan) -> dict:
     """An export folder of simulated graphs (fp32 I/O, every tensor rounded per the plan) that ONNX Runtime runs:
-    the accuracy of the reduced-precision pipeline, measurable on this CPU. The plugin graph is left out."""
+    the accuracy of the reduced-precision pipeline, measurable on this CPU. The plugin graph and the cpu_only
+    graphs (fp32 CPU re-edits, which TensorRT never runs) are left out."""
     import json
 
     import onnx
@@ -276,7 +277,7 @@ def write_simulated_export(export_dir: str | os.PathLike, out_dir: str | os.Path
     out.mkdir(parents=True, exist_ok=True)
     stages = {}
     for stage, e in man["stages"].items():
-        if e.get("plugin"):
+        if e.get("plugin") or e.get("cpu_only"):
             continue
         sim = simulate(onnx.load(str(src / e["file"])), plan.precision, plan.for_stage(stage))
         path = out / e["file"]

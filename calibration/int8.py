@@ -102,10 +102,10 @@ def stage_feeds(export_dir: str | os.PathLike, images: np.ndarray, roi: str = "h
 
     be = OrtBackend(export_dir)
     ed = Editor(be, be.manifest, cache_size=1)
-    feeds: dict[str, list] = {s: [] for s in be.stages()}
+    feeds: dict[str, list] = {}
     for k, img in enumerate(images):
         for stage, feed in ed.stage_feeds(img, roi, seed + k).items():
-            feeds[stage].append(feed)
+            feeds.setdefault(stage, []).append(feed)
     return feeds
 
 
@@ -129,8 +129,10 @@ def quantize_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, i
         cache.mkdir(parents=True, exist_ok=True)
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.method]
-    stages = [s for s in (cfg.stages or manifest["stages"])
-              if not manifest["stages"][s].get("plugin") and s not in cfg.keep_float]
+    # cpu_only graphs (the sparse Winograd re-edit) stay fp32: their Winograd-domain tensors span a much wider
+    # range than the image-domain ones, and they are already a small share of a re-edit
+    stages = [s for s in (cfg.stages or manifest["stages"]) if not manifest["stages"][s].get("plugin")
+              and not manifest["stages"][s].get("cpu_only") and s not in cfg.keep_float]
     cache_file = lambda name: None if cache is None else cache / f"{name}.{cfg.method}.{manifest['stages'][name]['sha256'][:12]}.json"
     need = [s for s in stages if cache_file(s) is None or not cache_file(s).exists()]
     if feeds is None and need:

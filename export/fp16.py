@@ -395,7 +395,8 @@ def write_export(src_dir: str | os.PathLike, out_dir: str | os.PathLike, plan: P
     if src.resolve() == out.resolve():
         raise ValueError("write the reduced-precision export into another folder than its source")
     out.mkdir(parents=True, exist_ok=True)
-    names = list(stages) if stages is not None else list(manifest["stages"])
+    # default: every graph but the cpu_only ones (fp32 CPU re-edits that TensorRT never builds)
+    names = list(stages) if stages is not None else [n for n, e in manifest["stages"].items() if not e.get("cpu_only")]
     unknown = [s for s in names if s not in manifest["stages"]]
     if unknown:
         raise ExportError(f"{src} has no stage(s) {', '.join(unknown)}")

@@ -24,7 +24,7 @@ import torch
 from ..fileio import atomic_write
 from ..kernels import ops as fused_ops
 from ..models.ssae_model import SSAE
-from .stages import StageSpec, build_stages, model_facts, stage_specs
+from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
 
 MANIFEST = "manifest.json"
 FORMAT = "ssae-onnx-1"
@@ -41,18 +41,23 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0, hw: tuple[int, int] | None = None,
                    full_hw: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Random inputs of the right shapes (masks in [0,1], codes L2-normalised, strengths around 1).
+    """Random inputs of the right shapes (masks in [0,1], codes L2-normalised, strengths around 1, indices in
+    range).
 
-    Dynamic spatial dims ("height", "width") take `hw` (default: the model's full size `full_hw`)."""
+    Dynamic spatial dims ("height", "width") take `hw` (default: the model's full size `full_hw`); the sparse edit
+    graph's row tables have hw[0] * hw[1] + 1 rows and 2 * batch + 1 tiles."""
     g = torch.Generator().manual_seed(seed)
     if hw is None:
         hw = (full_hw, full_hw) if full_hw else (32, 32)
-    sub = {"batch": batch, "height": hw[0], "width": hw[1]}
+    sub = {"batch": batch, "height": hw[0], "width": hw[1], "rows": hw[0] * hw[1] + 1, "tiles": 2 * batch + 1}
     out = []
     for t in spec.inputs:
         shape = tuple(sub.get(d, d) for d in t.shape)
+        if t.dtype == "int64":
+            out.append(torch.randint(0, sub["rows"], shape, generator=g))
+            continue
         x = torch.randn(shape, generator=g)
-        if t.name == "mask":
+        if t.name in ("mask", "mask_rows"):
             x = torch.rand(shape, generator=g)
         elif t.name == "image":
             x = torch.rand(shape, generator=g) * 2 - 1
@@ -68,7 +73,9 @@ def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0, hw: tuple[int
 
 def _export_one(module: torch.nn.Module, spec: StageSpec, path: Path, opset: int, plugin: bool, size: int) -> None:
     dims = {"batch": torch.export.Dim("batch", min=1, max=MAX_BATCH),
-            "height": torch.export.Dim("height", min=4, max=size), "width": torch.export.Dim("width", min=4, max=size)}
+            "height": torch.export.Dim("height", min=4, max=size), "width": torch.export.Dim("width", min=4, max=size),
+            "rows": torch.export.Dim("rows", min=2, max=size * size + 1),
+            "tiles": torch.export.Dim("tiles", min=1, max=size * size)}
     # trace at a crop size (not the full size) so the exporter cannot specialise the spatial dims
     args = example_inputs(spec, batch=2, hw=(max(4, size // 2 + 3), max(4, size // 2 + 1)), full_hw=size)
     dyn = {t.name: {i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} for t in spec.inputs}
@@ -120,6 +127,7 @@ def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] |
         _export_one(module, spec, path, opset, is_plugin, model.cfg.image_size)
         check_onnx(path)
         entries[name] = {"file": path.name, "sha256": sha256_file(path), "plugin": is_plugin,
+                         "cpu_only": name in CPU_ONLY_STAGES,
                          "inputs": [asdict(t) for t in spec.inputs], "outputs": [asdict(t) for t in spec.outputs]}
     manifest = {
         "format": FORMAT, **model_facts(model), "opset": opset, "max_batch": MAX_BATCH,

@@ -10,12 +10,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
+from ..kernels import sparse_tail
+from ..models.ops import SQRT2, l2_normalize
 from ..models.sae import LayerEdit, StyleEdit
 from ..models.ssae_model import SSAE
 
 NOISE_SEED = 0
+
+#: Graphs only CPU runtimes use: the sparse re-edit takes one edit and integer tile plans (no batch dimension).
+#: The export manifest marks them `cpu_only`; the TensorRT build and the Triton repository leave them out (on GPUs
+#: the fused kernel runs the crop window).
+CPU_ONLY_STAGES = ("sae_decoder_edit_sparse",)
 
 
 @dataclass(frozen=True)
@@ -126,6 +134,52 @@ class _PixelEdit:
         return LayerEdit(self.mask, self.strength, pixel_noise=self.z, pixel_factor=self.factor)
 
 
+class DecoderEditSparseStage(nn.Module):
+    """The local tail on the tiles of a `kernels.sparse_tail.TilePlan` (region noise, one edit): the CPU re-edit.
+
+    h_rows (R, Cin), skip_rows (R, 3), mask_rows (R, 1): the prefix outputs and the mask as row tables of the full
+    image (R = S * S + 1, `sparse_tail.to_rows`); patch_idx (k^2, N), out_idx (m^2, N): the plan; texture (1, D),
+    noise (1, D), strength (1,) as in `DecoderEditStage` -> rgb (m^2, N, 3): the edited image at the plan's pixels
+    (everywhere else it equals the unedited image). The injection conv runs in Winograd F(m, 3) form; the tail's
+    noise-injection map is a constant of the graph."""
+
+    def __init__(self, sae, size: int, tile: int = 4, noise_seed: int = NOISE_SEED):
+        super().__init__()
+        g = sae.G
+        if not g.tail_is_local:
+            raise ValueError("the sparse edit graph needs a local tail (injection at the last block's conv2)")
+        self.sae, self.tile = sae, tile
+        conv = g.blocks[-1].conv2
+        w = conv.w_fold if conv.w_fold is not None else conv.folded_weight()
+        xi = _NoiseHolder(sae, size, noise_seed).list()[g.tail_noise_index]
+        self.register_buffer("xi_rows", torch.from_numpy(sparse_tail.to_rows(xi.numpy())), persistent=False)
+        self.register_buffer("u", sparse_tail.transform_weight(w, tile), persistent=False)
+        bt2, _, at2 = sparse_tail.transform_2d(tile)
+        self.register_buffer("bt2", bt2, persistent=False)
+        self.register_buffer("at2", at2, persistent=False)
+
+    def forward(self, h_rows, skip_rows, mask_rows, patch_idx, out_idx, texture, noise, strength):
+        g = self.sae.G
+        conv, rgb = g.blocks[-1].conv2, g.to_rgb
+        gl = l2_normalize(texture)
+        a, d = conv.style(gl), conv.direction(noise)
+        y = sparse_tail.sparse_masked_modconv(h_rows, mask_rows, patch_idx, self.u, a, d, strength, self.bt2,
+                                              self.at2)                                  # (m^2, N, Cout)
+        flat = out_idx.reshape(-1)
+        shape = (out_idx.shape[0], out_idx.shape[1], -1)
+        xi = torch.index_select(self.xi_rows, 0, flat).reshape(shape) if conv.use_noise else None
+        z = sparse_tail.finish_rows(y, conv.bias, xi, conv.noise_weight, conv.activate)
+        w_rgb = (rgb.weight * rgb.scale)[:, :, 0, 0] * rgb.style(gl)                     # ToRGB, style folded in
+        skip = torch.index_select(skip_rows, 0, flat).reshape(shape)
+        return (z / SQRT2) @ w_rgb.transpose(0, 1) + rgb.bias + skip
+
+
+def sparse_tile(model: SSAE) -> int | None:
+    """Tile size of the sparse edit graph, or None when the model has none (non-local tail, odd size)."""
+    s = model.cfg.image_size
+    return 4 if model.sae.G.tail_is_local and s % 4 == 0 else None
+
+
 class RefineStage(nn.Module):
     """image (coarse edit), mask -> refined image (one per ROI)."""
 
@@ -148,6 +202,9 @@ def build_stages(model: SSAE, noise_seed: int = NOISE_SEED, single_roi_smpn: boo
     }
     if len(model.sae.G.injection_layers) == 1:
         stages["sae_decoder_edit_pixel"] = DecoderEditStage(model.sae, s, "pixel", noise_seed)
+    tile = sparse_tile(model)
+    if tile:
+        stages["sae_decoder_edit_sparse"] = DecoderEditSparseStage(model.sae, s, tile, noise_seed)
     for roi in model.rois:
         stages[f"refine_{roi}"] = RefineStage(model.refiners[roi])
     if single_roi_smpn:
@@ -193,6 +250,15 @@ def stage_specs(model: SSAE) -> dict[str, StageSpec]:
         zshape = ("height", "width") if g.tail_is_local else tuple(res[layer.index])
         specs["sae_decoder_edit_pixel"] = StageSpec("sae_decoder_edit_pixel", hs + (code[1], mask_c, TensorSpec(
             "noise", ("batch",) + zshape + (layer.cin,)), strength) + xi, (img_c,))
+    tile = sparse_tile(model)
+    if tile:
+        k2, m2 = (tile + 2) ** 2, tile * tile
+        specs["sae_decoder_edit_sparse"] = StageSpec("sae_decoder_edit_sparse", (
+            TensorSpec("h_rows", ("rows", h_shape[0])), TensorSpec("skip_rows", ("rows", 3)),
+            TensorSpec("mask_rows", ("rows", 1)), TensorSpec("patch_idx", (k2, "tiles"), "int64"),
+            TensorSpec("out_idx", (m2, "tiles"), "int64"), TensorSpec("texture", (1, cfg.sae.global_code_ch)),
+            TensorSpec("noise", (1, cfg.sae.global_code_ch)), TensorSpec("strength", (1,))),
+            (TensorSpec("rgb", (m2, "tiles", 3)),))
     for roi in model.rois:
         specs[f"refine_{roi}"] = StageSpec(f"refine_{roi}", (img_c, mask_c), (TensorSpec("refined", img_c.shape),))
         specs[f"smpn_{roi}"] = StageSpec(f"smpn_{roi}", (img,), (TensorSpec("masks", ("batch", 1, s, s)),))
@@ -207,7 +273,7 @@ def model_facts(model: SSAE) -> dict:
         "injection_layers": list(g.injection_layers), "injection_index": g.layer(g.injection_layers[0]).index,
         "local_tail": g.tail_is_local, "tail_noise_index": g.tail_noise_index,
         "rb_radius": next(iter(model.refiners.values())).radius,
-        "pixel_noise_shape": None,
+        "pixel_noise_shape": None, "sparse_tile": sparse_tile(model),
     }
     pix = stage_specs(model).get("sae_decoder_edit_pixel")
     if pix is not None:

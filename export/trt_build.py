@@ -469,7 +469,7 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
 
     jobs = []  # (stage, graph name, onnx path, manifest entry, plugin mode)
     for stage, e in man["stages"].items():
-        if e.get("plugin") or (opts.stages and stage not in opts.stages):
+        if e.get("plugin") or e.get("cpu_only") or (opts.stages and stage not in opts.stages):
             continue
         if stage == "sae_decoder_edit" and plugin_mode != "none":
             pe = man["stages"]["sae_decoder_edit_plugin"]

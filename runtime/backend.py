@@ -1,7 +1,8 @@
 """The `Backend` interface: load a model's stages, run one stage on named tensors, report device and precision.
 
 Every backend runs the same stages with the same names and I/O (`ssae.export.stages`); the `Editor` chains them
-and never knows which backend it talks to. Tensors cross the interface as float32 numpy arrays.
+and never knows which backend it talks to. Tensors cross the interface as numpy arrays: float32, except the integer
+index tensors of the sparse edit graph (int64; the manifest's dtype says which).
 """
 from __future__ import annotations
 
@@ -14,11 +15,26 @@ class BackendError(RuntimeError):
     """A backend cannot be used here (not installed, wrong device, incompatible files): one-line reason."""
 
 
+#: Manifest dtype -> the numpy dtype a backend feeds (float16 graphs take float16 inputs).
+NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def input_dtype(spec_dtype: str | None, float_type=np.float32):
+    """The numpy dtype of an input whose manifest dtype is `spec_dtype`: integer inputs stay integer, floating ones
+    take `float_type` (what the backend computes in) unless the graph says float16."""
+    if spec_dtype in ("int64", "float16"):
+        return NUMPY_DTYPES[spec_dtype]
+    return float_type
+
+
 class Backend(abc.ABC):
     """One way of executing the pipeline stages."""
 
     #: Registry name, e.g. "torch", "torch-bf16", "onnxruntime", "openvino", "tensorrt".
     name: str = ""
+    #: Whether the Editor should run single region re-edits with the sparse tile graph when the backend has it
+    #: (`sae_decoder_edit_sparse`; measured per backend in benchmarks/bench_runtime.py).
+    sparse_reedit: bool = False
 
     @property
     @abc.abstractmethod

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from ..data.transforms import SquareFit
-from ..kernels import philox
+from ..kernels import philox, sparse_tail
 from ..profiling.nvtx import nvtx_range
 from .backend import Backend
 from .images import load_image
@@ -59,6 +59,7 @@ class _Encoded:
     skip: np.ndarray | None = None
     key: str = ""                    # content hash of the decoded image
     edits: int = 0                   # edits made so far (re-edits take the crop path)
+    rows: tuple | None = None        # (h, skip) as row tables for the sparse re-edit (`kernels.sparse_tail.to_rows`)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
     base_refined: dict = field(default_factory=dict)  # (roi, mask hash) -> (1, 3, S, S) RB of the unedited output
 
@@ -66,7 +67,11 @@ class _Encoded:
 class Editor:
     """Chains the stages of one backend. Thread-compatible, not thread-safe (use one Editor per thread)."""
 
-    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, crop: bool = True):
+    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, crop: bool = True,
+                 sparse: bool | None = None):
+        """crop: re-edit only the ROI's window (local tails). sparse: re-edit one region edit with the sparse tile
+        graph (`sae_decoder_edit_sparse`) where the backend has it; None = the backend's preference
+        (`Backend.sparse_reedit`)."""
         self.backend = backend
         cfg = manifest["model_config"]
         self.rois: tuple[str, ...] = tuple(manifest["rois"])
@@ -83,6 +88,9 @@ class Editor:
         self.local = bool(manifest.get("local_tail"))
         self.crop = crop and self.local
         self.rb_radius = int(manifest.get("rb_radius", 0))
+        self.sparse_tile = manifest.get("sparse_tile")
+        want = getattr(backend, "sparse_reedit", False) if sparse is None else sparse
+        self.sparse = bool(want and self.crop and self.sparse_tile and "sae_decoder_edit_sparse" in backend.stages())
         self.xi = None
         if self.local:
             n = philox.gaussian(int(manifest.get("noise_seed", 0)), philox.STREAM_INJECTION
@@ -196,23 +204,51 @@ class Editor:
             return None
         return outer, comp
 
-    def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, timings) -> np.ndarray:
-        """RB output of the unedited decoder output for this ROI and mask (cached per image)."""
+    def _base(self, enc: _Encoded, timings) -> np.ndarray:
+        """The unedited decoder output (strength 0), cached per image."""
         if enc.base is None:
             zero = self._stage_inputs(enc, 1, np.zeros((1, 1, self.size, self.size), np.float32), [0], 0.0, "region")
             enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
+        return enc.base
+
+    def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, timings) -> np.ndarray:
+        """RB output of the unedited decoder output for this ROI and mask (cached per image)."""
         key = (roi, hashlib.sha1(mask.tobytes()).hexdigest())
         if key not in enc.base_refined:
-            enc.base_refined[key] = self._run(f"refine_{roi}", timings, image=enc.base, mask=mask)["refined"]
+            enc.base_refined[key] = self._run(f"refine_{roi}", timings, image=self._base(enc, timings),
+                                              mask=mask)["refined"]
         return enc.base_refined[key]
+
+    def _coarse_sparse(self, enc: _Encoded, seed: int, mask: np.ndarray, strength: float, timings) -> np.ndarray:
+        """One region edit's decoder output (1, 3, S, S): the unedited output with the tiles touching the mask
+        recomputed by the sparse graph (exact: no other pixel can change)."""
+        t = time.perf_counter()
+        plan = sparse_tail.plan_tiles(mask[0, 0], int(self.sparse_tile))
+        if enc.rows is None:
+            enc.rows = (sparse_tail.to_rows(enc.h), sparse_tail.to_rows(enc.skip))
+        timings["sparse_plan"] = (time.perf_counter() - t) * 1e3
+        rgb = self._run("sae_decoder_edit_sparse", timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
+                        mask_rows=sparse_tail.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
+                        texture=enc.texture,
+                        noise=philox.gaussian_batch([seed], philox.STREAM_REGION, (self.global_code_ch,)),
+                        strength=np.full((1,), strength, np.float32))["rgb"]
+        coarse = self._base(enc, timings).copy()
+        sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
+        return coarse
 
     def _edit_window(self, enc, pairs, masks, window, strength, noise, timings) -> np.ndarray:
         (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
-        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
-        inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise,
-                                    (cy0, cy1, cx0, cx1))
-        coarse = self._run(stage, timings, **inputs)["image"]
-        part = self._refine(pairs, coarse, inputs["mask"], timings)
+        if self.sparse and len(pairs) == 1 and noise == "region":
+            crop = (slice(None), slice(None), slice(cy0, cy1), slice(cx0, cx1))
+            coarse = self._coarse_sparse(enc, pairs[0][2], masks, strength, timings)[crop]
+            crop_masks = np.ascontiguousarray(masks[crop])
+        else:
+            stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
+            inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise,
+                                        (cy0, cy1, cx0, cx1))
+            coarse = self._run(stage, timings, **inputs)["image"]
+            crop_masks = inputs["mask"]
+        part = self._refine(pairs, coarse, crop_masks, timings)
         out = np.concatenate([self._base_refined(enc, r, masks[k: k + 1], timings) for k, (r, _, _) in enumerate(pairs)])
         out[..., oy0:oy1, ox0:ox1] = part[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
         return out

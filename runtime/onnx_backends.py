@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export.onnx_export import ExportError, read_manifest
-from .backend import Backend, BackendError
+from .backend import Backend, BackendError, input_dtype
 
 
 class _OnnxFolderBackend(Backend):
@@ -75,6 +75,9 @@ class _OnnxFolderBackend(Backend):
 class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
+    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/bench_runtime.py).
+    sparse_reedit = True
+
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
                  iobinding: bool | None = None, device_id: int = 0):
         """iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
@@ -98,6 +101,7 @@ class OrtBackend(_OnnxFolderBackend):
         self.io_device = ("cuda" if cuda else "cpu", device_id if cuda else 0)
         self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
+        self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
     def _compile(self, path):
         so = self.ort.SessionOptions()
@@ -117,7 +121,7 @@ class OrtBackend(_OnnxFolderBackend):
 
     def _dtype(self, stage, name):
         spec = next(t for t in self.manifest["stages"][stage]["inputs"] if t["name"] == name)
-        return np.float16 if spec.get("dtype") == "float16" else np.float32
+        return input_dtype(spec.get("dtype"))
 
     def run(self, stage, inputs):
         sess = self.compiled(stage)
@@ -183,7 +187,8 @@ class OpenVINOBackend(_OnnxFolderBackend):
         """One inference on a per-stage infer request whose inputs share the callers' arrays and whose outputs are
         written straight into fresh arrays owned by the caller (no output copy: the decoder prefix returns
         2 x 33 MB at 256 px)."""
-        feed = {n: np.ascontiguousarray(inputs[n], dtype=np.float32) for n in self._inputs(stage)}
+        feed = {t["name"]: np.ascontiguousarray(inputs[t["name"]], dtype=input_dtype(t.get("dtype")))
+                for t in self.manifest["stages"][stage]["inputs"]}
         req = self._request(stage, feed)
         for n, a in feed.items():
             req.set_tensor(n, self.ov.Tensor(a, shared_memory=True))
@@ -198,10 +203,14 @@ class OpenVINOBackend(_OnnxFolderBackend):
         return outs
 
     def _static_output_dims(self, stage: str) -> dict[str, list[int | None]]:
-        """Per output, the sizes OpenVINO's shape inference fixed (None where dynamic), e.g. the prefix's 256 x 256."""
-        cm = self.compiled(stage)
-        return {n: [d.get_length() if d.is_static else None for d in cm.output(n).get_partial_shape()]
-                for n in self._outputs(stage)}
+        """Per output, the sizes OpenVINO's shape inference fixed (None where dynamic), e.g. the prefix's 256 x 256
+        (read once per stage)."""
+        dims = self.__dict__.setdefault("_static_dims", {})
+        if stage not in dims:
+            cm = self.compiled(stage)
+            dims[stage] = {n: [d.get_length() if d.is_static else None for d in cm.output(n).get_partial_shape()]
+                           for n in self._outputs(stage)}
+        return dims[stage]
 
     #: Infer requests kept per stage, one per input-shape signature: switching one request between shapes (a hair
     #: window, a lips window, the full image) re-plans its memory on every call (alternating hair / lips re-edits

@@ -22,7 +22,7 @@ from .backend import Backend, BackendError
 
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
-EXPORT_REVISION = 4
+EXPORT_REVISION = 5
 
 
 class ModelError(ValueError):

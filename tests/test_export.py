@@ -9,7 +9,7 @@ from ssae.export.onnx_export import ExportError, example_inputs, read_manifest, 
 from ssae.export.stages import build_stages, stage_specs
 from ssae.kernels import ops as fused_ops
 
-EXPECTED = {"smpn", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "sae_decoder_edit_pixel",
+EXPECTED = {"smpn", "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "sae_decoder_edit_pixel", "sae_decoder_edit_sparse",
             "sae_decoder_edit_plugin"} | {f"refine_{r}" for r in ("hair", "skin", "nose", "eyes", "lips")} \
     | {f"smpn_{r}" for r in ("hair", "skin", "nose", "eyes", "lips")}
 

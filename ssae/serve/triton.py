@@ -299,6 +299,9 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if stage in SKIP_STAGES or entry.get("plugin"):
             skipped[stage] = "TensorRT plugin graph (ONNX Runtime cannot run it; see the TensorRT models)"
             continue
+        if entry.get("cpu_only"):
+            skipped[stage] = "in-process CPU re-edit graph (one edit, integer tile plans, no batch dimension)"
+            continue
         m = onnx.load(str(src / entry["file"]))
         if stage in EDIT_STAGES and xi is not None:
             m = bake_inputs(m, {"xi": xi}, {"height": size, "width": size})
