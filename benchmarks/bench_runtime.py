@@ -7,6 +7,8 @@ milliseconds, and the goal ratios:
 - cached re-edit (new seed on an already-encoded image, through `Editor.edit`) vs one official decoder pass;
 - full edit of a new image (image in -> image out, through `Editor.edit` with an empty cache) vs official
   encode + decode.
+Backends with the sparse re-edit graph also time their other re-edit path (sparse tiles vs the crop window) in
+the same run, so the choice each backend makes by default (`Backend.sparse_reedit`) is checked here.
 Edits use the bundled SMPN's masks of the example face (resized to the model size), so random-weight models
 edit realistic regions (hair: large, lips: small).
 
@@ -87,11 +89,14 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg").convert("RGB").resize((size, size)))
     masks = real_masks(size)
     editors = {b: Editor(be, _manifest_of(be)) for b, be in runners.items()}
-    for ed in editors.values():  # warm-up: first edit encodes, second builds the cached baseline
+    # the other re-edit path (sparse tiles vs the crop window), timed in the same run for the ratio
+    alt = {b: Editor(be, _manifest_of(be), sparse=not ed.sparse) for b, ed in editors.items()
+           if "sae_decoder_edit_sparse" in runners[b].stages()}
+    for ed in list(editors.values()) + list(alt.values()):  # warm-up: first edit encodes, second builds the baseline
         for roi in ("hair", "lips"):
             ed.edit(face, roi=roi, seed=0, mask=masks[roi])
             ed.edit(face, roi=roi, seed=1, mask=masks[roi])
-    edit_keys = ("full_edit", "cached_reedit_hair", "cached_reedit_lips")
+    edit_keys = ("full_edit", "cached_reedit_hair", "cached_reedit_lips", "alt_reedit_hair", "alt_reedit_lips")
     times = {b: {s: [] for s in STAGES + edit_keys} for b in runners}
     times["official"] = {"encoder": [], "decoder": []}
     for k in range(repeats):
@@ -108,8 +113,11 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
             for roi in ("hair", "lips"):
                 times[b][f"cached_reedit_{roi}"].append(
                     time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
-    med = {b: {s: float(np.median(v)) for s, v in d.items()} for b, d in times.items()}
-    mins = {b: {s: float(np.min(v)) for s, v in d.items()} for b, d in times.items()}
+                if b in alt:
+                    times[b][f"alt_reedit_{roi}"].append(
+                        time_call(lambda: alt[b].edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
+    med = {b: {s: float(np.median(v)) for s, v in d.items() if v} for b, d in times.items()}
+    mins = {b: {s: float(np.min(v)) for s, v in d.items() if v} for b, d in times.items()}
     off_dec = med["official"]["decoder"]
     off_full = med["official"]["encoder"] + off_dec
     rows = {}
@@ -120,7 +128,11 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
                    "cached_reedit_lips_ms": m["cached_reedit_lips"],
                    "cached_reedit_hair_speedup_vs_official_decoder": off_dec / m["cached_reedit_hair"],
                    "cached_reedit_lips_speedup_vs_official_decoder": off_dec / m["cached_reedit_lips"],
-                   "full_edit_speedup_vs_official_encode_decode": off_full / m["full_edit"]}
+                   "full_edit_speedup_vs_official_encode_decode": off_full / m["full_edit"],
+                   "reedit_path": "sparse" if editors[b].sparse else "window"}
+        if b in alt:
+            rows[b].update({"alt_reedit_path": "sparse" if alt[b].sparse else "window",
+                            "alt_reedit_hair_ms": m["alt_reedit_hair"], "alt_reedit_lips_ms": m["alt_reedit_lips"]})
     return {"model": name, "image_size": size, "repeats": repeats, "official_ms": med["official"],
             "backends": rows}
 
@@ -129,15 +141,18 @@ def print_table(res: dict) -> None:
     print(f"\n{res['model']} ({res['image_size']} px), median of {res['repeats']} runs, ms; official encoder "
           f"{res['official_ms']['encoder']:.1f}, official decoder {res['official_ms']['decoder']:.1f}")
     head = ["backend"] + [s.replace("sae_", "") for s in STAGES] + [
-        "full edit", "re-edit hair", "re-edit lips", "full x", "hair x", "lips x"]
+        "full edit", "re-edit hair", "re-edit lips", "full x", "hair x", "lips x", "re-edit path",
+        "other path: hair / lips"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for b, r in res["backends"].items():
+        other = (f"{r['alt_reedit_path']}: {r['alt_reedit_hair_ms']:.1f} / {r['alt_reedit_lips_ms']:.1f}"
+                 if "alt_reedit_path" in r else "-")
         cells = [b] + [f"{r['stages_ms'][s]:.1f}" for s in STAGES] + [
             f"{r['full_edit_ms']:.1f}", f"{r['cached_reedit_hair_ms']:.1f}", f"{r['cached_reedit_lips_ms']:.1f}",
             f"{r['full_edit_speedup_vs_official_encode_decode']:.1f}",
             f"{r['cached_reedit_hair_speedup_vs_official_decoder']:.1f}",
-            f"{r['cached_reedit_lips_speedup_vs_official_decoder']:.1f}"]
+            f"{r['cached_reedit_lips_speedup_vs_official_decoder']:.1f}", r["reedit_path"], other]
         print("| " + " | ".join(cells) + " |")
 
 
