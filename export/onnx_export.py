@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_json
 from ..kernels import ops as fused_ops
 from ..models.ssae_model import SSAE
 from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
@@ -150,15 +150,8 @@ class ExportError(ValueError):
 def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
     """Read manifest.json; with verify, check every listed file exists and matches its sha256."""
     d = Path(export_dir)
-    p = d / MANIFEST
-    if not p.exists():
-        raise ExportError(f"{d} is not an ssae ONNX export (no {MANIFEST})")
-    try:
-        manifest = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"corrupt {p}: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{p} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = read_json(d / MANIFEST, ExportError, "export manifest", fmt=FORMAT,
+                         missing=f"{d} is not an ssae ONNX export (no {MANIFEST})")
     if verify:
         for name, e in manifest["stages"].items():
             f = d / e["file"]

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_json
 
 FORMAT = "ssae-precision-plan/1"
 PRECISIONS = ("fp16", "bf16")
@@ -91,13 +91,5 @@ class PrecisionPlan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PrecisionPlan":
-        p = Path(path)
-        if not p.is_file():
-            raise PrecisionPlanError(f"precision plan not found: {p}")
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError) as e:
-            raise PrecisionPlanError(f"cannot read precision plan {p}: {e}") from None
-        except json.JSONDecodeError as e:
-            raise PrecisionPlanError(f"corrupt precision plan {p}: {e}") from None
-        return cls.from_dict(d, where=f"precision plan {p}")
+        d = read_json(path, PrecisionPlanError, "precision plan")
+        return cls.from_dict(d, where=f"precision plan {Path(path)}")

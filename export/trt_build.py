@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_json
 from .precision_plan import PrecisionPlan
 
 INDEX = "tensorrt.json"
@@ -231,16 +231,8 @@ def timing_cache_name(env: dict) -> str:
 
 def read_index(engine_dir: str | os.PathLike) -> dict:
     """The engine folder's index; EngineMismatch when missing or malformed."""
-    p = Path(engine_dir) / INDEX
-    if not p.exists():
-        raise EngineMismatch(f"{engine_dir} has no TensorRT engines ({INDEX}): build them with `ssae build`")
-    try:
-        idx = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise EngineMismatch(f"corrupt {p}: {e}") from None
-    if idx.get("format") != INDEX_FORMAT:
-        raise EngineMismatch(f"{p} has format {idx.get('format')!r}, expected {INDEX_FORMAT!r}")
-    return idx
+    return read_json(Path(engine_dir) / INDEX, EngineMismatch, "engine index", fmt=INDEX_FORMAT,
+                     missing=f"{engine_dir} has no TensorRT engines ({INDEX}): build them with `ssae build`")
 
 
 def verify_engines(engine_dir: str | os.PathLike, env: dict, index: dict | None = None,

@@ -45,6 +45,18 @@ class EditResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit for `Editor.edit_requests`: an image (path, PIL image or uint8 array) and the edit's parameters."""
+
+    image: object
+    roi: str
+    seed: int = 0
+    strength: float = 1.0
+    noise: str = "region"
+    preserve_background: bool = False
+
+
 @dataclass
 class _Encoded:
     """Per-image state that re-edits reuse."""
@@ -186,12 +198,6 @@ class Editor:
             refined[sel] = self._run(f"refine_{roi}", timings, image=coarse[sel], mask=masks[sel])["refined"]
         return refined
 
-    def _edit_full(self, enc, pairs, masks, strength, noise, timings) -> np.ndarray:
-        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
-        inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise)
-        coarse = self._run(stage, timings, **inputs)["image"]
-        return self._refine(pairs, coarse, masks, timings)
-
     def _window(self, masks: np.ndarray):
         """(outer, compute) windows around every non-zero mask pixel, or None when cropping would not pay."""
         ys, xs = np.nonzero(masks.max(axis=(0, 1)) > 0)
@@ -236,20 +242,33 @@ class Editor:
         sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
         return coarse
 
-    def _edit_window(self, enc, pairs, masks, window, strength, noise, timings) -> np.ndarray:
-        (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
-        if self.sparse and len(pairs) == 1 and noise == "region":
+    def _tail(self, encs: Sequence[_Encoded], pairs, strengths: Sequence[float], masks: np.ndarray, noise: str,
+              window, timings) -> np.ndarray:
+        """Edit tail and RB of N edits as batched calls: edit k is `pairs[k]` = (roi, index, seed) of image
+        `encs[k]` (images may repeat) at `strengths[k]` with `masks[k]`. window: None = the full image; else
+        (outer, compute) from `_window`: the tail runs on the compute window (one region edit: on the tiles
+        touching the mask, when `self.sparse`) and the result is pasted into each image's cached unedited
+        result (exact: pixels outside the window cannot change). Returns (N, 3, S, S)."""
+        comp = None if window is None else window[1]
+        if window is not None and self.sparse and len(pairs) == 1 and noise == "region":
+            cy0, cy1, cx0, cx1 = comp
             crop = (slice(None), slice(None), slice(cy0, cy1), slice(cx0, cx1))
-            coarse = self._coarse_sparse(enc, pairs[0][2], masks, strength, timings)[crop]
+            coarse = self._coarse_sparse(encs[0], pairs[0][2], masks, strengths[0], timings)[crop]
             crop_masks = np.ascontiguousarray(masks[crop])
         else:
+            feeds = [self._stage_inputs(encs[k], 1, masks[k: k + 1], [pairs[k][2]], strengths[k], noise, comp)
+                     for k in range(len(pairs))]
+            batched = feeds[0] if len(feeds) == 1 else {  # the tail's noise map xi is shared
+                n: feeds[0][n] if n == "xi" else np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
             stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
-            inputs = self._stage_inputs(enc, len(pairs), masks, [s for _, _, s in pairs], strength, noise,
-                                        (cy0, cy1, cx0, cx1))
-            coarse = self._run(stage, timings, **inputs)["image"]
-            crop_masks = inputs["mask"]
+            coarse = self._run(stage, timings, **batched)["image"]
+            crop_masks = batched["mask"]
         part = self._refine(pairs, coarse, crop_masks, timings)
-        out = np.concatenate([self._base_refined(enc, r, masks[k: k + 1], timings) for k, (r, _, _) in enumerate(pairs)])
+        if window is None:
+            return part
+        (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
+        out = np.concatenate([self._base_refined(encs[k], r, masks[k: k + 1], timings)
+                              for k, (r, _, _) in enumerate(pairs)])
         out[..., oy0:oy1, ox0:ox1] = part[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
         return out
 
@@ -306,12 +325,10 @@ class Editor:
         """Every (roi, seed) pair of one image in one batched pass after a single encode (roi-major order)."""
         if not rois or not seeds:
             raise ValueError("edit_many needs at least one ROI and one seed")
-        idx = [self._roi_index(r) for r in rois]
+        for r in rois:
+            self._check_params(r, strength, noise)
+        idx = [self.rois.index(r) for r in rois]
         seeds = [int(s) for s in seeds]
-        if not np.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
-        if noise not in NOISE_MODES:
-            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
@@ -323,17 +340,70 @@ class Editor:
             refined, masks = self._edit_stages(enc, pairs, strength, noise, mask, timings)
         enc.edits += 1
         t_total = (time.perf_counter() - t0) * 1e3
-        out = []
-        for k, (roi, i, seed) in enumerate(pairs):
-            img = np.round((np.clip(refined[k], -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
-            img = enc.fit.restore_rgb(img)
-            m = enc.fit.restore_mask(masks[k, 0])
-            if preserve_background:
-                img = composite(img, enc.rgb, m)
-            tm = dict(timings)
-            tm["total"] = t_total
-            out.append(EditResult(Image.fromarray(img), m, roi, seed, float(strength), noise, tm))
-        return out
+        return [self._result(enc, refined[k], masks[k, 0], roi, seed, strength, noise, preserve_background,
+                             timings, t_total) for k, (roi, _, seed) in enumerate(pairs)]
+
+    def edit_requests(self, requests: Sequence[EditRequest]) -> list[EditResult | Exception]:
+        """Many single edits, of one image or several, as batched passes (what a server's dynamic batching calls).
+
+        Every image is encoded once (or found in the cache); first edits of images run the edit tail as one batched
+        call per noise mode on the full image, re-edits one call per noise mode and ROI on the window around the
+        union of their masks (a lone region re-edit: the sparse tiles); the RBs run batched per ROI. Each result
+        equals `edit` of that request alone. One result per request, in order: an EditResult or the exception that
+        request raised (a bad request does not fail the others)."""
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        results: list[EditResult | Exception | None] = [None] * len(requests)
+        encs: list[_Encoded | None] = []
+        for k, rq in enumerate(requests):
+            try:
+                self._check_params(rq.roi, rq.strength, rq.noise)
+                encs.append(self._encode(rq.image, timings, rois=[rq.roi]))
+            except Exception as e:  # noqa: BLE001 - returned as that request's result
+                results[k] = e
+                encs.append(None)
+        # re-edits grouped per ROI, so that each group's window stays around one region (lips of many faces: small)
+        groups: dict[tuple[str, bool, str], list[int]] = {}
+        for k, rq in enumerate(requests):
+            if results[k] is None:
+                again = self.crop and encs[k].edits > 0
+                groups.setdefault((rq.noise, again, rq.roi if again else ""), []).append(k)
+        for (noise, again, _), idx in groups.items():
+            masks = np.concatenate([encs[k].masks[requests[k].roi] for k in idx])
+            pairs = [(requests[k].roi, self.rois.index(requests[k].roi), int(requests[k].seed)) for k in idx]
+            try:
+                refined = self._tail([encs[k] for k in idx], pairs, [requests[k].strength for k in idx], masks,
+                                     noise, self._window(masks) if again else None, timings)
+            except Exception as e:  # noqa: BLE001 - the whole group failed (e.g. a model without pixel noise)
+                for k in idx:
+                    results[k] = e
+                continue
+            total = (time.perf_counter() - t0) * 1e3
+            for n, k in enumerate(idx):
+                rq = requests[k]
+                results[k] = self._result(encs[k], refined[n], masks[n, 0], rq.roi, int(rq.seed), rq.strength,
+                                          noise, rq.preserve_background, timings, total)
+        for enc in {id(e): e for e in encs if e is not None}.values():
+            enc.edits += 1
+        return results  # type: ignore[return-value]
+
+    def _check_params(self, roi: str, strength: float, noise: str) -> None:
+        self._roi_index(roi)
+        if not np.isfinite(strength):
+            raise ValueError(f"strength must be a finite number, got {strength}")
+        if noise not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
+
+    @staticmethod
+    def _result(enc: _Encoded, refined: np.ndarray, mask: np.ndarray, roi: str, seed: int, strength: float,
+                noise: str, preserve_background: bool, timings: dict, total_ms: float) -> EditResult:
+        """A refined model-size edit (3, S, S) in [-1, 1] -> EditResult at the input image's size."""
+        img = np.round((np.clip(refined, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+        img = enc.fit.restore_rgb(img)
+        m = enc.fit.restore_mask(mask)
+        if preserve_background:
+            img = composite(img, enc.rgb, m)
+        return EditResult(Image.fromarray(img), m, roi, seed, float(strength), noise, dict(timings, total=total_ms))
 
     def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
         """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT with
@@ -361,9 +431,8 @@ class Editor:
         else:
             masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
         window = self._window(masks) if (self.crop and enc.edits > 0) else None
-        if window is not None:
-            return self._edit_window(enc, pairs, masks, window, strength, noise, timings), masks
-        return self._edit_full(enc, pairs, masks, strength, noise, timings), masks
+        n = len(pairs)
+        return self._tail([enc] * n, pairs, [strength] * n, masks, noise, window, timings), masks
 
 
 def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, feather: float | None = None) -> np.ndarray:

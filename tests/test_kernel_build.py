@@ -131,16 +131,21 @@ int main(int argc, char** argv) {
 """
 
 
-@pytest.fixture(scope="module")
-def rng_binary(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("rng")
-    (d / "rng.cu").write_text(RNG_HARNESS)
-    exe = d / "rng"
-    cmd = [NVCC, "-O2", "-std=c++17", "-Werror", "all-warnings", f"-I{kc.SOURCE.parent}", str(d / "rng.cu"),
-           "-o", str(exe)]
+def _build_host_binary(tmp_path_factory, source_name: str, source: str, compiler: list[str]) -> Path:
+    """Compile a host harness that includes the kernel sources (warnings are errors); the executable's path."""
+    d = tmp_path_factory.mktemp(Path(source_name).stem)
+    (d / source_name).write_text(source)
+    exe = d / Path(source_name).stem
+    cmd = compiler + [f"-I{kc.SOURCE.parent}", str(d / source_name), "-o", str(exe)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     return exe
+
+
+@pytest.fixture(scope="module")
+def rng_binary(tmp_path_factory) -> Path:
+    return _build_host_binary(tmp_path_factory, "rng.cu", RNG_HARNESS,
+                              [NVCC, "-O2", "-std=c++17", "-Werror", "all-warnings"])
 
 
 @needs_nvcc
@@ -312,14 +317,8 @@ int main(int argc, char** argv) {
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
     """The kernel source compiled for the host with g++ and the emulated CUDA built-ins."""
-    d = tmp_path_factory.mktemp("emu")
-    (d / "emu.cpp").write_text(EMULATION_SHIM)
-    exe = d / "emu"
-    cmd = [GXX, "-std=c++20", "-O2", "-pthread", "-Wall", "-Werror", "-Wno-unknown-pragmas",
-           f"-I{kc.SOURCE.parent}", str(d / "emu.cpp"), "-o", str(exe)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return exe
+    return _build_host_binary(tmp_path_factory, "emu.cpp", EMULATION_SHIM,
+                              [GXX, "-std=c++20", "-O2", "-pthread", "-Wall", "-Werror", "-Wno-unknown-pragmas"])
 
 
 def _problem(seed: int, b: int, cin: int, cout: int, h: int, w: int, mode: str) -> dict:

@@ -181,6 +181,17 @@ def parse_bool(name: str, text: str) -> bool:
     raise ApiError(400, f"{name} must be 0 or 1 (or true/false), got {text!r}")
 
 
+def _converted(query: Mapping[str, Sequence[str]], name: str, convert, default, kind: str):
+    """One query parameter through `convert` (int, float), `default` when absent; ApiError 400 when it fails."""
+    text = _one(query, name)
+    if text is None:
+        return default
+    try:
+        return convert(text)
+    except ValueError:
+        raise ApiError(400, f"{name} must be {kind}, got {text!r}") from None
+
+
 def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -> EditParams:
     """Validate the query parameters of /edit (ApiError 400 names the first bad one)."""
     known = {"roi", "seed", "strength", "noise", "preserve_background"}
@@ -192,20 +203,12 @@ def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -
         raise ApiError(400, f"missing parameter roi (choose from {', '.join(rois)})")
     if roi not in rois:
         raise ApiError(400, f"unknown roi {roi!r} (choose from {', '.join(rois)})")
-    seed_s = _one(query, "seed")
-    try:
-        seed = int(seed_s) if seed_s is not None else 0
-    except ValueError:
-        raise ApiError(400, f"seed must be an integer, got {seed_s!r}") from None
+    seed = _converted(query, "seed", int, 0, "an integer")
     if not 0 <= seed <= MAX_SEED:
         raise ApiError(400, f"seed must be in [0, 2^63), got {seed}")
-    st_s = _one(query, "strength")
-    try:
-        strength = float(st_s) if st_s is not None else 1.0
-    except ValueError:
-        raise ApiError(400, f"strength must be a number, got {st_s!r}") from None
+    strength = _converted(query, "strength", float, 1.0, "a number")
     if not math.isfinite(strength):
-        raise ApiError(400, f"strength must be a finite number, got {st_s!r}")
+        raise ApiError(400, f"strength must be a finite number, got {_one(query, 'strength')!r}")
     noise = _one(query, "noise") or "region"
     if noise not in NOISE_MODES:
         raise ApiError(400, f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
