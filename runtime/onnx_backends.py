@@ -35,7 +35,7 @@ class _OnnxFolderBackend(Backend):
         if stage not in self._compiled:
             path = self.dir / self.manifest["stages"][stage]["file"]
             try:
-                self._compiled[stage] = self._compile(path)
+                self._compiled[stage] = self._compile(path, self.manifest["stages"][stage])
             except Exception as e:  # noqa: BLE001 - runtimes raise their own error types for bad files
                 raise BackendError(f"{self.name} cannot load {path.name}: {str(e).splitlines()[0]}") from None
         return self._compiled[stage]
@@ -75,7 +75,8 @@ class _OnnxFolderBackend(Backend):
 class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
-    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/bench_runtime.py).
+    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/bench_runtime.py, paper256
+    #: hair: 59 ms vs 130 ms on the window).
     sparse_reedit = True
 
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
@@ -103,7 +104,7 @@ class OrtBackend(_OnnxFolderBackend):
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
         self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
-    def _compile(self, path):
+    def _compile(self, path, entry: dict):
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if self.threads:
@@ -170,8 +171,12 @@ class OpenVINOBackend(_OnnxFolderBackend):
         self._precision = precision
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 
-    def _compile(self, path):
-        hint = {"bf16": "bf16", "fp32": "f32"}[self._precision]
+    #: Single region re-edits run the sparse tile graph (benchmarks/bench_runtime.py, paper256 hair: 28 ms vs 41
+    #: ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was no faster.
+    sparse_reedit = True
+
+    def _compile(self, path, entry: dict):
+        hint = "f32" if entry.get("cpu_only") else {"bf16": "bf16", "fp32": "f32"}[self._precision]
         return self.core.compile_model(str(path), self._dev, {"INFERENCE_PRECISION_HINT": hint,
                                                               "PERFORMANCE_HINT": "LATENCY"})
 

@@ -156,7 +156,8 @@ def test_editor_sparse_reedit_equals_the_window_reedit(tiny_export, face_path):
 
 
 def test_backends_feed_integer_inputs(tiny_export, tiny_model):
-    """Every backend passes the plan's int64 indices through (the torch backend and OpenVINO cast floats only)."""
+    """Every backend passes the plan's int64 indices through (the torch backend and OpenVINO cast floats only),
+    and runs the sparse graph in fp32 even when it computes the rest in bf16 (within 1e-4 of ONNX Runtime)."""
     from ssae.runtime.registry import create_backend, resolve_model
     from ssae.runtime.backend import BackendError
     s = tiny_model.cfg.image_size
@@ -165,8 +166,9 @@ def test_backends_feed_integer_inputs(tiny_export, tiny_model):
     feeds, _ = _sparse_feeds(inputs, mask, 4)
     from ssae.runtime.torch_backend import TorchBackend
     src = resolve_model(str(tiny_export))
-    outs = {"torch": TorchBackend(tiny_model).run("sae_decoder_edit_sparse", feeds)["rgb"]}
-    for name in ("onnxruntime", "openvino-fp32"):
+    outs = {name: TorchBackend(tiny_model, precision=p).run("sae_decoder_edit_sparse", feeds)["rgb"]
+            for name, p in (("torch", "fp32"), ("torch-bf16", "bf16"))}
+    for name in ("onnxruntime", "openvino", "openvino-fp32"):
         try:
             be = create_backend(name, src)
         except BackendError:
