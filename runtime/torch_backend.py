@@ -16,11 +16,11 @@ class TorchBackend(Backend):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("torch backend: CUDA requested but no CUDA device is available")
         self.name = "torch" if precision == "fp32" else "torch-bf16"
-        # single region re-edits on the sparse tiles (paper256 hair: 2.5x (fp32) and 3.7x (bf16) faster than the
-        # window, benchmarks/bench_runtime.py); that graph always runs in fp32 (bf16 would round the
-        # Winograd-transformed tiles)
-        self.sparse_reedit = True
         self._device = torch.device(device)
+        # single region re-edits on the sparse tiles on CPUs (paper256 hair: 1.5x (fp32) and 2x (bf16) faster
+        # than the window, benchmarks/bench_runtime.py); that graph always runs in fp32 (bf16 would round the
+        # Winograd-transformed tiles). On CUDA the fused kernel runs the window.
+        self.sparse_reedit = self._device.type == "cpu"
         self._precision = precision
         self.model = model.eval().freeze().to(self._device)
         self._stages = build_stages(self.model)
