@@ -107,7 +107,7 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
             for s in STAGES:
                 times[b][s].append(time_call(lambda: be.run(s, inputs[s]), be.synchronize))
             ed = editors[b]
-            ed._cache.clear()
+            ed.clear_cache()
             times[b]["full_edit"].append(time_call(lambda: ed.edit(face, roi="hair", seed=k + 2)))
             for roi in ("hair", "lips"):  # untimed: each ROI's unedited RB result, which re-edits reuse
                 ed.edit(face, roi=roi, seed=0, mask=masks[roi])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -46,15 +47,22 @@ class EditResult:
 
 
 @dataclass(frozen=True)
-class EditRequest:
-    """One edit for `Editor.edit_requests`: an image (path, PIL image or uint8 array) and the edit's parameters."""
+class EditParams:
+    """The parameters of one edit (what `Editor.edit` takes besides the image)."""
 
-    image: object
     roi: str
     seed: int = 0
     strength: float = 1.0
     noise: str = "region"
     preserve_background: bool = False
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One edit for `Editor.edit_requests`: an image (path, PIL image or uint8 array) and the edit's parameters."""
+
+    image: object
+    params: EditParams
 
 
 @dataclass
@@ -108,6 +116,21 @@ class Editor:
             n = philox.gaussian(int(manifest.get("noise_seed", 0)), philox.STREAM_INJECTION
                                 + int(manifest["tail_noise_index"]), self.size * self.size)
             self.xi = n.reshape(1, 1, self.size, self.size)
+
+    # ---------------------------------------------------------------------------------------------- cache
+    def use_cache(self, cache) -> None:
+        """Make `cache` the per-image cache: any mapping with OrderedDict's `get`, item assignment,
+        `move_to_end`, `popitem`, `len`, `keys` and `clear` (e.g. `ssae.serve.cache.EncodeCache`, which bounds
+        bytes: the entry-count bound `cache_size` is then off). Entries already cached are carried over."""
+        for k in list(self._cache.keys()):
+            cache[k] = self._cache[k]
+        self._cache = cache
+        self.cache_size = sys.maxsize
+
+    def clear_cache(self) -> None:
+        """Forget every encoded image (the next edit of any image is a full edit)."""
+        self._cache.clear()
+        self._chain_key = None
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -355,24 +378,25 @@ class Editor:
         timings: dict[str, float] = {}
         results: list[EditResult | Exception | None] = [None] * len(requests)
         encs: list[_Encoded | None] = []
-        for k, rq in enumerate(requests):
+        params = [rq.params for rq in requests]
+        for k, (rq, p) in enumerate(zip(requests, params)):
             try:
-                self._check_params(rq.roi, rq.strength, rq.noise)
-                encs.append(self._encode(rq.image, timings, rois=[rq.roi]))
+                self._check_params(p.roi, p.strength, p.noise)
+                encs.append(self._encode(rq.image, timings, rois=[p.roi]))
             except Exception as e:  # noqa: BLE001 - returned as that request's result
                 results[k] = e
                 encs.append(None)
         # re-edits grouped per ROI, so that each group's window stays around one region (lips of many faces: small)
         groups: dict[tuple[str, bool, str], list[int]] = {}
-        for k, rq in enumerate(requests):
+        for k, p in enumerate(params):
             if results[k] is None:
                 again = self.crop and encs[k].edits > 0
-                groups.setdefault((rq.noise, again, rq.roi if again else ""), []).append(k)
+                groups.setdefault((p.noise, again, p.roi if again else ""), []).append(k)
         for (noise, again, _), idx in groups.items():
-            masks = np.concatenate([encs[k].masks[requests[k].roi] for k in idx])
-            pairs = [(requests[k].roi, self.rois.index(requests[k].roi), int(requests[k].seed)) for k in idx]
+            masks = np.concatenate([encs[k].masks[params[k].roi] for k in idx])
+            pairs = [(params[k].roi, self.rois.index(params[k].roi), int(params[k].seed)) for k in idx]
             try:
-                refined = self._tail([encs[k] for k in idx], pairs, [requests[k].strength for k in idx], masks,
+                refined = self._tail([encs[k] for k in idx], pairs, [params[k].strength for k in idx], masks,
                                      noise, self._window(masks) if again else None, timings)
             except Exception as e:  # noqa: BLE001 - the whole group failed (e.g. a model without pixel noise)
                 for k in idx:
@@ -380,9 +404,9 @@ class Editor:
                 continue
             total = (time.perf_counter() - t0) * 1e3
             for n, k in enumerate(idx):
-                rq = requests[k]
-                results[k] = self._result(encs[k], refined[n], masks[n, 0], rq.roi, int(rq.seed), rq.strength,
-                                          noise, rq.preserve_background, timings, total)
+                p = params[k]
+                results[k] = self._result(encs[k], refined[n], masks[n, 0], p.roi, int(p.seed), p.strength,
+                                          noise, p.preserve_background, timings, total)
         for enc in {id(e): e for e in encs if e is not None}.values():
             enc.edits += 1
         return results  # type: ignore[return-value]

@@ -97,7 +97,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 elif key == "refine":
                     t = time_call_(lambda: be.run(f"refine_{cfg.roi}", stage_in["refine"]), be.synchronize)
                 elif key == "full_edit":
-                    ed._cache.clear()
+                    ed.clear_cache()
                     t = time_call(lambda: ed.edit(img, roi=cfg.roi, seed=k), be.synchronize)
                     ed.edit(img, roi=cfg.roi, seed=k + 1)   # rebuild the cached baseline (not timed)
                 else:

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.images import ImageError, load_image
-from ..runtime.editor import NOISE_MODES
+from ..runtime.editor import NOISE_MODES, EditParams
 
 #: Environment variable holding the bearer token a server requires (unset or empty: no authentication).
 TOKEN_ENV = "SSAE_TOKEN"
@@ -104,17 +104,6 @@ class ApiConfig:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_image_mb * (1 << 20))
-
-
-@dataclass(frozen=True)
-class EditParams:
-    """The parameters of one edit, validated."""
-
-    roi: str
-    seed: int = 0
-    strength: float = 1.0
-    noise: str = "region"
-    preserve_background: bool = False
 
 
 @dataclass

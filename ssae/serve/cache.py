@@ -1,13 +1,13 @@
 """The encode cache of a serving replica: content hash of the decoded image -> the Editor's per-image state
 (SMPN masks, structure/texture codes, decoder-prefix activations, the unedited result), LRU, bounded by bytes.
 
-The Editor keeps that state in `Editor._cache`, an `OrderedDict` bounded by an entry count. `attach(editor, cache)`
-swaps in an `EncodeCache`, which the Editor uses through exactly this contract (`ssae.runtime.editor.Editor._encode`):
+The Editor keeps that state in an `OrderedDict` bounded by an entry count. `attach(editor, cache)` swaps in an
+`EncodeCache` (`Editor.use_cache`), which the Editor uses through exactly this contract:
 
 - `cache.get(key)` -> the entry or None (the only lookup; counted here as a hit or a miss),
 - `cache[key] = entry` (a new entry, before the Editor fills in its codes),
 - `cache.move_to_end(key)` (on a hit), `len(cache)` and `cache.popitem(last=False)` (its count bound, which
-  `attach` disables by setting `editor.cache_size` to `sys.maxsize`: this cache bounds bytes instead).
+  `Editor.use_cache` disables: this cache bounds bytes instead), `keys()` and `clear()`.
 
 Entries grow after they are stored (the Editor adds codes, activations and the unedited result while editing), so
 sizes are measured again at every `trim()`: on every insertion, every hit and after every request
@@ -17,7 +17,6 @@ sizes are measured again at every `trim()`: on every insertion, every hit and af
 from __future__ import annotations
 
 import dataclasses
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -155,9 +154,5 @@ class EncodeCache:
 def attach(editor, cache: EncodeCache) -> EncodeCache:
     """Make `cache` the Editor's per-image cache (bounded by bytes instead of the Editor's entry count).
     Entries already in the Editor's cache are carried over."""
-    old = editor._cache
-    for k in list(old.keys()):
-        cache[k] = old[k]
-    editor._cache = cache
-    editor.cache_size = sys.maxsize
+    editor.use_cache(cache)
     return cache

@@ -126,8 +126,7 @@ class Engine:
         return EditOutcome(r.image, r.timings, 1)
 
     def _edit_many(self, jobs: list[EditJob]) -> list[EditOutcome | BaseException]:
-        reqs = [EditRequest(j.rgb, j.params.roi, j.params.seed, j.params.strength, j.params.noise,
-                            j.params.preserve_background) for j in jobs]
+        reqs = [EditRequest(j.rgb, j.params) for j in jobs]
         return [r if isinstance(r, BaseException) else EditOutcome(r.image, r.timings, len(jobs))
                 for r in self.editor.edit_requests(reqs)]
 
