@@ -447,7 +447,9 @@ def test_triton_repository_configs_parse_and_validate(triton_repo):
     repo, summary = triton_repo
     assert summary["ensembles"] == [f"ssae_edit_{r}" for r in ROIS]
     assert "sae_decoder_edit_plugin" in summary["skipped"]
+    assert "CPU re-edit" in summary["skipped"]["sae_decoder_edit_sparse"]     # cpu_only: one edit, int64 plans
     names = triton.model_names(repo)
+    assert "sae_decoder_edit_sparse" not in names
     assert {"sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", "smpn_hair", "roi_mask_hair",
             "refine_lips", "ssae_edit_eyes"} <= set(names)
     for n in names:
