@@ -75,8 +75,8 @@ class _OnnxFolderBackend(Backend):
 class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
-    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/bench_runtime.py, paper256
-    #: hair: 59 ms vs 130 ms on the window).
+    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/results/runtime_cpu.json,
+    #: paper256 hair re-edit: 67 ms vs 143 ms on the window).
     sparse_reedit = True
 
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
@@ -171,8 +171,9 @@ class OpenVINOBackend(_OnnxFolderBackend):
         self._precision = precision
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 
-    #: Single region re-edits run the sparse tile graph (benchmarks/bench_runtime.py, paper256 hair: 28 ms vs 41
-    #: ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was no faster.
+    #: Single region re-edits run the sparse tile graph (benchmarks/results/runtime_cpu.json, paper256 hair re-edit:
+    #: 23 ms vs 84 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
+    #: no faster.
     sparse_reedit = True
 
     def _compile(self, path, entry: dict):
