@@ -68,6 +68,26 @@ def test_edit_many_equals_single_edits(editors, face_path):
         assert np.abs(np.asarray(one.image).astype(int) - np.asarray(r.image)).max() <= 1
 
 
+def test_edit_requests_equal_single_edits_and_report_bad_requests(tiny_export, face_path):
+    """The cross-image batched pass: first edits and re-edits of two images, two ROIs, per-request strengths; a bad
+    request yields its exception without failing the others."""
+    from ssae.runtime import EditParams, EditRequest
+    batch_ed, ref_ed = (Editor.load(tiny_export, backend="onnxruntime") for _ in range(2))
+    other = np.asarray(Image.open(face_path).convert("RGB"))[::-1].copy()      # a second image (flipped)
+    reqs = [EditRequest(face_path, EditParams("hair", seed=1)), EditRequest(other, EditParams("lips", 2, 1.5)),
+            EditRequest(face_path, EditParams("teeth")), EditRequest(other, EditParams("hair", 3, noise="pixel"))]
+    for round_ in range(2):                               # round 0: first edits; round 1: cached re-edits
+        out = batch_ed.edit_requests(reqs)
+        assert isinstance(out[2], ValueError) and "unknown ROI 'teeth'" in str(out[2])
+        for rq, res in zip(reqs, out):
+            if rq.params.roi == "teeth":
+                continue
+            p = rq.params
+            one = ref_ed.edit(rq.image, roi=p.roi, seed=p.seed, strength=p.strength, noise=p.noise)
+            assert (res.roi, res.seed, res.strength, res.noise) == (p.roi, p.seed, p.strength, p.noise)
+            assert np.abs(np.asarray(one.image).astype(int) - np.asarray(res.image)).max() <= 1, (round_, p)
+
+
 def test_pixel_noise_mode_and_strength_zero(editors, face_path):
     for ed in (editors["torch"], editors["onnxruntime"]):
         p = ed.edit(face_path, roi="skin", seed=5, noise="pixel")
