@@ -7,6 +7,9 @@ milliseconds, and the goal ratios:
 - cached re-edit (new seed on an already-encoded image, through `Editor.edit`) vs one official decoder pass;
 - full edit of a new image (image in -> image out, through `Editor.edit` with an empty cache) vs official
   encode + decode.
+"Official" is the official-equivalent direct model with each blur as one depthwise conv; the ratios are also given
+against the official code's own CPU form of the blur (`upfirdn2d_native`: single-channel convs, slower), timed in the
+same run.
 Backends with the sparse re-edit graph also time their other re-edit path (sparse tiles vs the crop window) in
 the same run, so the choice each backend makes by default (`Backend.sparse_reedit`) is checked here.
 Edits use the bundled SMPN's masks of the example face (resized to the model size), so random-weight models
@@ -29,7 +32,7 @@ from ssae.export.onnx_export import example_inputs
 from ssae.export.stages import stage_specs
 from ssae.profiling.bench import machine_info
 from ssae.profiling.stats import time_call
-from ssae.models.official import OfficialEncoder, OfficialGenerator
+from ssae.models.official import OfficialEncoder, OfficialGenerator, use_native_blur
 from ssae.runtime.backend import BackendError
 from ssae.runtime.registry import create_backend, load_torch_model, resolve_model
 
@@ -37,11 +40,12 @@ STAGES = ("smpn", "smpn_hair", "sae_encoder", "sae_decoder_prefix", "sae_decoder
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32")
 
 
-def official_pair(model):
-    """The official networks (direct formulation) holding the same weights as `model.sae`."""
+def official_pair(model, native: bool = False):
+    """The official networks (direct formulation) with the shapes of `model.sae` (random weights: timing only).
+    native: blur as the official code does on a CPU (`upfirdn2d_native`), else with one depthwise conv."""
     cfg = model.sae.cfg
     e, g = OfficialEncoder(cfg).eval(), OfficialGenerator(cfg).eval()
-    return e, g
+    return use_native_blur(e, native), use_native_blur(g, native)
 
 
 def stage_inputs(model, batch=1):
@@ -79,11 +83,13 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         except BackendError as e:
             print(f"  skip {b}: {e}", file=sys.stderr)
     e_off, g_off = official_pair(model)
+    e_nat, g_nat = official_pair(model, native=True)
     x = torch.from_numpy(inputs["sae_encoder"]["image"])
     with torch.no_grad():
         sp, gl = e_off(x)
         noises = [torch.zeros(1, 1, h, w) for h, w in model.sae.G.noise_shapes(sp.shape[-2:])]
         g_off(sp, gl, noises)
+        e_nat(x), g_nat(sp, gl, noises)
     from ssae.runtime.editor import Editor, _manifest_of
     face = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
         Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg").convert("RGB").resize((size, size)))
@@ -99,10 +105,12 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
     edit_keys = ("full_edit", "cached_reedit_hair", "cached_reedit_lips", "alt_reedit_hair", "alt_reedit_lips")
     times = {b: {s: [] for s in STAGES + edit_keys} for b in runners}
     times["official"] = {"encoder": [], "decoder": []}
+    times["official_native"] = {"encoder": [], "decoder": []}
     for k in range(repeats):
         with torch.no_grad():
-            times["official"]["encoder"].append(time_call(lambda: e_off(x)))
-            times["official"]["decoder"].append(time_call(lambda: g_off(sp, gl, noises)))
+            for key, (e, g) in (("official", (e_off, g_off)), ("official_native", (e_nat, g_nat))):
+                times[key]["encoder"].append(time_call(lambda: e(x)))
+                times[key]["decoder"].append(time_call(lambda: g(sp, gl, noises)))
         for b, be in runners.items():
             for s in STAGES:
                 times[b][s].append(time_call(lambda: be.run(s, inputs[s]), be.synchronize))
@@ -121,6 +129,8 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
     mins = {b: {s: float(np.min(v)) for s, v in d.items() if v} for b, d in times.items()}
     off_dec = med["official"]["decoder"]
     off_full = med["official"]["encoder"] + off_dec
+    nat_dec = med["official_native"]["decoder"]
+    nat_full = med["official_native"]["encoder"] + nat_dec
     rows = {}
     for b in runners:
         m = med[b]
@@ -130,12 +140,16 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
                    "cached_reedit_hair_speedup_vs_official_decoder": off_dec / m["cached_reedit_hair"],
                    "cached_reedit_lips_speedup_vs_official_decoder": off_dec / m["cached_reedit_lips"],
                    "full_edit_speedup_vs_official_encode_decode": off_full / m["full_edit"],
+                   "vs_official_native": {
+                       "cached_reedit_hair": nat_dec / m["cached_reedit_hair"],
+                       "cached_reedit_lips": nat_dec / m["cached_reedit_lips"],
+                       "full_edit": nat_full / m["full_edit"]},
                    "reedit_path": "sparse" if editors[b].sparse else "window"}
         if b in alt:
             rows[b].update({"alt_reedit_path": "sparse" if alt[b].sparse else "window",
                             "alt_reedit_hair_ms": m["alt_reedit_hair"], "alt_reedit_lips_ms": m["alt_reedit_lips"]})
     return {"model": name, "image_size": size, "repeats": repeats, "official_ms": med["official"],
-            "backends": rows}
+            "official_native_ms": med["official_native"], "backends": rows}
 
 
 def print_table(res: dict) -> None:
@@ -155,6 +169,12 @@ def print_table(res: dict) -> None:
             f"{r['cached_reedit_hair_speedup_vs_official_decoder']:.1f}",
             f"{r['cached_reedit_lips_speedup_vs_official_decoder']:.1f}", r["reedit_path"], other]
         print("| " + " | ".join(cells) + " |")
+    nat = res["official_native_ms"]
+    print(f"\nagainst the official code's own CPU blur (upfirdn2d_native): encoder {nat['encoder']:.1f} ms, decoder "
+          f"{nat['decoder']:.1f} ms; full edit / hair re-edit / lips re-edit speed-ups:")
+    for b, r in res["backends"].items():
+        v = r["vs_official_native"]
+        print(f"  {b}: {v['full_edit']:.1f}x / {v['cached_reedit_hair']:.1f}x / {v['cached_reedit_lips']:.1f}x")
 
 
 def main(argv=None) -> int:

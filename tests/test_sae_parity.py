@@ -114,3 +114,29 @@ def test_no_grouped_or_per_sample_convs_in_the_export_form(monkeypatch):
     assert seen[2] == seen[3] and seen[2]
     for kind, groups, shape in seen[3]:
         assert groups == 1 or (kind == "conv" and shape[1] == 1 and shape[-1] == 4)  # depthwise 4x4 blur
+
+
+def test_native_blur_is_the_same_blur():
+    """The official CPU blur form (single-channel convs, `blur2d_native`; the benchmark's faithful baseline) gives
+    the depthwise blur's result, with positive and negative (cropping) pads, and whole official networks agree."""
+    from ssae.models.official import use_native_blur
+    from ssae.models.ops import blur2d, blur2d_native, blur_kernel_2d
+
+    torch.manual_seed(0)
+    x, k = torch.randn(2, 3, 11, 9), blur_kernel_2d((1, 3, 3, 1), 4.0)
+    for pad in ((2, 1), (1, 1), (0, -1), (-1, 2)):
+        assert torch.allclose(blur2d_native(x, k, pad), blur2d(x, k, pad), atol=1e-6), pad
+    cfg = preset("lfw128").sae
+    e, g = random_official(cfg, seed=5)
+    shapes = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(),
+                                               **shaping_options(cfg)).G.noise_shapes((16, 16))
+    noises = [torch.zeros(1, 1, h, w) for h, w in shapes]
+    img = torch.rand(1, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        sp, gl = e(img)
+        ref = g(sp, gl, noises)
+        use_native_blur(e), use_native_blur(g)
+        sp2, gl2 = e(img)
+        out = g(sp2, gl2, noises)
+    assert rel_err(sp2, sp) <= 1e-5 and rel_err(gl2, gl) <= 1e-5 and rel_err(out, ref) <= 1e-5
+    assert any(getattr(m, "native", False) for m in g.modules())

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SAEConfig
-from .ops import blur2d, blur_kernel_2d, downsample_pad, l2_normalize, lrelu_bias, upsample_pad, SQRT2
+from .ops import blur2d, blur2d_native, blur_kernel_2d, downsample_pad, l2_normalize, lrelu_bias, upsample_pad, SQRT2
 
 
 class EqualConv2d(nn.Module):
@@ -61,16 +61,29 @@ class ScaledLeakyReLU(nn.Module):
 
 
 class Blur(nn.Module):
+    #: Compute the blur as the official code does on a CPU (`blur2d_native`: single-channel convs) instead of one
+    #: depthwise conv; same result. Set on every Blur of a network with `use_native_blur`.
+    native = False
+
     def __init__(self, taps, pad, upsample_factor: int = 1, reflection_pad: bool = False):
         super().__init__()
         self.register_buffer("kernel", blur_kernel_2d(taps, float(upsample_factor ** 2)))
         self.pad, self.reflection = tuple(pad), reflection_pad
 
     def forward(self, x):
+        blur = blur2d_native if self.native else blur2d
         if self.reflection:
             p0, p1 = self.pad
-            return blur2d(F.pad(x, (p0, p1, p0, p1), mode="reflect"), self.kernel, (0, 0))
-        return blur2d(x, self.kernel, self.pad)
+            return blur(F.pad(x, (p0, p1, p0, p1), mode="reflect"), self.kernel, (0, 0))
+        return blur(x, self.kernel, self.pad)
+
+
+def use_native_blur(net: nn.Module, on: bool = True) -> nn.Module:
+    """Make every Blur of `net` run the official code's CPU form (`upfirdn2d_native`); returns `net`."""
+    for m in net.modules():
+        if isinstance(m, Blur):
+            m.native = on
+    return net
 
 
 class ConvLayer(nn.Sequential):

@@ -36,6 +36,18 @@ def blur2d(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch
     return F.conv2d(x, k, groups=c)
 
 
+def blur2d_native(x: torch.Tensor, kernel: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """`blur2d` the way the official code computes it on a CPU (`upfirdn2d_native`, up = down = 1): the B x C
+    channels as B * C single-channel images, zero-padded (negative pads crop), one single-channel conv2d with the
+    flipped kernel. Same result as `blur2d`; the speed baseline of the official implementation."""
+    b, c, h, w = x.shape
+    p0, p1 = pad
+    y = F.pad(x.reshape(b * c, 1, h, w), (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
+    y = y[:, :, max(-p0, 0): y.shape[2] - max(-p1, 0), max(-p0, 0): y.shape[3] - max(-p1, 0)]
+    out = F.conv2d(y, torch.flip(kernel, (0, 1)).to(y.dtype)[None, None])
+    return out.reshape(b, c, out.shape[-2], out.shape[-1])
+
+
 def full_conv_kernels(w: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
     """Full 2-D convolution of every (o, i) filter in `w` (O, I, k, k) with `blur` (b, b): (O, I, k+b-1, k+b-1)."""
     o, i, k, _ = w.shape
