@@ -15,16 +15,14 @@ class BackendError(RuntimeError):
     """A backend cannot be used here (not installed, wrong device, incompatible files): one-line reason."""
 
 
-#: Manifest dtype -> the numpy dtype a backend feeds (float16 graphs take float16 inputs).
-NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+#: Manifest dtype -> the numpy dtype a backend feeds; anything else (float32, unset) is fed as float32.
+_FED_AS = {"float16": np.float16, "int64": np.int64}
 
 
-def input_dtype(spec_dtype: str | None, float_type=np.float32):
-    """The numpy dtype of an input whose manifest dtype is `spec_dtype`: integer inputs stay integer, floating ones
-    take `float_type` (what the backend computes in) unless the graph says float16."""
-    if spec_dtype in ("int64", "float16"):
-        return NUMPY_DTYPES[spec_dtype]
-    return float_type
+def input_dtype(spec_dtype: str | None):
+    """The numpy dtype of an input whose manifest dtype is `spec_dtype`: int64 index inputs stay int64, float16
+    graphs take float16, every other input float32."""
+    return _FED_AS.get(spec_dtype, np.float32)
 
 
 class Backend(abc.ABC):

@@ -187,32 +187,34 @@ class Editor:
         allm = q(self._run("smpn", timings, image=enc.x)["masks"])
         enc.masks.update({r: allm[:, i: i + 1] for i, r in enumerate(self.rois)})
 
-    def _stage_inputs(self, enc: _Encoded, b: int, masks, seeds, strength, noise, win=None) -> dict:
-        """Inputs of the edit stage for b edits, on the full image or a (y0, y1, x0, x1) window."""
+    def _stage_inputs(self, enc: _Encoded, mask, seed: int, strength, noise, win=None) -> dict:
+        """Inputs of the edit stage for one edit, on the full image or a (y0, y1, x0, x1) window."""
         y0, y1, x0, x1 = win or (0, self.size, 0, self.size)
-        def cut(a):  # no copy for one edit on the full image (the cached array is passed as is)
-            v = np.ascontiguousarray(a[..., y0:y1, x0:x1])
-            return v if b == 1 else np.repeat(v, b, axis=0)
+        def cut(a):  # no copy on the full image (the cached array is passed as is)
+            return np.ascontiguousarray(a[..., y0:y1, x0:x1])
 
         if noise == "region":
-            nz = philox.gaussian_batch(seeds, philox.STREAM_REGION, (self.global_code_ch,))
+            nz = self._region_noise(seed)
         elif noise == "pixel":
             if not self.pixel_noise_shape:
                 raise ValueError("this model has no pixel-noise edit graph")
             stream = philox.STREAM_PIXEL + int(self.injection_index)
             if self.local:
-                nz = philox.pixel_window(seeds, stream, (self.size, self.size), (y0, y1, x0, x1),
+                nz = philox.pixel_window([seed], stream, (self.size, self.size), (y0, y1, x0, x1),
                                          int(self.pixel_noise_shape[-1]))
             else:
-                nz = philox.gaussian_batch(seeds, stream, tuple(self.pixel_noise_shape))
+                nz = philox.gaussian_batch([seed], stream, tuple(self.pixel_noise_shape))
         else:
             raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
-        inputs = dict(h=cut(enc.h), skip=cut(enc.skip), texture=np.repeat(enc.texture, b, axis=0),
-                      mask=np.ascontiguousarray(masks[..., y0:y1, x0:x1]), noise=nz,
-                      strength=np.full((b,), strength, np.float32))
+        inputs = dict(h=cut(enc.h), skip=cut(enc.skip), texture=enc.texture, mask=cut(mask), noise=nz,
+                      strength=np.full((1,), strength, np.float32))
         if self.local:
-            inputs["xi"] = np.ascontiguousarray(self.xi[..., y0:y1, x0:x1])
+            inputs["xi"] = cut(self.xi)
         return inputs
+
+    def _region_noise(self, seed: int) -> np.ndarray:
+        """The texture-code direction n of a region edit, (1, D), from the seed."""
+        return philox.gaussian_batch([seed], philox.STREAM_REGION, (self.global_code_ch,))
 
     def _refine(self, pairs, coarse, masks, timings) -> np.ndarray:
         refined = np.empty_like(coarse)
@@ -236,7 +238,7 @@ class Editor:
     def _base(self, enc: _Encoded, timings) -> np.ndarray:
         """The unedited decoder output (strength 0), cached per image."""
         if enc.base is None:
-            zero = self._stage_inputs(enc, 1, np.zeros((1, 1, self.size, self.size), np.float32), [0], 0.0, "region")
+            zero = self._stage_inputs(enc, np.zeros((1, 1, self.size, self.size), np.float32), 0, 0.0, "region")
             enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
         return enc.base
 
@@ -258,8 +260,7 @@ class Editor:
         timings["sparse_plan"] = (time.perf_counter() - t) * 1e3
         rgb = self._run("sae_decoder_edit_sparse", timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
                         mask_rows=sparse_tail.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
-                        texture=enc.texture,
-                        noise=philox.gaussian_batch([seed], philox.STREAM_REGION, (self.global_code_ch,)),
+                        texture=enc.texture, noise=self._region_noise(seed),
                         strength=np.full((1,), strength, np.float32))["rgb"]
         coarse = self._base(enc, timings).copy()
         sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
@@ -279,7 +280,7 @@ class Editor:
             coarse = self._coarse_sparse(encs[0], pairs[0][2], masks, strengths[0], timings)[crop]
             crop_masks = np.ascontiguousarray(masks[crop])
         else:
-            feeds = [self._stage_inputs(encs[k], 1, masks[k: k + 1], [pairs[k][2]], strengths[k], noise, comp)
+            feeds = [self._stage_inputs(encs[k], masks[k: k + 1], pairs[k][2], strengths[k], noise, comp)
                      for k in range(len(pairs))]
             batched = feeds[0] if len(feeds) == 1 else {  # the tail's noise map xi is shared
                 n: feeds[0][n] if n == "xi" else np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
@@ -312,10 +313,10 @@ class Editor:
         m = enc.masks[roi]
         feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
                  "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
-                 "sae_decoder_edit": self._stage_inputs(enc, 1, m, [seed], 1.0, "region")}
+                 "sae_decoder_edit": self._stage_inputs(enc, m, seed, 1.0, "region")}
         stages = self.backend.stages()
         if "sae_decoder_edit_pixel" in stages:
-            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, 1, m, [seed], 1.0, "pixel")
+            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, m, seed, 1.0, "pixel")
         coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
         for i, r in enumerate(self.rois):
             feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}

@@ -75,10 +75,6 @@ class _OnnxFolderBackend(Backend):
 class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
-    #: Single region re-edits run the sparse tile graph on the CPU provider (benchmarks/results/runtime_cpu.json,
-    #: paper256 hair re-edit: 67 ms vs 143 ms on the window).
-    sparse_reedit = True
-
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
                  iobinding: bool | None = None, device_id: int = 0):
         """iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
@@ -102,6 +98,8 @@ class OrtBackend(_OnnxFolderBackend):
         self.io_device = ("cuda" if cuda else "cpu", device_id if cuda else 0)
         self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
+        # single region re-edits on the sparse tile graph with the CPU provider (benchmarks/results/runtime_cpu.json,
+        # paper256 hair re-edit: 87 ms vs 192 ms on the window)
         self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
     def _compile(self, path, entry: dict):
@@ -172,7 +170,7 @@ class OpenVINOBackend(_OnnxFolderBackend):
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 
     #: Single region re-edits run the sparse tile graph (benchmarks/results/runtime_cpu.json, paper256 hair re-edit:
-    #: 23 ms vs 84 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
+    #: 26 ms vs 109 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
     #: no faster.
     sparse_reedit = True
 

@@ -333,7 +333,6 @@ def _serve_args(p):
 @command("serve", _serve_args)
 def _serve(args: argparse.Namespace) -> int:
     """Serve the editor over HTTP on Ray Serve (dynamic batching, replicas, encode cache); needs ssae[serve]."""
-    import os
     import time
     from pathlib import Path
 
