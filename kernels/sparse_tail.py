@@ -1,8 +1,8 @@
 """The injection layer on a sparse set of output tiles (Winograd F(m x m, 3 x 3)): the CPU cached re-edit.
 
 A re-edit changes the generator's local tail (`Generator.tail_is_local`: the injection conv, the skip merge and the
-1x1 ToRGB) only where the 3x3 conv sees the mask: the mask dilated by one pixel. For hair that is about a fifth of
-a 256 x 256 frame, while its bounding box (what a windowed re-edit computes) is two thirds. This module computes
+1x1 ToRGB) only where the 3x3 conv sees the mask: the mask dilated by one pixel. For hair that is a small part of
+the frame, while its bounding box (what a windowed re-edit computes) is most of it. This module computes
 the masked modulated conv (`ssae.kernels.reference.masked_modconv`, region noise) only on the m x m output tiles
 that touch the dilated mask, with Winograd's minimal filtering: per tile, (m + 2)^2 products of Cin x Cout
 matrices instead of 9 m^2 (4x fewer multiplies for m = 4, 2.25x for m = 2). Everything is gathers and matrix
