@@ -49,9 +49,11 @@ def edit_psnr(fp32_dir, quant_dir, images: np.ndarray, roi: str = "hair") -> flo
 def search_exclusions(fp32_dir: str | os.PathLike, calib_images: np.ndarray, val_images: np.ndarray,
                       cfg: Int8Config, target_psnr: float = 30.0, max_rounds: int = 3,
                       cache_dir: str | os.PathLike | None = None, feeds: dict | None = None,
-                      progress=None) -> tuple[Int8Config, list[dict]]:
+                      progress=None, source_dir: str | os.PathLike | None = None) -> tuple[Int8Config, list[dict]]:
     """The config with the fewest graphs kept in float (greedy, at most `max_rounds`) whose full edits reach
-    `target_psnr` on `val_images`; and the search history (one entry per evaluated config)."""
+    `target_psnr` on `val_images`; and the search history (one entry per evaluated config). source_dir: the
+    export quantized (default `fp32_dir`, the reference)."""
+    source_dir = fp32_dir if source_dir is None else source_dir
     manifest = read_manifest(fp32_dir)
     groups: dict[str, tuple[str, ...]] = {}
     for s, e in manifest["stages"].items():
@@ -62,7 +64,7 @@ def search_exclusions(fp32_dir: str | os.PathLike, calib_images: np.ndarray, val
     with tempfile.TemporaryDirectory(prefix="ssae-int8-search-") as tmp:
         def measure(c: Int8Config, tag: str) -> float:
             out = Path(tmp) / tag
-            quantize_export(fp32_dir, out, calib_images, c, cache_dir=cache_dir, feeds=feeds)
+            quantize_export(source_dir, out, calib_images, c, cache_dir=cache_dir, feeds=feeds)
             p = edit_psnr(fp32_dir, out, val_images)
             history.append({"keep_float": list(c.keep_float), "quantized_only": list(c.stages), "psnr_db": p})
             if progress:

@@ -43,6 +43,8 @@ class CalibrateConfig:
     activations: str = "s8"
     target_psnr: float = 30.0                # int8 exclusion search target (full edits vs fp32)
     search: bool = True
+    speed_check: bool = True                 # int8: keep graphs that int8 makes slower on ORT in float
+    upsample: str = "subpixel"               # int8: the decoder's upsampling layout quantized (see export_onnx)
     val_images: int = 4                      # held-out calibration faces for the exclusion search
     target_snr_db: float = 45.0              # fp16/bf16 plan: per-graph output SNR target
 
@@ -150,7 +152,10 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
         backends = tuple(cfg.backends) or DEFAULT_BACKENDS[prec]
         variants: list[Variant] = []
         if prec == "int8":
-            report["int8_calibration"] = _int8(cfg, fp32_dir, out, calib_imgs, val_imgs, feeds, log)
+            # the graphs quantized: the same model with ordinary convs in place of the transposed ones (ONNX
+            # Runtime's CPU provider has no int8 ConvTranspose); an export folder is quantized as it is
+            q_src = fp32_dir if src.kind == "export" else export_dir_for(src, upsample=cfg.upsample)
+            report["int8_calibration"] = _int8(cfg, fp32_dir, q_src, out, calib_imgs, val_imgs, feeds, log)
             variants = [_onnx_variant("int8", b, out) for b in backends if b in ("onnxruntime", "openvino")]
         else:
             from .float_plan import make_plan, write_simulated_export
@@ -186,9 +191,12 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
     return report
 
 
-def _int8(cfg, fp32_dir, out, calib_imgs, val_imgs, feeds, log) -> dict:
+def _int8(cfg, fp32_dir, q_src, out, calib_imgs, val_imgs, feeds, log) -> dict:
+    """Quantize the export `q_src` (the same model as `fp32_dir`, possibly another upsampling layout) into `out`:
+    exclusion search against fp32 for accuracy, then the speed check (graphs int8 makes slower stay float)."""
     from .int8 import Int8Config, quantize_export
     from .int8_search import search_exclusions
+    from .int8_speed import keep_slower_float, stage_speeds
 
     base = Int8Config(method=cfg.method, activations=cfg.activations)
     cache = out / "calibration_cache"
@@ -196,10 +204,21 @@ def _int8(cfg, fp32_dir, out, calib_imgs, val_imgs, feeds, log) -> dict:
     if cfg.search and len(val_imgs):
         log(f"int8: exclusion search (target {cfg.target_psnr} dB on {len(val_imgs)} held-out calibration faces)")
         base, history = search_exclusions(fp32_dir, calib_imgs, val_imgs, base, cfg.target_psnr,
-                                          cache_dir=cache, feeds=feeds, progress=log)
-    man = quantize_export(fp32_dir, out, calib_imgs, base, cache_dir=cache, feeds=feeds,
-                          progress=lambda s: log(f"int8: quantizing {s}"))
-    return dict(man["calibration"], search=history, target_psnr=cfg.target_psnr if cfg.search else None)
+                                          cache_dir=cache, feeds=feeds, progress=log, source_dir=q_src)
+    quantize = lambda c: quantize_export(q_src, out, calib_imgs, c, cache_dir=cache, feeds=feeds,
+                                         progress=lambda s: log(f"int8: quantizing {s}"))
+    man = quantize(base)
+    speeds = {}
+    if cfg.speed_check:
+        log("int8: speed check (each graph int8 vs fp32 on ONNX Runtime)")
+        speeds = stage_speeds(fp32_dir, out, feeds)
+        checked = keep_slower_float(base, speeds)
+        if checked is not base:
+            log(f"int8: kept in float (slower in int8): {', '.join(checked.keep_float[len(base.keep_float):])}")
+            man = quantize(checked)
+    return dict(man["calibration"], search=history, target_psnr=cfg.target_psnr if cfg.search else None,
+                speed_check={s: {k: round(v, 3) for k, v in d.items()} for s, d in speeds.items()},
+                upsample_mode=man.get("upsample_mode", "separate"))
 
 
 def _onnx_variant(prec: str, backend: str, folder: Path):

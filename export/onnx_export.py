@@ -101,17 +101,31 @@ def check_onnx(path: str | os.PathLike) -> None:
 
 
 def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] | None = None, opset: int = 18,
-                plugin: bool = True, single_roi_smpn: bool = True,
+                plugin: bool = True, single_roi_smpn: bool = True, upsample: str = "separate",
                 progress: Callable[[str], None] | None = None) -> dict:
-    """Export the stages of `model` into `out_dir`; returns the manifest (also written as manifest.json)."""
+    """Export the stages of `model` into `out_dir`; returns the manifest (also written as manifest.json).
+
+    upsample: the layout of the decoder's upsampling convs (`ssae.models.sae.UPSAMPLE_MODES`, the same math):
+    "separate" (transposed conv + blur; the default) or "subpixel" (ordinary convs + pixel shuffle, for INT8
+    runtimes without an int8 transposed conv), recorded in the manifest."""
+    if opset < 18:
+        raise ValueError("opset must be >= 18")
+    model = model.eval().freeze()
+    before = model.sae.G.upsample_mode
+    model.sae.G.set_upsample_mode(upsample)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export_stages(model, out, stages, opset, plugin, single_roi_smpn, progress)
+    finally:
+        model.sae.G.set_upsample_mode(before)
+
+
+def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, single_roi_smpn: bool,
+                   progress) -> dict:
     import onnx
     import onnxscript
 
-    if opset < 18:
-        raise ValueError("opset must be >= 18")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model = model.eval().freeze()
     modules = build_stages(model, single_roi_smpn=single_roi_smpn)
     specs = stage_specs(model)
     names = list(stages) if stages is not None else list(modules)
@@ -131,6 +145,7 @@ def export_onnx(model: SSAE, out_dir: str | os.PathLike, stages: Iterable[str] |
                          "inputs": [asdict(t) for t in spec.inputs], "outputs": [asdict(t) for t in spec.outputs]}
     manifest = {
         "format": FORMAT, **model_facts(model), "opset": opset, "max_batch": MAX_BATCH,
+        "upsample_mode": model.sae.G.upsample_mode,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxscript": onnxscript.__version__},
         "stages": entries,
     }

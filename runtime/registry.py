@@ -89,16 +89,17 @@ def load_torch_model(src: ModelSource):
         raise ModelError(str(e)) from None
 
 
-def export_dir_for(src: ModelSource, quiet: bool = False) -> Path:
-    """An ONNX export of the source, exporting into the cache on first use."""
+def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separate") -> Path:
+    """An ONNX export of the source, exporting into the cache on first use. upsample: the decoder's upsampling
+    layout (`export_onnx`); an export folder is returned as it is."""
     if src.kind == "export":
         return src.path
-    d = default_cache_dir() / "exports" / src.key()
+    d = default_cache_dir() / "exports" / (src.key() + ("" if upsample == "separate" else f"-{upsample}"))
     if not (d / "manifest.json").exists():
         from ..export.onnx_export import export_onnx
         if not quiet:
             print(f"ssae: exporting ONNX graphs once into {d} ...", file=sys.stderr)
-        export_onnx(load_torch_model(src), d)
+        export_onnx(load_torch_model(src), d, upsample=upsample)
     return d
 
 

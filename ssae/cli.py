@@ -613,6 +613,11 @@ def _calibrate_args(p):
                    help="int8 activations: s8 symmetric (TensorRT) or u8 asymmetric (ONNX Runtime on x86)")
     p.add_argument("--target-psnr", type=float, default=30.0, help="int8 exclusion search target (dB vs fp32)")
     p.add_argument("--no-search", action="store_true", help="int8: quantize every graph, no exclusion search")
+    p.add_argument("--no-speed-check", action="store_true",
+                   help="int8: keep graphs quantized even where int8 is slower than fp32 on ONNX Runtime")
+    p.add_argument("--upsample", choices=("subpixel", "separate"), default="subpixel",
+                   help="int8: decoder upsampling layout quantized (subpixel: ordinary convs, int8 on ONNX Runtime; "
+                        "separate: transposed convs, float on ONNX Runtime's CPU provider)")
     p.add_argument("--out", required=True, help="output folder: calibrated graphs, plans, report.json, report.md")
 
 
@@ -631,7 +636,8 @@ def _calibrate(args: argparse.Namespace) -> int:
                           backends=tuple(args.backend or ()), lfw=args.lfw, lfw_derived=args.lfw_derived,
                           images=args.images, calibration_set=args.calibration_set, count=args.count,
                           report_images=args.report_images, method=args.method, activations=args.activations,
-                          target_psnr=args.target_psnr, search=not args.no_search)
+                          target_psnr=args.target_psnr, search=not args.no_search,
+                          speed_check=not args.no_speed_check, upsample=args.upsample)
     try:
         report = calibrate(cfg)
     except (ModelError, ExportError, BackendError, CalibrationSetError, FileNotFoundError, ValueError) as e:

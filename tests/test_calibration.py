@@ -185,6 +185,45 @@ def test_exclusion_search_keeps_the_costliest_group_in_float(tiny_export, faces,
     assert set(worst["quantized_only"]) == kept  # the group that cost the most PSNR alone is the one kept
 
 
+def test_speed_check_keeps_the_graphs_int8_makes_slower_in_float():
+    from ssae.calibration.int8_speed import keep_slower_float
+    cfg = Int8Config(keep_float=("smpn",))
+    speeds = {"smpn_hair": {"speedup": 0.8}, "sae_decoder_prefix": {"speedup": 1.6}, "refine_hair": {"speedup": 0.99},
+              "smpn": {"speedup": 0.5}}
+    assert keep_slower_float(cfg, speeds).keep_float == ("smpn", "smpn_hair", "refine_hair")
+    assert keep_slower_float(cfg, {"sae_encoder": {"speedup": 1.2}}) is cfg
+    assert keep_slower_float(cfg, speeds, min_gain=2.0).keep_float == ("smpn", "smpn_hair", "sae_decoder_prefix",
+                                                                      "refine_hair")
+
+
+def test_int8_quantizes_the_subpixel_decoder_and_times_every_graph(tiny_export, tiny_model, faces, tmp_path):
+    """The INT8 path of `ssae calibrate` on a subpixel export: every conv of the decoder prefix is int8 (no float
+    ConvTranspose left), the calibration record names the layout, and the speed check timed each int8 graph
+    against fp32 (stages it found slower are kept float and say so in the manifest)."""
+    from ssae.calibration.run import CalibrateConfig, _int8
+    from ssae.export.onnx_export import export_onnx
+    sub = tmp_path / "sub"
+    export_onnx(tiny_model, sub, stages=["sae_decoder_prefix", "sae_encoder"], plugin=False, upsample="subpixel")
+    feeds = stage_feeds(tiny_export, faces[:6])
+    out = tmp_path / "q"
+    rec = _int8(CalibrateConfig(out=str(out), search=False), tiny_export, sub, out, faces[:6], faces[6:8], feeds,
+                log=lambda m: None)
+    assert rec["upsample_mode"] == "subpixel" and set(rec["speed_check"]) == {"sae_decoder_prefix", "sae_encoder"}
+    for v in rec["speed_check"].values():
+        assert v["fp32_ms"] > 0 and v["int8_ms"] > 0 and v["speedup"] == pytest.approx(v["fp32_ms"] / v["int8_ms"], rel=1e-2)
+    man = read_manifest(out)
+    slow = {s for s, v in rec["speed_check"].items() if v["speedup"] < 1.0}
+    assert set(man["calibration"]["kept_float"]) == slow
+    for s in ("sae_decoder_prefix", "sae_encoder"):
+        assert man["stages"][s].get("precision") == (None if s in slow else "int8")
+    if "sae_decoder_prefix" not in slow:
+        g = onnx.load(str(out / "sae_decoder_prefix.onnx")).graph
+        prod = {o: n for n in g.node for o in n.output}
+        convs = [n for n in g.node if n.op_type in ("Conv", "ConvTranspose")]
+        assert convs and all(n.op_type == "Conv" for n in convs)
+        assert all(prod[n.input[0]].op_type == "DequantizeLinear" for n in convs)
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def test_calibrate_cli_writes_plans_graphs_and_report(tmp_path, tiny_export, shared_dir):
     out = tmp_path / "c"

@@ -116,3 +116,25 @@ def test_local_stages_accept_any_crop_size(tiny_export, tiny_model, name):
     assert "height" in spec.inputs[0].shape
     for hw in ((11, 13), (32, 32), (5, 29)):
         assert _parity(tiny_export, tiny_model, name, example_inputs(spec, 2, seed=1, hw=hw)) <= 1e-4
+
+
+def test_subpixel_export_has_no_transposed_conv_and_matches_the_default(tiny_export, tiny_model, tmp_path):
+    """`upsample="subpixel"` (the INT8 source): the decoder prefix without ConvTranspose, the same outputs as the
+    default export on ONNX Runtime; the other graphs are unchanged and the model's own mode is restored."""
+    from ssae.export.onnx_export import export_onnx
+    m = export_onnx(tiny_model, tmp_path, stages=["sae_decoder_prefix", "sae_encoder"], plugin=False,
+                    upsample="subpixel")
+    assert m["upsample_mode"] == "subpixel" and read_manifest(tiny_export)["upsample_mode"] == "separate"
+    assert tiny_model.sae.G.upsample_mode == "separate"
+    ops = lambda d: {n.op_type for n in onnx.load(str(d / "sae_decoder_prefix.onnx")).graph.node}
+    assert "ConvTranspose" in ops(tiny_export) and "ConvTranspose" not in ops(tmp_path)
+    assert "DepthToSpace" in ops(tmp_path)
+    feed = {t.name: a.numpy() for t, a in zip(stage_specs(tiny_model)["sae_decoder_prefix"].inputs,
+                                             example_inputs(stage_specs(tiny_model)["sae_decoder_prefix"], 2, seed=4))}
+    run = lambda d: ort.InferenceSession(str(d / "sae_decoder_prefix.onnx"),
+                                         providers=["CPUExecutionProvider"]).run(None, feed)
+    for a, b in zip(run(tiny_export), run(tmp_path)):
+        assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+    with pytest.raises(ValueError, match="unknown upsample mode"):
+        export_onnx(tiny_model, tmp_path / "bad", stages=["sae_encoder"], plugin=False, upsample="nearest")
+    assert not (tmp_path / "bad").exists()

@@ -66,7 +66,7 @@ def test_official_modules_have_the_official_state_dict_names():
         assert sum(p.numel() for p in net.parameters()) == ref["total_params"][key]
 
 
-def test_folded_separate_and_polyphase_upsampling_agree_and_match_unfolded():
+def test_every_upsampling_mode_matches_the_official_generator():
     cfg = preset("lfw128").sae
     e, g = random_official(cfg, seed=3)
     model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), **shaping_options(cfg))
@@ -75,13 +75,15 @@ def test_folded_separate_and_polyphase_upsampling_agree_and_match_unfolded():
         ref = g(sp, gl, [torch.zeros(1, 1, h, w) for h, w in model.G.noise_shapes((16, 16))])
         outs = {}
         up = model.G.blocks[2].conv1
-        for mode, k in (("folded", 6), ("separate", 3), ("polyphase", 3)):
+        for mode, k in (("folded", 6), ("separate", 3), ("polyphase", 3), ("subpixel", 2)):
             model.G.set_upsample_mode(mode)
             outs[mode] = model.decode(sp, gl, noise="none")
             # folded: one 6x6 transposed conv; separate: 3x3 transposed conv + blur; polyphase: a 3x3 conv to
-            # 4 x Cout channels + pixel shuffle; constant kernels all
+            # 4 x Cout channels + pixel shuffle; subpixel: the 3x3 transposed conv as a 2x2 conv to 4 x Cout
+            # channels + pixel shuffle, then the blur; constant kernels all
             assert up.upsample and up.w_fold is not None and tuple(up.w_fold.shape[-2:]) == (k, k)
-        assert up.w_fold.shape[0] == 4 * up.cout
+            if mode in ("polyphase", "subpixel"):
+                assert up.w_fold.shape[0] == 4 * up.cout
     for mode in outs:
         assert rel_err(outs[mode], ref) <= 1e-5, mode
 

@@ -33,6 +33,8 @@ from .ops import SQRT2, blur2d, blur_kernel_2d, downsample_pad, full_conv_kernel
     polyphase_kernels, rms_normalize, upsample_pad
 
 NoiseSpec = Union[None, int, str, Sequence[Union[torch.Tensor, None]]]
+#: How upsampling convs run (ModConv.up_mode): the same math in four layouts.
+UPSAMPLE_MODES = ("separate", "folded", "polyphase", "subpixel")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -101,6 +103,7 @@ class ModConv(nn.Module):
             p0, p1 = upsample_pad(k, len(blur))
             self.crop = (len(blur) - 1 - p0, len(blur) - 1 - p1)
             self.poly_pad = polyphase_kernels(torch.zeros(1, 1, k + len(blur) - 1, k + len(blur) - 1), self.crop[0])[1]
+            self.sub_pad = polyphase_kernels(torch.zeros(1, 1, k, k), 0)[1]
         self.register_buffer("w_fold", None, persistent=False)
         #: How an upsampling conv runs (same math, both with constant weights):
         #: "separate" (default): 3x3 stride-2 transposed conv, then the [1,3,3,1] blur as a constant depthwise conv;
@@ -110,6 +113,10 @@ class ModConv(nn.Module):
         #: on the low-resolution input, then a pixel shuffle (ONNX DepthToSpace). No transposed conv, no blur pass,
         #: but the fold's MACs: measured 0.62-0.77x the speed of "separate" on ONNX Runtime / OpenVINO bf16 here
         #: (paper256 decoder prefix, one thread); an option for targets with weak transposed convs.
+        #: "subpixel": the 3x3 transposed conv alone as a sub-pixel convolution (a 2x2 stride-1 conv to 4 * Cout
+        #: channels + pixel shuffle; 16/9 of its MACs), then the blur as in "separate". Every conv is then an
+        #: ordinary Conv, which INT8 runtimes without an int8 ConvTranspose kernel (ONNX Runtime's CPU provider)
+        #: run in int8: the form the INT8 export uses.
         self.up_mode = "separate"
 
     # -- constants --
@@ -130,6 +137,8 @@ class ModConv(nn.Module):
                 w = full_conv_kernels(w, self.blur)
             if self.up_mode == "polyphase":
                 w, _ = polyphase_kernels(w, self.crop[0])
+            elif self.up_mode == "subpixel":
+                w, _ = polyphase_kernels(w, 0)
         return w
 
     def freeze(self, on: bool = True) -> None:
@@ -152,6 +161,13 @@ class ModConv(nn.Module):
         if self.upsample and self.up_mode == "polyphase":
             p0, p1 = self.poly_pad
             return F.pixel_shuffle(F.conv2d(F.pad(xm, (p0, p1, p0, p1)), w), 2)
+        if self.upsample and self.up_mode == "subpixel":
+            # phases m = 0..H (one more than 2H / 2 on the trailing side): the transposed conv's 2H + 1 outputs
+            # plus a trailing row/column that is exactly zero, so the blur takes one less pad on that side
+            p0, p1 = self.sub_pad
+            y = F.pixel_shuffle(F.conv2d(F.pad(xm, (p0, p1 + 1, p0, p1 + 1)), w), 2)
+            b0, b1 = upsample_pad(self.k, self.blur.shape[0])
+            return blur2d(y, self.blur, (b0, b1 - 1))
         if self.upsample and self.up_mode == "separate":
             y = F.conv_transpose2d(xm, w, stride=2)
             return blur2d(y, self.blur, upsample_pad(self.k, self.blur.shape[0]))
@@ -431,11 +447,16 @@ class Generator(nn.Module):
             if isinstance(m, (ModConv, FoldedConv)):
                 m.freeze(on)
 
+    @property
+    def upsample_mode(self) -> str:
+        return next((c.up_mode for c in self.styled_convs() if c.upsample), "separate")
+
     def set_upsample_mode(self, mode: str) -> None:
-        """"separate" (transposed 3x3 + constant depthwise blur), "folded" (one 6x6 transposed conv) or "polyphase"
-        (the fold as a 3x3 conv to 4x channels + pixel shuffle): the same math (see ModConv.up_mode). Frozen kernels
-        are refolded."""
-        if mode not in ("folded", "separate", "polyphase"):
+        """"separate" (transposed 3x3 + constant depthwise blur), "folded" (one 6x6 transposed conv), "polyphase"
+        (the fold as a 3x3 conv to 4x channels + pixel shuffle) or "subpixel" (the 3x3 transposed conv as a 2x2 conv
+        to 4x channels + pixel shuffle, then the blur): the same math (see ModConv.up_mode). Frozen kernels are
+        refolded."""
+        if mode not in UPSAMPLE_MODES:
             raise ValueError(f"unknown upsample mode {mode!r}")
         for c in self.styled_convs():
             c.up_mode = mode
