@@ -27,7 +27,7 @@ def _session(path: Path, threads: int):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def stage_speeds(fp32_dir: str | os.PathLike, quant_dir: str | os.PathLike, feeds: dict, runs: int = 5,
+def stage_speeds(fp32_dir: str | os.PathLike, quant_dir: str | os.PathLike, feeds: dict, runs: int = 9,
                  threads: int = 0) -> dict[str, dict[str, float]]:
     """{stage: {"fp32_ms", "int8_ms", "speedup"}} for every stage the quantized export holds in int8, each timed on
     its first feed, fp32 and int8 sessions alternating (one warm-up run each)."""
