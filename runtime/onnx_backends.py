@@ -99,7 +99,7 @@ class OrtBackend(_OnnxFolderBackend):
         self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
         # single region re-edits on the sparse tile graph with the CPU provider (benchmarks/results/runtime_cpu.json,
-        # paper256 hair re-edit: 87 ms vs 192 ms on the window)
+        # paper256 hair re-edit: 92 ms vs 192 ms on the window)
         self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
     def _compile(self, path, entry: dict):
@@ -170,7 +170,7 @@ class OpenVINOBackend(_OnnxFolderBackend):
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 
     #: Single region re-edits run the sparse tile graph (benchmarks/results/runtime_cpu.json, paper256 hair re-edit:
-    #: 26 ms vs 109 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
+    #: 28 ms vs 103 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
     #: no faster.
     sparse_reedit = True
 

@@ -18,7 +18,7 @@ class TorchBackend(Backend):
         self.name = "torch" if precision == "fp32" else "torch-bf16"
         self._device = torch.device(device)
         # single region re-edits on the sparse tiles on CPUs (benchmarks/results/runtime_cpu.json, paper256 hair
-        # re-edit: 48 vs 110 ms (fp32), 36 vs 118 ms (bf16) on the window); that graph always runs in fp32 (bf16
+        # re-edit: 46 vs 101 ms (fp32), 38 vs 103 ms (bf16) on the window); that graph always runs in fp32 (bf16
         # would round the Winograd-transformed tiles). On CUDA the fused kernel runs the window.
         self.sparse_reedit = self._device.type == "cpu"
         self._precision = precision

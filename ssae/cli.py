@@ -211,6 +211,9 @@ def _export_args(p):
     p.add_argument("--no-single-roi-smpn", action="store_true",
                    help="skip the per-ROI SMPN graphs (single-ROI edits then run the five-ROI graph)")
     p.add_argument("--no-plugin", action="store_true", help="skip the TensorRT plugin graph")
+    p.add_argument("--upsample", choices=("separate", "subpixel"), default="separate",
+                   help="decoder upsampling layout (same math): separate = transposed conv + blur; subpixel = ordinary "
+                        "convs + pixel shuffle (for INT8 runtimes without an int8 transposed conv)")
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                    help="fp16: strongly typed FP16 graphs (fp32 graph I/O; --model may be an fp32 export folder)")
     p.add_argument("--plan", default=None, help="precision plan JSON (nodes kept in fp32; ssae calibrate)")
@@ -238,7 +241,7 @@ def _export(args: argparse.Namespace) -> int:
     except ModelError as e:
         raise UserError(str(e)) from None
     man = export_onnx(model, args.out, opset=args.opset, plugin=not args.no_plugin,
-                      single_roi_smpn=not args.no_single_roi_smpn,
+                      single_roi_smpn=not args.no_single_roi_smpn, upsample=args.upsample,
                       progress=lambda n: print(f"exporting {n}", file=sys.stderr))
     print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
     return 0
@@ -293,7 +296,7 @@ def _export_fp16(args: argparse.Namespace) -> int:
             tmp = tempfile.mkdtemp(prefix=f".{out.name}.fp32-", dir=out.parent)
             fp32_dir = Path(tmp)
             export_onnx(model, fp32_dir, opset=args.opset, plugin=not args.no_plugin,
-                        single_roi_smpn=not args.no_single_roi_smpn,
+                        single_roi_smpn=not args.no_single_roi_smpn, upsample=args.upsample,
                         progress=lambda n: print(f"exporting {n}", file=sys.stderr))
         try:
             man = fp16.write_export(fp32_dir, out, plan=plan, precision="fp16",
