@@ -129,3 +129,34 @@ def test_two_process_data_parallel_on_gloo(tmp_path, face_folder):
     assert all(torch.equal(r0[k], r1[k]) for k in r0)    # gradients were averaged: replicas stay identical
     st = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert st["step"] == 4
+
+
+def test_sigterm_stops_after_the_step_with_checkpoint_and_weights_then_resumes(tmp_path, face_folder):
+    """`ssae train` on SIGTERM: finishes the running step, writes the checkpoint (between checkpoint intervals) and
+    the weights so far, exits 0 with `stopped` in its result; a rerun resumes from that step."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ssae.cli", "train", "smpn", "--preset", "tiny", "--folder", str(face_folder),
+           "--cache", str(tmp_path / "cache"), "--batch-size", "4", "--log-every", "1", "--ckpt-every", "100000",
+           "--eval-every", "100000", "--out", str(out)]
+    proc = subprocess.Popen(cmd + ["--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    res = json.loads(stdout.strip().splitlines()[-1])
+    assert res["stopped"] == "SIGTERM" and not res["finished"] and res["step"] >= 3
+    step = res["step"]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == step
+    assert json.loads(read_checkpoint(res["weights"])[2]["extra"])["steps"] == step
+    assert "stopping after this step" in stderr
+    again = subprocess.run(cmd + ["--steps", str(step + 2)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resumed at step {step}/" in again.stdout + again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["finished"]

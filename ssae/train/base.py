@@ -9,8 +9,8 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..config import preset
 from ..models.ssae_model import SSAE
-from .common import (Progress, RunState, TrainConfig, autocast, broadcast_parameters, finite_or_raise,
-                     init_distributed, pick_device, seed_everything, use_bf16)
+from .common import (Progress, RunState, StopRequest, TrainConfig, any_rank, autocast, broadcast_parameters,
+                     finite_or_raise, init_distributed, pick_device, seed_everything, use_bf16)
 
 
 class Trainer:
@@ -102,28 +102,32 @@ class Trainer:
                   f"on {self.device} (bf16={'on' if self.bf16 else 'off'}, world={self.world})", flush=True)
         prog = Progress(self.cfg.steps, self.step, enabled=self.rank == 0)
         t_start, t_log, n_log = time.time(), time.time(), 0
-        last = {}
-        while self.step < self.cfg.steps:
-            metrics = self.train_step(self.step)
-            self.step += 1
-            n_log += 1
-            finite_or_raise(metrics, self.step)
-            last = metrics
-            prog.update(self.step, metrics, self.images_per_step * self.world)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                dt = time.time() - t_log
-                self.run_state.log({"step": self.step, "time": time.time(), "sec_per_step": dt / max(n_log, 1),
-                                    **metrics})
-                t_log, n_log = time.time(), 0
-            if self.eval_due(self.step):
-                ev = self.evaluate()
-                if ev:
-                    self.run_state.log({"step": self.step, "eval": ev})
-            out_of_time = self.cfg.max_minutes > 0 and (time.time() - t_start) > 60 * self.cfg.max_minutes
-            if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or out_of_time:
-                self.save()
-            if out_of_time:
-                break
+        last, stopped = {}, None
+        with StopRequest() as stop:
+            while self.step < self.cfg.steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                n_log += 1
+                finite_or_raise(metrics, self.step)
+                last = metrics
+                prog.update(self.step, metrics, self.images_per_step * self.world)
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                    dt = time.time() - t_log
+                    self.run_state.log({"step": self.step, "time": time.time(), "sec_per_step": dt / max(n_log, 1),
+                                        **metrics})
+                    t_log, n_log = time.time(), 0
+                if self.eval_due(self.step):
+                    ev = self.evaluate()
+                    if ev:
+                        self.run_state.log({"step": self.step, "eval": ev})
+                if self.cfg.max_minutes > 0 and (time.time() - t_start) > 60 * self.cfg.max_minutes:
+                    stopped = "max_minutes"
+                if any_rank(stop.requested is not None):
+                    stopped = stop.requested or "signal on another rank"
+                if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopped:
+                    self.save()
+                if stopped:
+                    break
         prog.close()
         result = {"step": self.step, "finished": self.step >= self.cfg.steps, "last": last}
         if self.step >= self.cfg.steps:
@@ -131,5 +135,8 @@ class Trainer:
             if ev:
                 self.run_state.log({"step": self.step, "eval": ev, "final": True})
             result["eval"] = ev
-            result["weights"] = str(self.export())
+        else:
+            result["stopped"] = stopped
+        # the weights so far also when stopped early (the checkpoint resumes the run)
+        result["weights"] = str(self.export())
         return result

@@ -11,7 +11,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterable
@@ -48,6 +50,45 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     flat /= dist.get_world_size()
     for p, g in zip(params, flat.split([p.numel() for p in params])):
         p.grad.copy_(g.view_as(p.grad))
+
+
+def any_rank(flag: bool) -> bool:
+    """True when `flag` is true on any process (one tiny all-reduce in data-parallel runs, so all ranks agree)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+class StopRequest:
+    """While active, SIGTERM and SIGINT ask the training loop to stop after the current step (it then writes its
+    checkpoint and weights) instead of killing the process mid-step; a second SIGINT interrupts at once.
+    Handlers are only installed in the main thread (elsewhere `requested` just stays False)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after this step (checkpoint and weights are written; rerun to resume)",
+              file=sys.stderr, flush=True)
 
 
 def broadcast_parameters(modules: Iterable[torch.nn.Module]) -> None:

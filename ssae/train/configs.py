@@ -32,7 +32,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 200
     eval_every: int = 0                   # 0 = once per epoch where the trainer evaluates
-    max_minutes: float = 0.0              # stop (with a checkpoint) after this much wall time; 0 = no limit
+    max_minutes: float = 0.0              # stop (checkpoint + weights so far) after this wall time; 0 = no limit
     init: str | None = None               # start this component from an ssae checkpoint (e.g. the bundled model)
     data: DataConfig = field(default_factory=DataConfig)
 
