@@ -8,45 +8,34 @@ save. Each quantized graph is timed against its fp32 form on ONNX Runtime with o
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from ..export.onnx_export import read_manifest
 from .int8 import Int8Config
-
-
-def _session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def stage_speeds(fp32_dir: str | os.PathLike, quant_dir: str | os.PathLike, feeds: dict, runs: int = 9,
                  threads: int = 0) -> dict[str, dict[str, float]]:
     """{stage: {"fp32_ms", "int8_ms", "speedup"}} for every stage the quantized export holds in int8, each timed on
-    its first feed, fp32 and int8 sessions alternating (one warm-up run each)."""
-    fp, q = Path(fp32_dir), Path(quant_dir)
-    man, qman = read_manifest(fp, verify=False), read_manifest(q, verify=False)
+    its first feed on the runtime's ONNX Runtime CPU backend, fp32 and int8 alternating (one warm-up run each)."""
+    from ..profiling.stats import time_call
+    from ..runtime.onnx_backends import OrtBackend
+
+    cpu = ["CPUExecutionProvider"]
+    fp, q = OrtBackend(fp32_dir, providers=cpu, threads=threads), OrtBackend(quant_dir, providers=cpu, threads=threads)
     out = {}
-    for name, entry in qman["stages"].items():
+    for name, entry in q.manifest["stages"].items():
         if entry.get("precision") != "int8" or not feeds.get(name):
             continue
         feed = feeds[name][0]
-        sa, sb = _session(fp / man["stages"][name]["file"], threads), _session(q / entry["file"], threads)
-        ta, tb = [], []
+        times: dict[str, list[float]] = {"fp32": [], "int8": []}
         for k in range(runs + 1):
-            for sess, acc in ((sa, ta), (sb, tb)):
-                t = time.perf_counter()
-                sess.run(None, feed)
+            for tag, be in (("fp32", fp), ("int8", q)):
+                ms = time_call(lambda: be.run(name, feed))
                 if k:
-                    acc.append((time.perf_counter() - t) * 1e3)
-        a, b = float(np.median(ta)), float(np.median(tb))
+                    times[tag].append(ms)
+        a, b = float(np.median(times["fp32"])), float(np.median(times["int8"]))
         out[name] = {"fp32_ms": a, "int8_ms": b, "speedup": a / b}
     return out
 

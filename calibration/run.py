@@ -154,7 +154,7 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
         if prec == "int8":
             # the graphs quantized: the same model with ordinary convs in place of the transposed ones (ONNX
             # Runtime's CPU provider has no int8 ConvTranspose); an export folder is quantized as it is
-            q_src = fp32_dir if src.kind == "export" else export_dir_for(src, upsample=cfg.upsample)
+            q_src = export_dir_for(src, upsample=cfg.upsample)
             report["int8_calibration"] = _int8(cfg, fp32_dir, q_src, out, calib_imgs, val_imgs, feeds, log)
             variants = [_onnx_variant("int8", b, out) for b in backends if b in ("onnxruntime", "openvino")]
         else:

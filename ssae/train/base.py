@@ -120,10 +120,11 @@ class Trainer:
                     ev = self.evaluate()
                     if ev:
                         self.run_state.log({"step": self.step, "eval": ev})
-                if self.cfg.max_minutes > 0 and (time.time() - t_start) > 60 * self.cfg.max_minutes:
-                    stopped = "max_minutes"
-                if any_rank(stop.requested is not None):
-                    stopped = stop.requested or "signal on another rank"
+                # a signal or the time limit on any rank stops every rank after this same step
+                local = stop.requested or ("max_minutes" if self.cfg.max_minutes > 0 and
+                                           time.time() - t_start > 60 * self.cfg.max_minutes else None)
+                if any_rank(local is not None, self.device):
+                    stopped = local or "stopped on another rank"
                 if self.step % self.cfg.ckpt_every == 0 or self.step == self.cfg.steps or stopped:
                     self.save()
                 if stopped:

@@ -52,11 +52,12 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         p.grad.copy_(g.view_as(p.grad))
 
 
-def any_rank(flag: bool) -> bool:
-    """True when `flag` is true on any process (one tiny all-reduce in data-parallel runs, so all ranks agree)."""
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true on any process (one tiny all-reduce in data-parallel runs, so all ranks agree).
+    device: the ranks' device (NCCL reduces CUDA tensors only)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
