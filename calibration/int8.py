@@ -34,8 +34,9 @@ CPU_OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 @dataclass
 class Int8Config:
-    """method: range calibration; activations: "s8" = symmetric int8 (what TensorRT consumes) or "u8" = asymmetric
-    uint8 (ONNX Runtime's fast U8S8 path on x86 VNNI); weights are always symmetric per-channel int8."""
+    """method: range calibration; activations: "s8" = symmetric int8 (what TensorRT consumes; ONNX Runtime's CPU
+    backend runs it as uint8, `runtime.qdq_u8`) or "u8" = asymmetric uint8 (ranges fitted to one-sided activations,
+    not TensorRT-compatible); weights are always symmetric per-channel int8."""
 
     method: str = "minmax"
     stages: tuple[str, ...] = ()             # () = every stage except the plugin graph

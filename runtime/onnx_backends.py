@@ -9,6 +9,7 @@ import numpy as np
 
 from ..export.onnx_export import ExportError, read_manifest
 from .backend import Backend, BackendError, input_dtype
+from .qdq_u8 import u8_activations
 
 
 class _OnnxFolderBackend(Backend):
@@ -108,6 +109,12 @@ class OrtBackend(_OnnxFolderBackend):
         if self.threads:
             so.intra_op_num_threads = self.threads
         so.log_severity_level = 3
+        if entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider":
+            import onnx
+
+            model = onnx.load(str(path))
+            if u8_activations(model):  # s8 activations: bit-identical, every quantized conv fused (qdq_u8)
+                return self.ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
         return self.ort.InferenceSession(str(path), so, providers=self.providers)
 
     @property

@@ -155,6 +155,45 @@ def test_u8_activations_for_onnxruntime_on_x86(tiny_export, faces, tmp_path):
         quantize_export(tiny_export, tmp_path / "x", faces[:2], Int8Config(activations="fp8"))
 
 
+def _float_convs_after_ort_fusion(model_bytes: bytes, tmp_path) -> int:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # QDQ fusions, no layout changes
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "Conv" for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(tiny_export, int8_export, faces,
+                                                                             tmp_path):
+    import onnxruntime as ort
+    from ssae.runtime.qdq_u8 import u8_activations
+    feeds = stage_feeds(tiny_export, faces[:1])
+    be = OrtBackend(int8_export, providers=["CPUExecutionProvider"])
+    for stage in ("smpn", "sae_encoder", "sae_decoder_prefix", "refine_hair"):
+        path = int8_export / be.manifest["stages"][stage]["file"]
+        model = onnx.load(str(path))
+        n = u8_activations(model)
+        assert n > 0, stage
+        zps = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        q = [nd for nd in model.graph.node if nd.op_type == "QuantizeLinear"]
+        assert q and all(zps[nd.input[2]].dtype == np.uint8 and np.all(zps[nd.input[2]] == 128) for nd in q)
+        w = [nd for nd in model.graph.node if nd.op_type == "DequantizeLinear" and nd.input[0] in zps]
+        assert w and all(zps[nd.input[2]].dtype in (np.int8, np.int32) for nd in w)  # weights and biases untouched
+        assert _float_convs_after_ort_fusion(model.SerializeToString(), tmp_path) == 0, stage
+        # the backend's outputs equal the s8 file run as it is, to the bit
+        raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = feeds[stage][0]
+        want = dict(zip([o.name for o in raw.get_outputs()], raw.run(None, feed)))
+        got = be.run(stage, feed)
+        for k, v in want.items():
+            assert np.array_equal(got[k], v), (stage, k)
+    assert u8_activations(onnx.load(str(tiny_export / "smpn.onnx"))) == 0  # fp32: nothing to convert
+    u8 = tmp_path / "u8"
+    quantize_export(tiny_export, u8, faces[:2], Int8Config(activations="u8", stages=("refine_hair",)))
+    assert u8_activations(onnx.load(str(u8 / "refine_hair.onnx"))) == 0  # already uint8
+
+
 def test_int8_report_against_fp32_on_labelled_faces(tiny_export, int8_export, test_faces):
     r = compare_variant(OrtBackend(tiny_export), OrtBackend(int8_export), test_faces.images, test_faces.masks,
                         test_faces.labelled)
