@@ -188,6 +188,10 @@ def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(ti
         got = be.run(stage, feed)
         for k, v in want.items():
             assert np.array_equal(got[k], v), (stage, k)
+    # `ssae profile` times the graph the backend runs: int8 convs only
+    from ssae.profiling.profile import profile_onnxruntime
+    ops = {r["name"] for r in profile_onnxruntime(be, "smpn", feeds["smpn"][0], runs=2, top=100)["by_op"]}
+    assert "QLinearConv" in ops and "Conv" not in ops, ops
     assert u8_activations(onnx.load(str(tiny_export / "smpn.onnx"))) == 0  # fp32: nothing to convert
     u8 = tmp_path / "u8"
     quantize_export(tiny_export, u8, faces[:2], Int8Config(activations="u8", stages=("refine_hair",)))

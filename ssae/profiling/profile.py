@@ -22,13 +22,9 @@ def _table(rows: dict[str, float], total: float, top: int) -> list[dict]:
 
 
 def profile_onnxruntime(backend, stage: str, inputs: dict, runs: int, top: int) -> dict:
-    import onnxruntime as ort
-    path = backend.dir / backend.manifest["stages"][stage]["file"]
-    so = ort.SessionOptions()
-    so.enable_profiling = True
+    entry = backend.manifest["stages"][stage]
     with tempfile.TemporaryDirectory() as d:
-        so.profile_file_prefix = os.path.join(d, "ort")
-        sess = ort.InferenceSession(str(path), so, providers=backend.providers)
+        sess = backend.open_session(backend.dir / entry["file"], entry, profile_prefix=os.path.join(d, "ort"))
         feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
         for _ in range(runs):
             sess.run(None, feed)
