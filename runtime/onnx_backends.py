@@ -77,9 +77,11 @@ class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
-                 iobinding: bool | None = None, device_id: int = 0):
+                 iobinding: bool | None = None, device_id: int = 0, s8_as_u8: bool = True):
         """iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
-        CUDA provider, so tensors cross PCIe once each way and ORT allocates nothing per call on the host side."""
+        CUDA provider, so tensors cross PCIe once each way and ORT allocates nothing per call on the host side.
+        s8_as_u8: on the CPU provider, load int8 graphs with uint8 activation zero points (`qdq_u8`; bit-identical
+        outputs); False loads them as written (for comparison)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -94,6 +96,7 @@ class OrtBackend(_OnnxFolderBackend):
             raise BackendError(f"onnxruntime providers not available here: {', '.join(missing)}")
         self.providers = providers
         self.threads = threads
+        self.s8_as_u8 = s8_as_u8
         cuda = providers[0] == "CUDAExecutionProvider"
         self.iobinding = cuda if iobinding is None else bool(iobinding)
         self.io_device = ("cuda" if cuda else "cpu", device_id if cuda else 0)
@@ -118,7 +121,7 @@ class OrtBackend(_OnnxFolderBackend):
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
-        if entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider":
+        if self.s8_as_u8 and entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider":
             import onnx
 
             model = onnx.load(str(path))

@@ -1,0 +1,102 @@
+"""ONNX Runtime CPU: symmetric int8 (s8) QDQ graphs loaded as written vs as the runtime loads them (uint8
+activation zero points, `runtime/qdq_u8.py`), against their fp32 source graphs, in one run.
+
+For each int8 export folder (`ssae calibrate --precision int8 --out DIR`), every int8 graph is timed three ways on
+one calibration-style feed (the fp32 outputs of the stages before it, from the example face): the fp32 graph it was
+quantized from, the s8 file as written, and the s8 file with uint8 zero points. Runs alternate (round-robin) so
+machine noise hits all three alike; medians and the ratios are printed and written as JSON. The script also
+counts the convs ONNX Runtime leaves in float (not fused into QLinearConv) in each form.
+
+    python benchmarks/bench_int8_ort.py DIR [DIR ...] [--repeats 15] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def float_convs(backend, stage: str) -> int:
+    """Convs left in float after ONNX Runtime's QDQ fusions, in the graph as `backend` loads it."""
+    import onnx
+    import onnxruntime as ort
+
+    entry = backend.manifest["stages"][stage]
+    with tempfile.TemporaryDirectory() as d:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(Path(d) / "opt.onnx")
+        model = onnx.load(str(backend.dir / entry["file"]))
+        if backend.s8_as_u8:
+            from ssae.runtime.qdq_u8 import u8_activations
+            u8_activations(model)
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "Conv" for n in onnx.load(so.optimized_model_filepath).graph.node)
+
+
+def bench_folder(folder: Path, repeats: int) -> dict:
+    from PIL import Image
+
+    from ssae.calibration.int8 import stage_feeds
+    from ssae.profiling.stats import time_call
+    from ssae.runtime.onnx_backends import OrtBackend
+
+    cpu = ["CPUExecutionProvider"]
+    q_u8 = OrtBackend(folder, providers=cpu)
+    q_s8 = OrtBackend(folder, providers=cpu, s8_as_u8=False)
+    src = q_u8.manifest["calibration"]["source_export"]
+    fp = OrtBackend(src, providers=cpu)
+    size = int(q_u8.manifest["model_config"]["image_size"])
+    face = Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg"
+    img = np.asarray(Image.open(face).convert("RGB").resize((size, size)))[None]
+    feeds = stage_feeds(src, img)
+    rows = {}
+    for stage, entry in q_u8.manifest["stages"].items():
+        if entry.get("precision") != "int8" or stage not in feeds:
+            continue
+        feed = feeds[stage][0]
+        times = {"fp32": [], "s8_as_written": [], "s8_as_u8": []}
+        for k in range(repeats + 1):
+            for tag, be in (("fp32", fp), ("s8_as_written", q_s8), ("s8_as_u8", q_u8)):
+                ms = time_call(lambda: be.run(stage, feed))
+                if k:
+                    times[tag].append(ms)
+        med = {t: float(np.median(v)) for t, v in times.items()}
+        rows[stage] = {**{f"{t}_ms": v for t, v in med.items()},
+                       "speedup_as_written": med["fp32"] / med["s8_as_written"],
+                       "speedup_as_u8": med["fp32"] / med["s8_as_u8"],
+                       "float_convs_as_written": float_convs(q_s8, stage),
+                       "float_convs_as_u8": float_convs(q_u8, stage)}
+    return {"folder": str(folder), "image_size": size, "source_export": src, "stages": rows}
+
+
+def main(argv=None) -> int:
+    from ssae.profiling.bench import machine_info
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folders", nargs="+", type=Path)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    out = {"machine": machine_info(), "repeats": args.repeats, "exports": []}
+    for folder in args.folders:
+        r = bench_folder(folder, args.repeats)
+        out["exports"].append(r)
+        print(f"\n{folder} ({r['image_size']} px), median ms of {args.repeats}:")
+        print(f"{'stage':26s} {'fp32':>8s} {'s8 as written':>14s} {'s8 as u8':>9s} {'x written':>9s} {'x u8':>6s} "
+              f"{'float convs written/u8':>22s}")
+        for stage, v in r["stages"].items():
+            print(f"{stage:26s} {v['fp32_ms']:8.2f} {v['s8_as_written_ms']:14.2f} {v['s8_as_u8_ms']:9.2f} "
+                  f"{v['speedup_as_written']:8.2f}x {v['speedup_as_u8']:5.2f}x "
+                  f"{v['float_convs_as_written']:>14d} / {v['float_convs_as_u8']}")
+    if args.json:
+        from ssae.fileio import atomic_write
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(out, indent=1)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
