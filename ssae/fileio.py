@@ -8,14 +8,29 @@ import tempfile
 from pathlib import Path
 
 
+def _process_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _process_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path) then rename tmp over `path`: readers never see a half-written file."""
+    """Call write(tmp_path) then rename tmp over `path`: readers never see a half-written file. The file gets the
+    mode a plain open() would give it (an existing file's mode, else 0o666 minus the umask), not mkstemp's 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except FileNotFoundError:
+            mode = 0o666 & ~_UMASK
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

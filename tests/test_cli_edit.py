@@ -24,6 +24,9 @@ def test_edit_writes_png_masks_and_json(tmp_path, tiny_export, face_path):
     info = json.loads(r.stdout)
     assert info["rois"] == ["nose"] and info["timings_ms"]["sae_decoder_edit"] > 0
     assert Image.open(out).size == (250, 250)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # what open() gives, not the temporary file's 0o600
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == [f"{r}.png" for r in
                                                                       sorted(["hair", "skin", "nose", "eyes", "lips"])]
     r = ssae("edit", face_path, "--model", tiny_export, "--backend", "onnxruntime", "--roi", "all", "-o",
