@@ -34,3 +34,21 @@ def u8_activations(model) -> int:
         zp = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
         inits[name].CopyFrom(numpy_helper.from_array(zp.astype(np.uint8), name))
     return len(act_zps)
+
+
+def float_convs(model) -> int:
+    """How many convs ONNX Runtime's CPU provider leaves in float in this ModelProto after its QDQ fusions (graph
+    optimisation level "extended": the fusions, no layout changes). 0 = every quantized conv runs as QLinearConv."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as d:
+        so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sum(n.op_type == "Conv" for n in onnx.load(so.optimized_model_filepath).graph.node)

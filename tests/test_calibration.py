@@ -155,19 +155,10 @@ def test_u8_activations_for_onnxruntime_on_x86(tiny_export, faces, tmp_path):
         quantize_export(tiny_export, tmp_path / "x", faces[:2], Int8Config(activations="fp8"))
 
 
-def _float_convs_after_ort_fusion(model_bytes: bytes, tmp_path) -> int:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # QDQ fusions, no layout changes
-    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-    return sum(n.op_type == "Conv" for n in onnx.load(so.optimized_model_filepath).graph.node)
-
-
 def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(tiny_export, int8_export, faces,
                                                                              tmp_path):
     import onnxruntime as ort
-    from ssae.runtime.qdq_u8 import u8_activations
+    from ssae.runtime.qdq_u8 import float_convs, u8_activations
     feeds = stage_feeds(tiny_export, faces[:1])
     be = OrtBackend(int8_export, providers=["CPUExecutionProvider"])
     for stage in ("smpn", "sae_encoder", "sae_decoder_prefix", "refine_hair"):
@@ -180,7 +171,7 @@ def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(ti
         assert q and all(zps[nd.input[2]].dtype == np.uint8 and np.all(zps[nd.input[2]] == 128) for nd in q)
         w = [nd for nd in model.graph.node if nd.op_type == "DequantizeLinear" and nd.input[0] in zps]
         assert w and all(zps[nd.input[2]].dtype in (np.int8, np.int32) for nd in w)  # weights and biases untouched
-        assert _float_convs_after_ort_fusion(model.SerializeToString(), tmp_path) == 0, stage
+        assert float_convs(model) == 0, stage
         # the backend's outputs equal the s8 file run as it is, to the bit
         raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         feed = feeds[stage][0]
