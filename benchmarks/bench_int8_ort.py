@@ -20,14 +20,10 @@ import numpy as np
 
 def loaded_float_convs(backend, stage: str) -> int:
     """Convs left in float after ONNX Runtime's QDQ fusions, in the graph as `backend` loads it."""
-    import onnx
+    from ssae.runtime.qdq_u8 import float_convs
 
-    from ssae.runtime.qdq_u8 import float_convs, u8_activations
-
-    model = onnx.load(str(backend.dir / backend.manifest["stages"][stage]["file"]))
-    if backend.s8_as_u8:
-        u8_activations(model)
-    return float_convs(model)
+    entry = backend.manifest["stages"][stage]
+    return float_convs(backend.model_as_loaded(backend.dir / entry["file"], entry))
 
 
 def bench_folder(folder: Path, repeats: int) -> dict:

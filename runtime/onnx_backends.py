@@ -121,13 +121,23 @@ class OrtBackend(_OnnxFolderBackend):
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
-        if self.s8_as_u8 and entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider":
-            import onnx
-
-            model = onnx.load(str(path))
-            if u8_activations(model):
-                return self.ort.InferenceSession(model.SerializeToString(), so, providers=self.providers)
+        if self._as_u8(entry):
+            return self.ort.InferenceSession(self.model_as_loaded(path, entry).SerializeToString(), so,
+                                             providers=self.providers)
         return self.ort.InferenceSession(str(path), so, providers=self.providers)
+
+    def _as_u8(self, entry: dict) -> bool:
+        return self.s8_as_u8 and entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider"
+
+    def model_as_loaded(self, path, entry: dict):
+        """The ONNX ModelProto of one graph file as this backend hands it to ONNX Runtime (int8 graphs on the CPU
+        provider with uint8 activation zero points, `qdq_u8`; any other graph as written)."""
+        import onnx
+
+        model = onnx.load(str(path))
+        if self._as_u8(entry):
+            u8_activations(model)
+        return model
 
     @property
     def device(self) -> str:
