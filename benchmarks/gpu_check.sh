@@ -4,9 +4,11 @@
 #   2. makes `ssae` importable (pip install --no-deps, offline; else a symlinked package on PYTHONPATH);
 #   3. pytest -m "gpu or tensorrt" tests/gpu (the fused kernel vs the reference; TensorRT tests where present);
 #   4. benchmarks/bench_kernel_gpu.py (fused kernel vs unfused torch, JSON with the GPU's name);
-#   5. every other benchmarks/bench_*_gpu.py.
+#   5. every other benchmarks/bench_*_gpu.py (bench_runtime_gpu.py: the chain on the device, the Editor on CUDA);
+#   6. compute-sanitizer memcheck over the kernel tests at small sizes (out-of-bounds accesses), when installed.
 # Every step runs under a time limit, its exit status is recorded, and a failure does not stop the rest.
-# Results (benchmarks/results/*gpu*.json, logs, the step summary) are copied into $OUT when it is set.
+# Results (benchmarks/results/*gpu*.json, and one gpu_check_logs.tar.gz with the logs, junit XML and the step
+# summary) are copied into $OUT when it is set.
 # Exit status: 0 when every step passed, 1 otherwise.
 #
 #   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 330)
@@ -14,7 +16,7 @@ set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
-PY="${PYTHON:-python}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
 TOTAL_BUDGET="${TOTAL_BUDGET:-330}"
 LOGDIR="$(mktemp -d -t ssae_gpu_check.XXXXXX)"
@@ -80,11 +82,16 @@ for bench in benchmarks/bench_*_gpu.py; do
     step "$(basename "$bench" .py)" "$PY" "$bench"
 done
 
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    STEP_TIMEOUT=120 step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 \
+        "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/gpu/test_masked_modconv_cuda.py \
+        -k "simt or no_noise or window_equals or generated_xi_in_a_window"
+fi
+
 echo "=== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
 if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT/gpu_check"
-    cp "$LOGDIR"/*.log "$LOGDIR"/*.xml "$SUMMARY" "$OUT/gpu_check/" 2>/dev/null
+    tar czf "$OUT/gpu_check_logs.tar.gz" -C "$LOGDIR" --exclude=site . 2>/dev/null
     cp benchmarks/results/*gpu*.json "$OUT/" 2>/dev/null
     echo "copied results to $OUT"
 fi

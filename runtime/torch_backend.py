@@ -5,12 +5,16 @@ import numpy as np
 import torch
 
 from ..export.stages import CPU_ONLY_STAGES, build_stages
+from ..kernels.ops import use_fused_op
 from ..models.ssae_model import SSAE
 from .backend import Backend, BackendError, input_dtype
 
 
 class TorchBackend(Backend):
-    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32", fused_kernel: bool | None = None):
+        """fused_kernel: run the region edit's injection layer through the fused CUDA kernel
+        (`torch.ops.ssae.masked_modconv`; default: on CUDA devices, off on the CPU, where the op would run the same
+        reference). Where the kernel cannot load, the op falls back to the reference with a one-time warning."""
         if precision not in ("fp32", "bf16"):
             raise BackendError(f"torch backend precision must be fp32 or bf16, not {precision!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -22,6 +26,7 @@ class TorchBackend(Backend):
         # would round the Winograd-transformed tiles). On CUDA the fused kernel runs the window.
         self.sparse_reedit = self._device.type == "cpu"
         self._precision = precision
+        self.fused_kernel = self._device.type == "cuda" if fused_kernel is None else bool(fused_kernel)
         self.model = model.eval().freeze().to(self._device)
         self._stages = build_stages(self.model)
         fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
@@ -52,8 +57,9 @@ class TorchBackend(Backend):
             if self._precision == "bf16" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             args.append(x)
-        with torch.no_grad(), torch.autocast(self._device.type, dtype=torch.bfloat16,
-                                             enabled=self._precision == "bf16" and stage not in CPU_ONLY_STAGES):
+        bf16 = self._precision == "bf16" and stage not in CPU_ONLY_STAGES
+        with torch.no_grad(), use_fused_op(self.fused_kernel), \
+                torch.autocast(self._device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self._stages[stage](*args)
         out = out if isinstance(out, tuple) else (out,)
         return {t.name: o.float().contiguous().cpu().numpy() for t, o in zip(spec.outputs, out)}

@@ -276,3 +276,35 @@ def test_editor_hands_single_region_edits_to_a_chaining_backend(tiny_export, fac
     assert chained.calls == ["chain", "reedit", "reedit"]
     ec.edit_many(face_path, ["hair", "lips"], [1])  # several edits at once: the stage path
     assert chained.calls == ["chain", "reedit", "reedit"]
+
+
+def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
+    """fused_kernel=True sends the injection layer through torch.ops.ssae.masked_modconv (on CUDA: the fused
+    kernel; on the CPU the op's reference), bit-identical to the plain reference path; off by default on the CPU."""
+    import copy
+
+    from ssae.export.onnx_export import example_inputs
+    from ssae.export.stages import stage_specs
+
+    plain = TorchBackend(copy.deepcopy(tiny_model))
+    routed = TorchBackend(copy.deepcopy(tiny_model), fused_kernel=True)
+    assert not plain.fused_kernel and routed.fused_kernel
+    spec = stage_specs(tiny_model)["sae_decoder_edit"]
+    feed = {t.name: a.numpy() for t, a in zip(spec.inputs, example_inputs(spec, 2, seed=7, full_hw=32))}
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class OpLog(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    op = torch.ops.ssae.masked_modconv.default
+    with OpLog() as log:
+        got = routed.run("sae_decoder_edit", feed)
+    assert op in log.ops
+    want = plain.run("sae_decoder_edit", feed)
+    np.testing.assert_array_equal(got["image"], want["image"])
