@@ -101,14 +101,18 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
                                         pixel_noise=z, pixel_factor=p["factor"], noise=p["xi"],
                                         noise_weight=p["noise_weight"])
 
+    def conv_only():  # the floor the unfused path pays for its conv alone (cuDNN, no style, no noise)
+        return torch.nn.functional.conv2d(p["x"], p["weight"], padding=1)
+
     rows = []
     name = "fp32" if dtype == torch.float32 else "fp16"
     with torch.no_grad():
+        t_conv = cuda_time_ms(conv_only, reps, warmup)
         for mode, fused, unfused in (("region", fused_region, unfused_region), ("pixel", fused_pixel, unfused_pixel)):
             err = ((fused().double() - unfused().double()).abs().max() / unfused().double().abs().max()).item()
             tf = cuda_time_ms(fused, reps, warmup)
             tu = cuda_time_ms(unfused, reps, warmup)
-            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu,
+            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv,
                        speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
                        kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
             if dtype == torch.float32:
@@ -154,10 +158,12 @@ def main(argv=None) -> int:
                        "(unfused_tf32: with)", results=rows)
     print(f"{props.name} (sm_{props.major}{props.minor}), layer {shape['layer']}: Cin {shape['cin']}, "
           f"Cout {shape['cout']}, {shape['h']}x{shape['w']}; median ms of {args.reps}")
-    print(f"{'mode':7} {'dtype':5} {'B':>2} {'fused':>9} {'unfused':>9} {'speed-up':>8} {'rel err':>9}")
+    print(f"{'mode':7} {'dtype':5} {'B':>2} {'fused':>9} {'unfused':>9} {'speed-up':>8} {'rel err':>9} "
+          f"{'conv only':>9}")
     for r in rows:
         print(f"{r['mode']:7} {r['dtype']:5} {r['batch']:>2} {r['fused']['median_ms']:9.4f} "
-              f"{r['unfused']['median_ms']:9.4f} {r['speedup']:7.2f}x {r['max_rel_err_vs_unfused']:9.2e}")
+              f"{r['unfused']['median_ms']:9.4f} {r['speedup']:7.2f}x {r['max_rel_err_vs_unfused']:9.2e} "
+              f"{r['cudnn_conv_only']['median_ms']:9.4f}")
     goal = [r for r in rows if r["mode"] == "region" and r["dtype"] == "fp16" and r["batch"] == 1]
     if goal:
         print(f"goal (FP16 region, batch 1, fused >= 1.5x unfused): {goal[0]['speedup']:.2f}x "

@@ -139,7 +139,8 @@ def bench_chain(model, device: torch.device, reps: int, warmup: int, log) -> lis
         try:
             chain = DeviceChain(model, device, dtype)
         except Exception as e:  # noqa: BLE001 - one failing variant must not hide the others
-            rows.append(dict(dtype=str(dtype).split(".")[-1], error=f"{type(e).__name__}: {e}"))
+            rows.append(dict(dtype=str(dtype).split(".")[-1], error=f"{type(e).__name__}: {e}",
+                             trace=traceback.format_exc(limit=-4)))
             continue
         for fused in (False, True):
             if fused and not fused_ok:
@@ -171,7 +172,7 @@ def bench_chain(model, device: torch.device, reps: int, warmup: int, log) -> lis
                             row["rel_err_vs_fp32"] = rel(out.float(), f32.float())
                     except Exception as e:  # noqa: BLE001
                         row["error"] = f"{type(e).__name__}: {e}"
-                        log(traceback.format_exc())
+                        row["trace"] = traceback.format_exc(limit=-4)
                     rows.append(row)
                     log(f"  {row}")
         del chain
@@ -216,6 +217,7 @@ def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
         out["fused_kernel"] = be.fused_kernel
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"
+        out["trace"] = traceback.format_exc(limit=-4)
     return out
 
 

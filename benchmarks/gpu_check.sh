@@ -59,16 +59,18 @@ for m in ("cuda.bindings.driver", "cupy", "triton", "onnxruntime", "tensorrt"):
 step nvcc bash -c 'command -v nvcc && nvcc --version | tail -n 2'
 step python-packages "$PY" -c "$TOOLCHAIN_PY"
 
-# Make `ssae` importable without the network: an offline pip install, else a symlinked package tree.
+# Make `ssae` importable without the network: an offline editable install (PEP 660, the machine's own setuptools),
+# else a symlinked package tree on PYTHONPATH with PYTHONSAFEPATH=1, so that the checkout's ssae/ (which lacks the
+# root folders export/, runtime/, kernels/, calibration/) does not shadow it from the working directory.
 if ! "$PY" -c "import ssae.kernels.cuda" >/dev/null 2>&1; then
-    step install "$PY" -m pip install --no-deps --no-index --no-build-isolation -e .
+    step install "$PY" -m pip install --no-deps --no-index --no-build-isolation --use-pep517 -e .
     if ! "$PY" -c "import ssae.kernels.cuda" >/dev/null 2>&1; then
         SITE="$LOGDIR/site"
         mkdir -p "$SITE" && cp -rs "$ROOT/ssae" "$SITE/ssae"
         for d in export runtime kernels calibration; do
             [ -d "$ROOT/$d" ] && ln -sfn "$ROOT/$d" "$SITE/ssae/$d"
         done
-        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+        export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONSAFEPATH=1
         step import-fallback "$PY" -c "import ssae.kernels.cuda as k; print('ssae from', k.__file__)"
     fi
 fi

@@ -61,7 +61,7 @@ def transform_weight(weight: torch.Tensor, m: int) -> torch.Tensor:
     """U = G W G^T for every filter: (Cout, Cin, 3, 3) -> (k^2, Cin, Cout), computed in float64."""
     if tuple(weight.shape[-2:]) != (3, 3):
         raise ValueError(f"Winograd F(m, 3) needs 3x3 filters, got {tuple(weight.shape[-2:])}")
-    _, gg, _ = (torch.from_numpy(np.kron(a, a)) for a in winograd_matrices(m))
+    _, gg, _ = (torch.from_numpy(np.kron(a, a)).to(weight.device) for a in winograd_matrices(m))
     w = weight.detach().double().flatten(2)                # (Cout, Cin, 9)
     return torch.einsum("fk,oik->fio", gg, w).float().contiguous()
 
