@@ -194,6 +194,10 @@ struct SimtPath {
 static_assert(TensorCorePath::kSmemBytes + kTileM * 4 <= 48 * 1024, "static shared memory over 48 KiB");
 static_assert(SimtPath::kSmemBytes + kTileM * 4 <= 48 * 1024, "static shared memory over 48 KiB");
 static_assert(kThreads * 3 * 4 <= SimtPath::kSmemBytes, "reduction buffer must fit the shared buffer");
+static_assert((3 * kHaloPixels + 2 * TensorCorePath::kGroup) * 4 <= TensorCorePath::kWsBytes &&
+                  (3 * kHaloPixels + 2 * SimtPath::kGroup) * 4 <= SimtPath::kWsBytes,
+              "the region tables must fit the weight buffer");
+static_assert(kHaloPixels + TensorCorePath::kGroup <= kThreads, "one thread per halo pixel and group channel");
 
 // =============================================================================================== types
 
@@ -360,25 +364,75 @@ SSAE_DEV OwnedPixel own_halo_pixel(const Problem<T>& p, const Tile& tile, const 
     return o;
 }
 
+/// 16 bytes of consecutive elements (8 halves or 4 floats): one vector load or store.
+template <typename T>
+struct alignas(16) Vec16 {
+    static constexpr int kN = 16 / static_cast<int>(sizeof(T));
+    T v[kN];
+};
+
 /// Region mode: write the modulated input x * s of channels g0 .. g0 + kGroup for the whole halo into `xm`
-/// (zero outside the image and past Cin: the conv's zero padding). All threads, one element each in turn.
+/// (zero outside the image and past Cin: the conv's zero padding). All threads; ends without a barrier.
+/// Two passes: first the per-pixel and per-channel factors of s(p) = r(p) a + t(p) r(p) d (r = 1 / rms) into
+/// `tables` (the weight buffer, free until the group's first chunk is loaded), then one element per pixel and
+/// channel as x * (a_c r_p + d_c tr_p): consecutive threads take consecutive halo pixels (coalesced reads of x);
+/// on the tensor-core path each thread writes 8 channels of its pixel as one 16-byte store.
 template <class Path, typename T>
 SSAE_DEV void build_group_region(const Problem<T>& p, const Tile& tile, const SampleStyle& st, int g0,
-                                 typename Path::Storage* xm) {
+                                 typename Path::Storage* xm, float* tables) {
+    using Storage = typename Path::Storage;
+    int* offset = reinterpret_cast<int*>(tables);              // pixel offset in an image plane, -1 outside
+    float* r = tables + kHaloPixels;                           // 1 / rms(p)
+    float* tr = tables + 2 * kHaloPixels;                      // t(p) / rms(p)
+    float* ac = tables + 3 * kHaloPixels;                      // a_c of the group's channels (0 past Cin)
+    float* dc = ac + Path::kGroup;                             // d_c
+    const int tid = static_cast<int>(threadIdx.x);
     const long long hw = static_cast<long long>(p.height) * p.width;
-    const T* a = p.style + static_cast<long long>(tile.b) * p.cin;
-    const T* d = p.direction + static_cast<long long>(tile.b) * p.cin;
-    for (int e = static_cast<int>(threadIdx.x); e < Path::kGroup * kHaloPixels; e += kThreads) {
-        const int cl = e / kHaloPixels, h = e % kHaloPixels, c = g0 + cl;
-        int gy, gx;
-        float v = 0.f;
-        if (c < p.cin && halo_pixel(tile, h, p.height, p.width, &gy, &gx)) {
-            const long long pix = static_cast<long long>(gy) * p.width + gx;
-            const float t = st.strength * to_float(p.mask[tile.b * hw + pix]);
-            const float xv = to_float(p.x[(static_cast<long long>(tile.b) * p.cin + c) * hw + pix]);
-            v = xv * (to_float(a[c]) + t * to_float(d[c])) * region_inv_rms(st, t);
+    if (tid < kHaloPixels) {
+        int gy, gx, off = -1;
+        float rv = 0.f, trv = 0.f;
+        if (halo_pixel(tile, tid, p.height, p.width, &gy, &gx)) {
+            off = gy * p.width + gx;
+            const float t = st.strength * to_float(p.mask[tile.b * hw + off]);
+            rv = region_inv_rms(st, t);
+            trv = t * rv;
         }
-        xm[Path::xm_index(h, cl)] = from_float<typename Path::Storage>(v);
+        offset[tid] = off;
+        r[tid] = rv;
+        tr[tid] = trv;
+    } else if (tid < kHaloPixels + Path::kGroup) {
+        const int cl = tid - kHaloPixels, c = g0 + cl;
+        const long long sc = static_cast<long long>(tile.b) * p.cin + c;
+        ac[cl] = c < p.cin ? to_float(p.style[sc]) : 0.f;
+        dc[cl] = c < p.cin ? to_float(p.direction[sc]) : 0.f;
+    }
+    __syncthreads();
+    const T* xb = p.x + static_cast<long long>(tile.b) * p.cin * hw;
+    if constexpr (Path::kTensorCores) {
+        constexpr int kVec = Vec16<Storage>::kN;
+        for (int e = tid; e < kHaloPixels * (Path::kGroup / kVec); e += kThreads) {
+            const int h = e % kHaloPixels, c8 = (e / kHaloPixels) * kVec, off = offset[h];
+            Vec16<Storage> v;
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) {
+                const int c = g0 + c8 + i;
+                float val = 0.f;
+                if (off >= 0 && c < p.cin) {
+                    val = to_float(xb[static_cast<long long>(c) * hw + off]) * (ac[c8 + i] * r[h] + dc[c8 + i] * tr[h]);
+                }
+                v.v[i] = from_float<Storage>(val);
+            }
+            *reinterpret_cast<Vec16<Storage>*>(xm + Path::xm_index(h, c8)) = v;
+        }
+    } else {
+        for (int e = tid; e < kHaloPixels * Path::kGroup; e += kThreads) {
+            const int h = e % kHaloPixels, cl = e / kHaloPixels, c = g0 + cl, off = offset[h];
+            float val = 0.f;
+            if (off >= 0 && c < p.cin) {
+                val = to_float(xb[static_cast<long long>(c) * hw + off]) * (ac[cl] * r[h] + dc[cl] * tr[h]);
+            }
+            xm[Path::xm_index(h, cl)] = from_float<Storage>(val);
+        }
     }
 }
 
@@ -415,16 +469,41 @@ SSAE_DEV void build_group_pixel(const Problem<T>& p, const Tile& tile, const Own
 }
 
 /// Weights of input channels c0 .. c0 + kChunk for the tile's kTileN output channels into `ws`
-/// (zero past Cin / Cout). Reads are contiguous along each output channel's (c, tap) row.
+/// (zero past Cin / Cout). Each output channel's (c, tap) row is contiguous in memory: read as 16-byte vectors
+/// when the whole chunk is inside Cin and every row starts 16-byte aligned, else element by element.
 template <class Path, typename T>
 SSAE_DEV void load_weight_chunk(const Problem<T>& p, const Tile& tile, int c0, typename Path::Storage* ws) {
+    using Storage = typename Path::Storage;
     constexpr int kRow = Path::kChunk * kTaps;
-    for (int e = static_cast<int>(threadIdx.x); e < kTileN * kRow; e += kThreads) {
+    constexpr int kVec = Vec16<T>::kN;
+    static_assert(kRow % kVec == 0, "a chunk row must be a whole number of 16-byte vectors");
+    const int tid = static_cast<int>(threadIdx.x);
+    const bool vectors = c0 + Path::kChunk <= p.cin && (p.cin * kTaps) % kVec == 0 && (c0 * kTaps) % kVec == 0 &&
+                         reinterpret_cast<unsigned long long>(p.weight) % 16 == 0;
+    if (vectors) {
+        for (int e = tid; e < kTileN * (kRow / kVec); e += kThreads) {
+            const int ol = e / (kRow / kVec), k0 = (e % (kRow / kVec)) * kVec, o = tile.n0 + ol;
+            Vec16<T> w;
+            if (o < p.cout) {
+                w = *reinterpret_cast<const Vec16<T>*>(p.weight + (static_cast<long long>(o) * p.cin + c0) * kTaps + k0);
+            } else {
+#pragma unroll
+                for (int i = 0; i < kVec; ++i) w.v[i] = from_float<T>(0.f);
+            }
+#pragma unroll
+            for (int i = 0; i < kVec; ++i) {
+                const int k = k0 + i;
+                ws[Path::ws_index(ol, k / kTaps, k % kTaps)] = from_float<Storage>(to_float(w.v[i]));
+            }
+        }
+        return;
+    }
+    for (int e = tid; e < kTileN * kRow; e += kThreads) {
         const int ol = e / kRow, k = e % kRow;
         const int c = c0 + k / kTaps, tap = k % kTaps, o = tile.n0 + ol;
         float v = 0.f;
         if (o < p.cout && c < p.cin) v = to_float(p.weight[(static_cast<long long>(o) * p.cin + c) * kTaps + tap]);
-        ws[Path::ws_index(ol, k / kTaps, tap)] = from_float<typename Path::Storage>(v);
+        ws[Path::ws_index(ol, k / kTaps, tap)] = from_float<Storage>(v);
     }
 }
 
@@ -622,7 +701,7 @@ SSAE_DEV void masked_modconv_block(const Problem<T>& p) {
         if constexpr (kPixel) {
             build_group_pixel<Path>(p, tile, own, g0, seed_lo, seed_hi, xm);
         } else {
-            build_group_region<Path>(p, tile, st, g0, xm);
+            build_group_region<Path>(p, tile, st, g0, xm, reinterpret_cast<float*>(ws));
         }
         for (int chunk = 0; chunk < Path::kGroup / Path::kChunk && g0 + chunk * Path::kChunk < p.cin; ++chunk) {
             __syncthreads();  // the previous chunk is done with ws

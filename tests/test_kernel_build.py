@@ -404,6 +404,16 @@ def test_emulated_region_kernel_matches_reference(emulator, tmp_path, variant, d
 
 @needs_gxx
 @pytest.mark.parametrize("variant,dtype,tol", VARIANTS)
+def test_emulated_region_kernel_vector_weight_loads(emulator, tmp_path, variant, dtype, tol):
+    # Cin = 40: whole chunks read the weights as 16-byte vectors, the last (partial) chunk element by element
+    p = _rounded(_problem(4, b=1, cin=40, cout=70, h=9, w=18, mode="region"), dtype)
+    xi = torch.randn(1, 1, 9, 18).to(dtype).float()
+    launch = _launch(p, dtype, variant, noise=xi.to(dtype))
+    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, "region", noise=xi)) <= tol
+
+
+@needs_gxx
+@pytest.mark.parametrize("variant,dtype,tol", VARIANTS)
 def test_emulated_pixel_kernel_matches_reference(emulator, tmp_path, variant, dtype, tol):
     # a window at (5, 7) of a 40-wide image, generated xi, Cin = 19 (pixel streams start mid Philox block)
     p = _rounded(_problem(2, b=2, cin=19, cout=9, h=10, w=17, mode="pixel"), dtype)
