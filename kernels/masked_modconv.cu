@@ -198,6 +198,7 @@ static_assert((3 * kHaloPixels + 2 * TensorCorePath::kGroup) * 4 <= TensorCorePa
                   (3 * kHaloPixels + 2 * SimtPath::kGroup) * 4 <= SimtPath::kWsBytes,
               "the region tables must fit the weight buffer");
 static_assert(kHaloPixels + TensorCorePath::kGroup <= kThreads, "one thread per halo pixel and group channel");
+static_assert(kThreads % kTileM == 0, "the tensor-core epilogue gives every output pixel the same number of threads");
 
 // =============================================================================================== types
 
@@ -209,6 +210,11 @@ SSAE_HD float to_float(__half v) { return __half2float(v); }
 template <typename T> SSAE_HD T from_float(float v);
 template <> SSAE_HD float from_float<float>(float v) { return v; }
 template <> SSAE_HD __half from_float<__half>(float v) { return __float2half_rn(v); }
+
+/// A stored element as type D (no conversion when the types agree; float -> half rounds to nearest even).
+template <typename D, typename S> SSAE_HD D cast_to(S v) { return from_float<D>(to_float(v)); }
+template <> SSAE_HD float cast_to<float, float>(float v) { return v; }
+template <> SSAE_HD __half cast_to<__half, __half>(__half v) { return v; }
 
 /// Everything one launch computes: the kernel parameters of the ABI, typed.
 template <typename T>
@@ -469,41 +475,22 @@ SSAE_DEV void build_group_pixel(const Problem<T>& p, const Tile& tile, const Own
 }
 
 /// Weights of input channels c0 .. c0 + kChunk for the tile's kTileN output channels into `ws`
-/// (zero past Cin / Cout). Each output channel's (c, tap) row is contiguous in memory: read as 16-byte vectors
-/// when the whole chunk is inside Cin and every row starts 16-byte aligned, else element by element.
+/// (zero past Cin / Cout). One (output channel, input channel) pair per thread and turn: its 9 taps are
+/// contiguous in memory, and consecutive threads take consecutive input channels, so the loads of a warp fall in
+/// two short runs and the stores of one tap are consecutive in shared memory (no index division, no conflicts).
 template <class Path, typename T>
 SSAE_DEV void load_weight_chunk(const Problem<T>& p, const Tile& tile, int c0, typename Path::Storage* ws) {
     using Storage = typename Path::Storage;
-    constexpr int kRow = Path::kChunk * kTaps;
-    constexpr int kVec = Vec16<T>::kN;
-    static_assert(kRow % kVec == 0, "a chunk row must be a whole number of 16-byte vectors");
-    const int tid = static_cast<int>(threadIdx.x);
-    const bool vectors = c0 + Path::kChunk <= p.cin && (p.cin * kTaps) % kVec == 0 && (c0 * kTaps) % kVec == 0 &&
-                         reinterpret_cast<unsigned long long>(p.weight) % 16 == 0;
-    if (vectors) {
-        for (int e = tid; e < kTileN * (kRow / kVec); e += kThreads) {
-            const int ol = e / (kRow / kVec), k0 = (e % (kRow / kVec)) * kVec, o = tile.n0 + ol;
-            Vec16<T> w;
-            if (o < p.cout) {
-                w = *reinterpret_cast<const Vec16<T>*>(p.weight + (static_cast<long long>(o) * p.cin + c0) * kTaps + k0);
-            } else {
+    for (int e = static_cast<int>(threadIdx.x); e < kTileN * Path::kChunk; e += kThreads) {
+        const int cl = e % Path::kChunk, ol = e / Path::kChunk, c = c0 + cl, o = tile.n0 + ol;
+        if (o < p.cout && c < p.cin) {
+            const T* src = p.weight + (static_cast<long long>(o) * p.cin + c) * kTaps;
 #pragma unroll
-                for (int i = 0; i < kVec; ++i) w.v[i] = from_float<T>(0.f);
-            }
+            for (int tap = 0; tap < kTaps; ++tap) ws[Path::ws_index(ol, cl, tap)] = cast_to<Storage>(src[tap]);
+        } else {
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) {
-                const int k = k0 + i;
-                ws[Path::ws_index(ol, k / kTaps, k % kTaps)] = from_float<Storage>(to_float(w.v[i]));
-            }
+            for (int tap = 0; tap < kTaps; ++tap) ws[Path::ws_index(ol, cl, tap)] = from_float<Storage>(0.f);
         }
-        return;
-    }
-    for (int e = tid; e < kTileN * kRow; e += kThreads) {
-        const int ol = e / kRow, k = e % kRow;
-        const int c = c0 + k / kTaps, tap = k % kTaps, o = tile.n0 + ol;
-        float v = 0.f;
-        if (o < p.cout && c < p.cin) v = to_float(p.weight[(static_cast<long long>(o) * p.cin + c) * kTaps + tap]);
-        ws[Path::ws_index(ol, k / kTaps, tap)] = from_float<Storage>(v);
     }
 }
 
@@ -559,6 +546,7 @@ SSAE_DEV void mma_chunk(TcAccumulators& t, const __half* xm, const __half* ws, i
     const int warp = static_cast<int>(threadIdx.x) / 32;
     const int row0 = 2 * (warp % 4), n_base = 32 * (warp / 4);
     const int c_off = chunk_in_group * TensorCorePath::kChunk;
+#pragma unroll
     for (int tap = 0; tap < kTaps; ++tap) {
         const int ky = tap / 3, kx = tap % 3;
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a[2];
@@ -643,10 +631,18 @@ SSAE_DEV void write_tile(const Problem<T>& p, const Tile& tile, TcAccumulators& 
             wmma::store_matrix_sync(stage + (n_base + 16 * j) * TensorCorePath::kStageLd + (row0 + i) * kTileW,
                                     t.acc[i][j], TensorCorePath::kStageLd, wmma::mem_col_major);
     __syncthreads();
-    for (int e = static_cast<int>(threadIdx.x); e < kTileN * kTileM; e += kThreads) {
-        const int ol = e / kTileM, m = e % kTileM;
-        store_output(p, tile.b, tile.n0 + ol, tile.oy0 + m / kTileW, tile.ox0 + m % kTileW,
-                     stage[ol * TensorCorePath::kStageLd + m], noise_term[m]);
+    // thread -> one output pixel m and every (kThreads / kTileM)-th channel: the pixel's address is computed once,
+    // and a warp stores 32 consecutive pixels of one channel
+    const int tid = static_cast<int>(threadIdx.x), m = tid % kTileM;
+    const int oy = tile.oy0 + m / kTileW, ox = tile.ox0 + m % kTileW;
+    if (oy >= p.height || ox >= p.width) return;
+    const long long hw = static_cast<long long>(p.height) * p.width;
+    T* out = p.y + static_cast<long long>(tile.b) * p.cout * hw + static_cast<long long>(oy) * p.width + ox;
+    const float nt = noise_term[m];
+    for (int ol = tid / kTileM; ol < kTileN && tile.n0 + ol < p.cout; ol += kThreads / kTileM) {
+        const int o = tile.n0 + ol;
+        out[o * hw] = from_float<T>(finish_output(stage[ol * TensorCorePath::kStageLd + m], nt, to_float(p.bias[o]),
+                                                  p.activate));
     }
 }
 
