@@ -5,7 +5,9 @@ from the generator), batch 1 and 4, FP32 and FP16. "unfused" is `kernels/referen
 tensors: cuDNN conv (cudnn.benchmark on) plus the elementwise style/noise/activation ops, as the torch backend
 runs the layer; for FP32 TF32 is off (the fused kernel computes in true FP32), with a TF32 row for context.
 Pixel mode: fused (noise generated in the kernel) vs the Philox kernel writing z + the unfused reference.
-Times: CUDA events around each call, median of --reps after --warmup calls.
+Times: CUDA events around each call, median of --reps after --warmup calls; each path is timed twice, launched
+eagerly (as the torch backend runs it) and replayed from a captured CUDA graph (GPU time alone: the eager unfused
+path's many small launches leave gaps that the graph removes).
 
     python benchmarks/bench_kernel_gpu.py [--reps 200] [--json PATH]
 
@@ -22,6 +24,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime_gpu import captured  # noqa: E402
 
 from ssae.kernels import cuda as kc
 from ssae.kernels import philox, reference
@@ -112,7 +117,11 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
             err = ((fused().double() - unfused().double()).abs().max() / unfused().double().abs().max()).item()
             tf = cuda_time_ms(fused, reps, warmup)
             tu = cuda_time_ms(unfused, reps, warmup)
+            # both replayed from a CUDA graph: GPU time alone, without the eager path's launch gaps
+            tfg = cuda_time_ms(captured(fused, torch.device("cuda"))[0], reps, warmup)
+            tug = cuda_time_ms(captured(unfused, torch.device("cuda"))[0], reps, warmup)
             row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv,
+                       fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"],
                        speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
                        kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
             if dtype == torch.float32:
@@ -159,11 +168,12 @@ def main(argv=None) -> int:
     print(f"{props.name} (sm_{props.major}{props.minor}), layer {shape['layer']}: Cin {shape['cin']}, "
           f"Cout {shape['cout']}, {shape['h']}x{shape['w']}; median ms of {args.reps}")
     print(f"{'mode':7} {'dtype':5} {'B':>2} {'fused':>9} {'unfused':>9} {'speed-up':>8} {'rel err':>9} "
-          f"{'conv only':>9}")
+          f"{'conv only':>9} {'fused g':>9} {'unfused g':>9} {'graph x':>8}")
     for r in rows:
         print(f"{r['mode']:7} {r['dtype']:5} {r['batch']:>2} {r['fused']['median_ms']:9.4f} "
               f"{r['unfused']['median_ms']:9.4f} {r['speedup']:7.2f}x {r['max_rel_err_vs_unfused']:9.2e} "
-              f"{r['cudnn_conv_only']['median_ms']:9.4f}")
+              f"{r['cudnn_conv_only']['median_ms']:9.4f} {r['fused_graph']['median_ms']:9.4f} "
+              f"{r['unfused_graph']['median_ms']:9.4f} {r['speedup_graph']:7.2f}x")
     goal = [r for r in rows if r["mode"] == "region" and r["dtype"] == "fp16" and r["batch"] == 1]
     if goal:
         print(f"goal (FP16 region, batch 1, fused >= 1.5x unfused): {goal[0]['speedup']:.2f}x "

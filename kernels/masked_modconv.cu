@@ -738,9 +738,10 @@ SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, con
     batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi, xi_stream,      \
         pixel_stream, win_y0, win_x0, full_width
 
-// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them.
+// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them. At most 80 registers (3 blocks per SM
+// on sm_90: the kernel is latency-bound, and at 83 registers only 2 fit; no spills at 80, see -Xptxas -v).
 #define SSAE_MMC_REGION_ENTRY(NAME, T, PATH)                                                                     \
-    extern "C" __global__ void __launch_bounds__(ssae::kThreads) NAME(                                           \
+    extern "C" __global__ void __launch_bounds__(ssae::kThreads, 3) NAME(                                        \
         const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,                       \
         const T* __restrict__ style, const T* __restrict__ direction, const T* __restrict__ mask,                 \
         const T* __restrict__ strength, const T* __restrict__ noise, const T* __restrict__ noise_weight,         \
