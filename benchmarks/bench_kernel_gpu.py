@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_gpu import captured  # noqa: E402
 
 from ssae.kernels import cuda as kc
+from ssae.profiling.bench import source_revision
 from ssae.kernels import philox, reference
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -82,7 +83,8 @@ def make_inputs(shape: dict, batch: int, dtype: torch.dtype, seed: int = 0) -> d
 
 def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: int) -> list[dict]:
     p = make_inputs(shape, batch, dtype)
-    seeds = list(range(3, 3 + batch))
+    seed_list = list(range(3, 3 + batch))
+    seeds = torch.tensor(kc.seed_tensor_values(seed_list), device="cuda")  # on the device: capturable in a graph
     stream = philox.STREAM_PIXEL + shape["index"]
     n_z = shape["h"] * shape["w"] * shape["cin"]
 
@@ -100,7 +102,7 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
                                       noise_weight=p["noise_weight"])
 
     def unfused_pixel():
-        z = torch.stack([kc.philox_normals_cuda(s, stream, 0, n_z) for s in seeds])
+        z = torch.stack([kc.philox_normals_cuda(s, stream, 0, n_z) for s in seed_list])
         z = z.view(batch, shape["h"], shape["w"], shape["cin"]).to(dtype)
         return reference.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
                                         pixel_noise=z, pixel_factor=p["factor"], noise=p["xi"],
@@ -118,10 +120,15 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
             tf = cuda_time_ms(fused, reps, warmup)
             tu = cuda_time_ms(unfused, reps, warmup)
             # both replayed from a CUDA graph: GPU time alone, without the eager path's launch gaps
-            tfg = cuda_time_ms(captured(fused, torch.device("cuda"))[0], reps, warmup)
-            tug = cuda_time_ms(captured(unfused, torch.device("cuda"))[0], reps, warmup)
-            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv,
-                       fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"],
+            try:
+                tfg = cuda_time_ms(captured(fused, torch.device("cuda"))[0], reps, warmup)
+                tug = cuda_time_ms(captured(unfused, torch.device("cuda"))[0], reps, warmup)
+                graph = dict(fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"])
+            except RuntimeError as e:  # a capture failure is reported, not fatal to the other rows
+                nan = dict(median_ms=float("nan"))
+                graph = dict(fused_graph=nan, unfused_graph=nan, speedup_graph=float("nan"),
+                             graph_error=str(e).splitlines()[0])
+            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv, **graph,
                        speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
                        kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
             if dtype == torch.float32:
@@ -160,7 +167,8 @@ def main(argv=None) -> int:
     for dtype in (torch.float32, torch.float16):
         for b in args.batches:
             rows += bench_case(shape, b, dtype, args.reps, args.warmup)
-    result = dict(device=props.name, capability=f"{props.major}.{props.minor}", torch=torch.__version__,
+    result = dict(device=props.name, capability=f"{props.major}.{props.minor}", commit=source_revision(),
+                  torch=torch.__version__,
                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
                   layer=shape, loader=type(kc.load_module()).__name__, reps=args.reps,
                   note="unfused = kernels/reference.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "

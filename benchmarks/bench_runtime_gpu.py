@@ -35,6 +35,7 @@ import torch
 
 from ssae.export.stages import build_stages, stage_specs
 from ssae.kernels import cuda as kc
+from ssae.profiling.bench import source_revision
 from ssae.kernels.ops import use_fused_op
 from ssae.runtime.registry import load_torch_model, resolve_model
 
@@ -249,7 +250,8 @@ def main(argv=None) -> int:
                                        fused_kernel=kc.unavailable_reason() or "available")
     else:
         name, extra = platform.processor() or "cpu", {}
-    result = dict(device=name, **extra, torch=torch.__version__, python=platform.python_version(), reps=args.reps,
+    result = dict(device=name, **extra, commit=source_revision(), torch=torch.__version__,
+                  python=platform.python_version(), reps=args.reps,
                   roi=ROI, batch=1, models={})
     for m in args.models:
         model = load_torch_model(resolve_model(m))

@@ -89,3 +89,18 @@ def test_profile_refuses_unknown_stage_and_backend_without_profiler(tiny_export)
         run_profile(str(tiny_export), "onnxruntime", "no_such_stage", runs=1)
     with pytest.raises(BackendError):
         run_profile(str(tiny_export), "tensorrt", "smpn", runs=1)
+
+
+def test_source_revision_names_the_checkout_commit(tmp_path):
+    """Benchmark results record the commit they measured: git's short hash of HEAD, "-dirty" with changes."""
+    from pathlib import Path
+
+    from ssae.profiling.bench import source_revision
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    assert source_revision() == head.stdout.strip() + ("-dirty" if dirty else "")

@@ -47,6 +47,24 @@ def _example_image(path: str | None) -> np.ndarray:
     return load_image(path or (ASSETS / "example_face.jpg"))
 
 
+def source_revision() -> str | None:
+    """The checkout's commit (short hash, "-dirty" with uncommitted changes to tracked files), or None outside a
+    git checkout: recorded in benchmark results so that each figure names the code it measured."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def machine_info() -> dict:
     from ..info import gather
     info = gather()
