@@ -6,8 +6,9 @@ For each model (default: the paper's 256 px config with random weights, and the 
   the cached prefix outputs. Variants: fp32 / fp16 weights and activations, the injection layer unfused
   (cuDNN conv + elementwise, `kernels/reference.py`) or fused (`masked_modconv.cu`), launched eagerly or replayed
   from one captured CUDA graph. fp32 runs without TF32. The fused output is checked against the unfused one.
-- "Editor": `Editor.edit` through `TorchBackend(device="cuda")` (numpy in and out, host copies per stage): what
-  the Python API costs today, full edit (empty cache) and cached re-edit.
+- "Editor": `Editor.edit` through `TorchBackend(device="cuda")`, full edit (empty cache) and cached re-edit, with
+  single region edits handed to the backend's device chain (CUDA graphs; the default on CUDA) and through the
+  stage path (numpy in and out of every stage).
 TensorRT is not installed on the machines this project has; its engines are timed by the same chain once it is.
 Times: CUDA events around each call (Editor: host clock, synchronised), median of --reps after --warmup calls.
 
@@ -181,7 +182,9 @@ def bench_chain(model, device: torch.device, reps: int, warmup: int, log) -> lis
 
 
 def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
-    """Editor.edit through TorchBackend on `device`: full edit (cache cleared each call) and cached re-edit."""
+    """Editor.edit through TorchBackend on `device`, full edit (cache cleared each call) and cached re-edit, two
+    ways: single region edits handed to the device chain (`run_chain` / `run_reedit`, CUDA graphs on CUDA), and
+    the stage path (numpy in and out of every stage)."""
     from PIL import Image
 
     from ssae.pretrained import ASSETS
@@ -189,36 +192,37 @@ def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
     from ssae.runtime.editor import _manifest_of
     from ssae.runtime.torch_backend import TorchBackend
 
+    face = Image.open(ASSETS / "example_face.jpg").convert("RGB")
     out = {}
-    try:
-        be = TorchBackend(copy.deepcopy(model), str(device))
-        ed = Editor(be, _manifest_of(be))
-        face = Image.open(ASSETS / "example_face.jpg").convert("RGB")
+    for chained in (True, False):
+        key = "device_chain" if chained else "stage_path"
+        try:
+            be = TorchBackend(copy.deepcopy(model), str(device), device_chain=chained)
+            ed = Editor(be, _manifest_of(be))
+            seeds = iter(range(10 ** 6))
 
-        def full():
-            ed.clear_cache()
-            ed.edit(face, roi=ROI, seed=1, strength=2.0)
+            def full():
+                ed.clear_cache()
+                ed.edit(face, roi=ROI, seed=1, strength=2.0)
 
-        seeds = iter(range(10 ** 6))
+            def reedit():
+                ed.edit(face, roi=ROI, seed=next(seeds), strength=2.0)
 
-        def reedit():
-            ed.edit(face, roi=ROI, seed=next(seeds), strength=2.0)
-
-        sync = be.synchronize
-        for name, fn in (("full_edit", full), ("reedit", reedit)):
-            for _ in range(warmup):
-                fn()
-            ms = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                fn()
-                sync()
-                ms.append((time.perf_counter() - t) * 1e3)
-            out[name] = dict(median_ms=statistics.median(ms), min_ms=min(ms), reps=reps)
-        out["fused_kernel"] = be.fused_kernel
-    except Exception as e:  # noqa: BLE001
-        out["error"] = f"{type(e).__name__}: {e}"
-        out["trace"] = traceback.format_exc(limit=-4)
+            row = {}
+            for name, fn in (("full_edit", full), ("reedit", reedit)):
+                for _ in range(warmup):
+                    fn()
+                ms = []
+                for _ in range(reps):
+                    t = time.perf_counter()
+                    fn()
+                    be.synchronize()
+                    ms.append((time.perf_counter() - t) * 1e3)
+                row[name] = dict(median_ms=statistics.median(ms), min_ms=min(ms), reps=reps)
+            row.update(fused_kernel=be.fused_kernel, chains=be.chain_info())
+            out[key] = row
+        except Exception as e:  # noqa: BLE001
+            out[key] = dict(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=-4))
     return out
 
 
@@ -272,12 +276,12 @@ def main(argv=None) -> int:
             err = row.get("rel_err_vs_unfused_eager", float("nan"))
             print(f"{m:9} {row['what']:9} {row['dtype']:8} {str(row['fused']):5} {str(row['cuda_graph']):5} "
                   f"{row['median_ms']:8.3f} {row['min_ms']:8.3f} {err:9.2e}")
-        ed = r["editor"]
-        if "error" in ed:
-            print(f"{m:9} Editor ERROR {ed['error'][:100]}")
-        else:
-            print(f"{m:9} Editor (TorchBackend, numpy I/O): full edit {ed['full_edit']['median_ms']:.2f} ms, "
-                  f"re-edit {ed['reedit']['median_ms']:.2f} ms")
+        for key, ed in r["editor"].items():
+            if "error" in ed:
+                print(f"{m:9} Editor ({key}) ERROR {ed['error'][:100]}")
+            else:
+                print(f"{m:9} Editor ({key}): full edit {ed['full_edit']['median_ms']:.2f} ms, "
+                      f"re-edit {ed['reedit']['median_ms']:.2f} ms")
     out = args.json or RESULTS / f"runtime_gpu_{device_slug(name)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")

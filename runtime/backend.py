@@ -33,6 +33,9 @@ class Backend(abc.ABC):
     #: Whether the Editor should run single region re-edits with the sparse tile graph when the backend has it
     #: (`sae_decoder_edit_sparse`; measured per backend in benchmarks/bench_runtime.py).
     sparse_reedit: bool = False
+    #: Whether the backend runs a single region edit as one device-resident chain, `run_chain(image, roi, seed,
+    #: strength)` then `run_reedit(roi, seed, strength)` (TensorRT; PyTorch on CUDA): the Editor hands such edits over.
+    chains_on_device: bool = False
 
     @property
     @abc.abstractmethod

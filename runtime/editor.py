@@ -356,7 +356,7 @@ class Editor:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
-        if len(pairs) == 1 and noise == "region" and mask is None and hasattr(self.backend, "run_chain"):
+        if len(pairs) == 1 and noise == "region" and mask is None and self.backend.chains_on_device:
             enc = self._encode(image, timings, need_codes=False)
             refined, masks = self._edit_chained(enc, rois[0], seeds[0], strength, timings)
         else:
@@ -431,8 +431,8 @@ class Editor:
         return EditResult(Image.fromarray(img), m, roi, seed, float(strength), noise, dict(timings, total=total_ms))
 
     def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
-        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT with
-        CUDA graphs); a new edit of the image it holds replays only the tail (`run_reedit`)."""
+        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT, or
+        PyTorch on CUDA, with CUDA graphs); a new edit of the image it holds replays only the tail (`run_reedit`)."""
         from .backend import BackendError
         t = time.perf_counter()
         out = None

@@ -100,6 +100,7 @@ class TensorRTBackend(Backend):
     """TensorRT engines of an export (see the module docstring)."""
 
     name = "tensorrt"
+    chains_on_device = True
 
     def __init__(self, export_dir: str | os.PathLike, precision: str = "fp16", engine_dir: str | os.PathLike | None = None,
                  plan=None, max_batch: int = trt_build.DEFAULT_MAX_BATCH, build: bool = True, device: int = 0,

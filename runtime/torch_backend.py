@@ -11,10 +11,15 @@ from .backend import Backend, BackendError, input_dtype
 
 
 class TorchBackend(Backend):
-    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32", fused_kernel: bool | None = None):
+    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32", fused_kernel: bool | None = None,
+                 device_chain: bool | None = None, cuda_graphs: bool = True):
         """fused_kernel: run the region edit's injection layer through the fused CUDA kernel
         (`torch.ops.ssae.masked_modconv`; default: on CUDA devices, off on the CPU, where the op would run the same
-        reference). Where the kernel cannot load, the op falls back to the reference with a one-time warning."""
+        reference). Where the kernel cannot load, the op falls back to the reference with a one-time warning.
+        device_chain: run single region edits as one chain on the device (`run_chain` / `run_reedit`, see
+        `runtime/torch_chain.py`; the Editor hands them over); default: on CUDA devices. On the CPU the Editor's
+        stage path is faster (its re-edits compute only the ROI's window or sparse tiles). cuda_graphs: replay
+        those chains from captured CUDA graphs."""
         if precision not in ("fp32", "bf16"):
             raise BackendError(f"torch backend precision must be fp32 or bf16, not {precision!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -27,6 +32,9 @@ class TorchBackend(Backend):
         self.sparse_reedit = self._device.type == "cpu"
         self._precision = precision
         self.fused_kernel = self._device.type == "cuda" if fused_kernel is None else bool(fused_kernel)
+        self.chains_on_device = self._device.type == "cuda" if device_chain is None else bool(device_chain)
+        self._cuda_graphs = cuda_graphs
+        self._chain = None
         self.model = model.eval().freeze().to(self._device)
         self._stages = build_stages(self.model)
         fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
@@ -69,6 +77,29 @@ class TorchBackend(Backend):
             from ..export.stages import stage_specs
             self._spec_cache = stage_specs(self.model)
         return self._spec_cache
+
+    # ---------------------------------------------------------------------------------------------- chained edits
+    def run_chain(self, image: np.ndarray, roi: str = "hair", seed: int = 0, strength: float = 1.0,
+                  single_roi: bool = False) -> dict[str, np.ndarray]:
+        """Full edit of one (1, 3, S, S) image on the device: {"refined", "mask"} float32 (`TorchChain.full`)."""
+        return self._device_chain().full(image, roi, seed, strength, single_roi)
+
+    def run_reedit(self, roi: str = "hair", seed: int = 0, strength: float = 1.0) -> dict[str, np.ndarray]:
+        """A new edit of the image of the last `run_chain` (`TorchChain.reedit`)."""
+        return self._device_chain().reedit(roi, seed, strength)
+
+    def chain_info(self) -> dict[str, str]:
+        """Which chains ran from CUDA graphs (and why not, where not)."""
+        return {} if self._chain is None else self._chain.info()
+
+    def _device_chain(self):
+        if self._chain is None:
+            from ..export.stages import model_facts
+            from .torch_chain import TorchChain
+            self._chain = TorchChain(self._stages, model_facts(self.model), self._device,
+                                     torch.bfloat16 if self._precision == "bf16" else None, self.fused_kernel,
+                                     self._cuda_graphs)
+        return self._chain
 
     def synchronize(self) -> None:
         if self._device.type == "cuda":

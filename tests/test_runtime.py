@@ -237,6 +237,8 @@ class _HostChain(OrtBackend):
     """The chaining contract of `TensorRTBackend.run_chain` / `run_reedit`, run stage by stage on the host: lets the
     CPU suite check the Editor's dispatch to a chaining backend (the device-resident version needs TensorRT)."""
 
+    chains_on_device = True
+
     def __init__(self, export_dir):
         super().__init__(export_dir)
         self.calls = []
@@ -276,6 +278,31 @@ def test_editor_hands_single_region_edits_to_a_chaining_backend(tiny_export, fac
     assert chained.calls == ["chain", "reedit", "reedit"]
     ec.edit_many(face_path, ["hair", "lips"], [1])  # several edits at once: the stage path
     assert chained.calls == ["chain", "reedit", "reedit"]
+
+
+def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path):
+    """TorchBackend(device_chain=True): the Editor hands single region edits to `run_chain` / `run_reedit`
+    (tensors stay on the device; on CUDA, replayed from CUDA graphs: tests/gpu), with the stage path's results."""
+    import copy
+
+    chained = TorchBackend(copy.deepcopy(tiny_model), device_chain=True)
+    plain = TorchBackend(copy.deepcopy(tiny_model))
+    assert chained.chains_on_device and not plain.chains_on_device  # off by default on the CPU
+    ec, ep = Editor(chained, _manifest_of(chained)), Editor(plain, _manifest_of(plain))
+    for k, (roi, seed, strength) in enumerate((("hair", 1, 1.0), ("hair", 2, 2.5), ("lips", 3, 1.0))):
+        a, b = ec.edit(face_path, roi=roi, seed=seed, strength=strength), ep.edit(face_path, roi=roi, seed=seed,
+                                                                                     strength=strength)
+        assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int)).max() <= 1, roi
+        assert np.abs(a.mask - b.mask).max() <= 1.5 / 255
+        assert ("chain_full" if k == 0 else "chain_reedit") in a.timings
+    # a chain on the single-ROI SMPN holds only that mask
+    img = np.zeros((1, 3, 32, 32), np.float32)
+    chained.run_chain(img, roi="eyes", seed=0, single_roi=True)
+    with pytest.raises(BackendError, match="holds only the eyes mask"):
+        chained.run_reedit(roi="hair")
+    with pytest.raises(ValueError, match="unknown ROI"):
+        chained.run_reedit(roi="ears")
+    assert chained.chain_info() == {}  # no CUDA graphs on the CPU
 
 
 def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
