@@ -72,7 +72,7 @@ def to_model_tensor(img: np.ndarray):
     """uint8 (..., H, W, 3) -> float32 tensor (..., 3, H, W) in [-1, 1]."""
     import torch
 
-    t = torch.from_numpy(np.ascontiguousarray(img)).float().div_(127.5).sub_(1.0)
+    t = torch.from_numpy(np.array(img, dtype=np.float32)).div_(127.5).sub_(1.0)  # a writable float32 copy
     return t.movedim(-1, -3)
 
 
