@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_gpu import captured  # noqa: E402
 
 from ssae.kernels import cuda as kc
-from ssae.profiling.bench import source_revision
 from ssae.kernels import philox, reference
+from ssae.profiling.bench import source_revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -168,8 +168,7 @@ def main(argv=None) -> int:
         for b in args.batches:
             rows += bench_case(shape, b, dtype, args.reps, args.warmup)
     result = dict(device=props.name, capability=f"{props.major}.{props.minor}", commit=source_revision(),
-                  torch=torch.__version__,
-                  cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
+                  torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
                   layer=shape, loader=type(kc.load_module()).__name__, reps=args.reps,
                   note="unfused = kernels/reference.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "
                        "(unfused_tf32: with)", results=rows)

@@ -60,7 +60,8 @@ class TorchChain:
         img = np.asarray(image, np.float32)
         if img.shape != (1, 3, self.size, self.size):
             raise ValueError(f"image must be (1, 3, {self.size}, {self.size}) float32 in [-1, 1], got {img.shape}")
-        self._set_inputs(roi, seed, strength)
+        self._check_roi(roi)
+        self._set_inputs(seed, strength)
         self._image.copy_(torch.from_numpy(img))
         out = self._execute(FULL, roi, smpn)
         self._held_rois = (roi,) if smpn != "smpn" else self.rois
@@ -68,14 +69,13 @@ class TorchChain:
 
     def reedit(self, roi: str, seed: int, strength: float) -> dict:
         """A new edit of the image of the last `full` (its codes and masks are still on the device)."""
-        if roi not in self.rois:
-            raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
+        self._check_roi(roi)
         if self._held is None or not self._held_rois:
             raise BackendError("no image on the device: run a full edit first")
         if roi not in self._held_rois:
             raise BackendError(f"the device holds only the {', '.join(self._held_rois)} mask: run a full edit "
                                f"with single_roi=False to re-edit other ROIs")
-        self._set_inputs(roi, seed, strength)
+        self._set_inputs(seed, strength)
         return self._execute(REEDIT, roi, f"held{len(self._held_rois)}")
 
     def info(self) -> dict[str, str]:
@@ -85,9 +85,11 @@ class TorchChain:
         return out
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _set_inputs(self, roi: str, seed: int, strength: float) -> None:
+    def _check_roi(self, roi: str) -> None:
         if roi not in self.rois:
             raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
+
+    def _set_inputs(self, seed: int, strength: float) -> None:
         if not np.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}")
         noise = philox.gaussian_batch([int(seed)], philox.STREAM_REGION, (self.code_ch,))
@@ -126,12 +128,9 @@ class TorchChain:
         if self._held is None or any(self._held[k].shape != v.shape or self._held[k].dtype != v.dtype
                                      for k, v in shapes.items()):
             self._held = {k: torch.empty_like(v) for k, v in shapes.items()}
-            self._drop_graphs()  # graphs captured on the old buffers
+            self._graphs.clear()  # they were captured on the old buffers
         for k, v in shapes.items():
             self._held[k].copy_(v)
-
-    def _drop_graphs(self) -> None:
-        self._graphs.clear()
 
     def _execute(self, kind: str, roi: str, smpn: str) -> dict[str, np.ndarray]:
         key = (kind, roi, smpn)

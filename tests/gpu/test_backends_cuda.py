@@ -1,8 +1,10 @@
 """The PyTorch backend on a CUDA device, end to end, against the same backend on the CPU.
 
 Every stage on random inputs (float outputs within 1e-3 relative: cuDNN and the fused kernel vs CPU fp32), the
-region edit's injection layer through the fused kernel (the launch counter moves), and whole edits of a face
-through the Editor (uint8 images at most 2 levels apart). The ONNX Runtime CUDA path is in test_tensorrt.py.
+region edit's injection layer through the fused kernel (the launch counter moves), whole edits through the Editor
+(region edits via the device chain replayed from CUDA graphs, pixel edits via the stage path; uint8 images at most
+2 levels apart), and the chain replayed from graphs against the same chain launched eagerly. The ONNX Runtime
+CUDA path is in test_tensorrt.py.
 """
 from __future__ import annotations
 
