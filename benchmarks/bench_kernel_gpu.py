@@ -168,7 +168,8 @@ def main(argv=None) -> int:
         for b in args.batches:
             rows += bench_case(shape, b, dtype, args.reps, args.warmup)
     result = dict(device=props.name, capability=f"{props.major}.{props.minor}", commit=source_revision(),
-                  torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(), python=platform.python_version(),
+                  torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                  python=platform.python_version(),
                   layer=shape, loader=type(kc.load_module()).__name__, reps=args.reps,
                   note="unfused = kernels/reference.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "
                        "(unfused_tf32: with)", results=rows)
