@@ -19,20 +19,20 @@ import argparse
 import json
 import platform
 import re
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime_gpu import captured  # noqa: E402
+from bench_runtime_gpu import captured, timed_ms  # noqa: E402
 
 from ssae.kernels import cuda as kc
 from ssae.kernels import philox, reference
 from ssae.profiling.bench import source_revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CUDA = torch.device("cuda")
 
 
 def injection_layer_shape(preset_name: str = "paper256") -> dict:
@@ -45,23 +45,6 @@ def injection_layer_shape(preset_name: str = "paper256") -> dict:
     layer = g.layer(g.injection_layers[0])
     h, w = g.noise_shapes((cfg.image_size // cfg.sae.downsampling,) * 2)[layer.index]
     return dict(preset=preset_name, layer=layer.name, index=layer.index, cin=layer.cin, cout=layer.cout, h=h, w=w)
-
-
-def cuda_time_ms(fn, reps: int, warmup: int) -> dict:
-    """Median / min / p90 milliseconds of fn() by CUDA events (each call timed on the current stream)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    pairs = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    ms = sorted(s.elapsed_time(e) for s, e in pairs)
-    return dict(median_ms=statistics.median(ms), min_ms=ms[0], p90_ms=ms[int(0.9 * (len(ms) - 1))], reps=reps)
 
 
 def make_inputs(shape: dict, batch: int, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -114,15 +97,15 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
     rows = []
     name = "fp32" if dtype == torch.float32 else "fp16"
     with torch.no_grad():
-        t_conv = cuda_time_ms(conv_only, reps, warmup)
+        t_conv = timed_ms(conv_only, reps, warmup, CUDA)
         for mode, fused, unfused in (("region", fused_region, unfused_region), ("pixel", fused_pixel, unfused_pixel)):
             err = ((fused().double() - unfused().double()).abs().max() / unfused().double().abs().max()).item()
-            tf = cuda_time_ms(fused, reps, warmup)
-            tu = cuda_time_ms(unfused, reps, warmup)
+            tf = timed_ms(fused, reps, warmup, CUDA)
+            tu = timed_ms(unfused, reps, warmup, CUDA)
             # both replayed from a CUDA graph: GPU time alone, without the eager path's launch gaps
             try:
-                tfg = cuda_time_ms(captured(fused, torch.device("cuda"))[0], reps, warmup)
-                tug = cuda_time_ms(captured(unfused, torch.device("cuda"))[0], reps, warmup)
+                tfg = timed_ms(captured(fused, CUDA)[0], reps, warmup, CUDA)
+                tug = timed_ms(captured(unfused, CUDA)[0], reps, warmup, CUDA)
                 graph = dict(fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"])
             except RuntimeError as e:  # a capture failure is reported, not fatal to the other rows
                 nan = dict(median_ms=float("nan"))
@@ -134,7 +117,7 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
             if dtype == torch.float32:
                 torch.backends.cudnn.allow_tf32 = True
                 torch.backends.cuda.matmul.allow_tf32 = True
-                row["unfused_tf32"] = cuda_time_ms(unfused, reps, warmup)
+                row["unfused_tf32"] = timed_ms(unfused, reps, warmup, CUDA)
                 torch.backends.cudnn.allow_tf32 = False
                 torch.backends.cuda.matmul.allow_tf32 = False
             rows.append(row)

@@ -20,7 +20,6 @@ Writes benchmarks/results/runtime_gpu_<device>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import platform
@@ -31,7 +30,6 @@ import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ssae.export.stages import build_stages, stage_specs
