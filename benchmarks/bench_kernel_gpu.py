@@ -19,7 +19,9 @@ import argparse
 import json
 import platform
 import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -64,7 +66,30 @@ def make_inputs(shape: dict, batch: int, dtype: torch.dtype, seed: int = 0) -> d
                 noise_weight=rnd(1, scale=0.1), factor=reference.pixel_noise_factor(aw).to(dtype))
 
 
-def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: int) -> list[dict]:
+def min_blocks_modules(values) -> dict[int, object]:
+    """The kernel compiled with each SSAE_REGION_MIN_BLOCKS value (the region entries' launch bounds; the library
+    builds with 3, 0 means no minimum), loaded beside the library's module: the A/B timings of the region rows,
+    every build launched the same way (parameters prepared once, so host overhead stays out of the comparison)."""
+    nvcc = kc.find_nvcc()
+    if nvcc is None:
+        return {}
+    major, minor = torch.cuda.get_device_capability()
+    out = {}
+    for v in values:
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = Path(tmp) / "k.cubin"
+            cmd = [nvcc, *kc.nvcc_flags("cubin", f"{major}{minor}", strict=False), f"-DSSAE_REGION_MIN_BLOCKS={v}",
+                   str(kc.SOURCE), "-o", str(cubin)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if r.returncode != 0:
+                print(f"min_blocks={v}: nvcc failed:\n{r.stderr}", file=sys.stderr)
+                continue
+            out[v] = kc.load_module_image(cubin.read_bytes())
+    return out
+
+
+def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: int,
+               variants: dict[int, object] | None = None) -> list[dict]:
     p = make_inputs(shape, batch, dtype)
     seed_list = list(range(3, 3 + batch))
     seeds = torch.tensor(kc.seed_tensor_values(seed_list), device="cuda")  # on the device: capturable in a graph
@@ -114,6 +139,19 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
             row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv, **graph,
                        speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
                        kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
+            if mode == "region":
+                for v, module in (variants or {}).items():  # the same launch from a differently built module
+                    launch = kc.prepare_launch(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                               direction=p["direction"], noise=p["xi"],
+                                               noise_weight=p["noise_weight"])
+                    packed, stream = launch.packed(), torch.cuda.current_stream().cuda_stream
+                    run = lambda m=module, ln=launch, pk=packed: m.launch(ln.name, ln.config, pk, stream)  # noqa: E731
+                    y = launch.tensors["y"].fill_(float("nan"))
+                    run()
+                    torch.cuda.synchronize()
+                    verr = ((y.double() - unfused().double()).abs().max() / unfused().double().abs().max()).item()
+                    row.setdefault("fused_min_blocks", {})[str(v)] = dict(timed_ms(run, reps, warmup, CUDA),
+                                                                          max_rel_err_vs_unfused=verr)
             if dtype == torch.float32:
                 torch.backends.cudnn.allow_tf32 = True
                 torch.backends.cuda.matmul.allow_tf32 = True
@@ -134,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--preset", default="paper256")
+    ap.add_argument("--min-blocks", type=int, nargs="*", default=[0, 3],
+                    help="also time the region kernel built with each of these SSAE_REGION_MIN_BLOCKS values, each "
+                         "launched the same way (prepared once): 0 = no minimum, 3 = the library's build")
     ap.add_argument("--json", type=Path, default=None, help="default: benchmarks/results/kernel_gpu_<device>.json")
     args = ap.parse_args(argv)
     reason = kc.unavailable_reason()
@@ -146,10 +187,11 @@ def main(argv=None) -> int:
     kc.load_module()  # compile / load outside the timings
     shape = injection_layer_shape(args.preset)
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    variants = min_blocks_modules(args.min_blocks)
     rows = []
     for dtype in (torch.float32, torch.float16):
         for b in args.batches:
-            rows += bench_case(shape, b, dtype, args.reps, args.warmup)
+            rows += bench_case(shape, b, dtype, args.reps, args.warmup, variants)
     result = dict(device=props.name, capability=f"{props.major}.{props.minor}", commit=source_revision(),
                   torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                   python=platform.python_version(),
@@ -165,6 +207,11 @@ def main(argv=None) -> int:
               f"{r['unfused']['median_ms']:9.4f} {r['speedup']:7.2f}x {r['max_rel_err_vs_unfused']:9.2e} "
               f"{r['cudnn_conv_only']['median_ms']:9.4f} {r['fused_graph']['median_ms']:9.4f} "
               f"{r['unfused_graph']['median_ms']:9.4f} {r['speedup_graph']:7.2f}x")
+    for r in rows:
+        for v, t in r.get("fused_min_blocks", {}).items():
+            print(f"{r['mode']:7} {r['dtype']:5} {r['batch']:>2} fused, built with SSAE_REGION_MIN_BLOCKS={v}: "
+                  f"{t['median_ms']:.4f} ms, "
+                  f"rel err {t['max_rel_err_vs_unfused']:.2e}")
     goal = [r for r in rows if r["mode"] == "region" and r["dtype"] == "fp16" and r["batch"] == 1]
     if goal:
         print(f"goal (FP16 region, batch 1, fused >= 1.5x unfused): {goal[0]['speedup']:.2f}x "

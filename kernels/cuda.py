@@ -467,6 +467,18 @@ def load_module(device_index: int | None = None):
         return module
 
 
+def load_module_image(image: bytes, device_index: int | None = None):
+    """A kernel module from a cubin or PTX image built elsewhere (e.g. with other -D flags, for A/B timings), loaded
+    with cuda-bindings into the device's primary context; `.launch(name, config, packed, stream)` runs an entry.
+    Not cached. Raises KernelUnavailable when the module cannot be loaded here."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise KernelUnavailable(reason)
+    if not _importable("cuda.bindings.driver"):
+        raise KernelUnavailable("cuda-bindings is not importable (pip install cuda-bindings)")
+    return _DriverModule(image, torch.cuda.current_device() if device_index is None else int(device_index))
+
+
 def _launch(name: str, config: LaunchConfig, packed: Sequence[tuple[str, int]], device: torch.device) -> None:
     module = load_module(device.index)
     stream = torch.cuda.current_stream(device).cuda_stream

@@ -738,10 +738,15 @@ SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, con
     batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi, xi_stream,      \
         pixel_stream, win_y0, win_x0, full_width
 
-// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them. At most 80 registers (3 blocks per SM
-// on sm_90: the kernel is latency-bound, and at 83 registers only 2 fit; no spills at 80, see -Xptxas -v).
+// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them. Compiled for SSAE_REGION_MIN_BLOCKS
+// resident blocks per SM (3: at most 80 registers on sm_90, where 83 let only 2 fit and the kernel is latency-bound;
+// no spills at 80, see -Xptxas -v; 0: no minimum, the compiler's choice). benchmarks/bench_kernel_gpu.py times
+// other values side by side (-DSSAE_REGION_MIN_BLOCKS=N).
+#ifndef SSAE_REGION_MIN_BLOCKS
+#define SSAE_REGION_MIN_BLOCKS 3
+#endif
 #define SSAE_MMC_REGION_ENTRY(NAME, T, PATH)                                                                     \
-    extern "C" __global__ void __launch_bounds__(ssae::kThreads, 3) NAME(                                        \
+    extern "C" __global__ void __launch_bounds__(ssae::kThreads, SSAE_REGION_MIN_BLOCKS) NAME(                   \
         const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,                       \
         const T* __restrict__ style, const T* __restrict__ direction, const T* __restrict__ mask,                 \
         const T* __restrict__ strength, const T* __restrict__ noise, const T* __restrict__ noise_weight,         \

@@ -523,6 +523,8 @@ def test_cpu_import_and_unavailable_reason():
     assert reason and "CUDA device" in reason
     with pytest.raises(kc.KernelUnavailable, match="CUDA device"):
         kc.load_module()
+    with pytest.raises(kc.KernelUnavailable, match="CUDA device"):
+        kc.load_module_image(b"\x7fELF")
 
 
 def test_pixel_op_cpu_reference_matches_philox_window():
@@ -534,3 +536,17 @@ def test_pixel_op_cpu_reference_matches_philox_window():
                                             p["mask"], p["strength"], xi, p["noise_weight"], True, 43, 3, 2, 12)
     assert _rel(y, _expected(p, "pixel", noise=xi, seeds=(11, 2 ** 64 - 2), pixel_stream=43, window=(3, 2),
                              full_width=12)) <= 1e-5
+
+
+@needs_nvcc
+def test_region_entries_are_built_for_three_blocks_per_sm(ptx_dir):
+    """The region entries carry launch bounds for 3 resident blocks (SSAE_REGION_MIN_BLOCKS; fewer registers, so 3
+    blocks fit per SM on sm_90); the pixel entries keep the compiler's choice (capped, they would spill)."""
+    ptx = ptx_dir["90"].read_text()
+    for name in EXPECTED_ENTRIES:
+        body = _entry_body(ptx, name)
+        header = body[: body.index("{")]
+        if name.startswith("ssae_masked_modconv_region_"):
+            assert ".minnctapersm 3" in header, name
+        else:
+            assert ".minnctapersm" not in header, name
