@@ -6,9 +6,9 @@ For each model (default: the paper's 256 px config with random weights, and the 
   the cached prefix outputs. Variants: fp32 / fp16 weights and activations, the injection layer unfused
   (cuDNN conv + elementwise, `kernels/reference.py`) or fused (`masked_modconv.cu`), launched eagerly or replayed
   from one captured CUDA graph. fp32 runs without TF32. The fused output is checked against the unfused one.
-- "Editor": `Editor.edit` through `TorchBackend(device="cuda")`, full edit (empty cache) and cached re-edit, with
-  single region edits handed to the backend's device chain (CUDA graphs; the default on CUDA) and through the
-  stage path (numpy in and out of every stage).
+- "Editor": `Editor.edit` through `TorchBackend(device="cuda")` in fp32 and fp16 (`torch-fp16`), full edit (empty
+  cache) and cached re-edit, with single region edits handed to the backend's device chain (CUDA graphs; the
+  default on CUDA) and through the stage path (numpy in and out of every stage).
 TensorRT is not installed on the machines this project has; its engines are timed by the same chain once it is.
 Times: CUDA events around each call (Editor: host clock, synchronised), median of --reps after --warmup calls.
 
@@ -180,9 +180,9 @@ def bench_chain(model, device: torch.device, reps: int, warmup: int, log) -> lis
 
 
 def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
-    """Editor.edit through TorchBackend on `device`, full edit (cache cleared each call) and cached re-edit, two
-    ways: single region edits handed to the device chain (`run_chain` / `run_reedit`, CUDA graphs on CUDA), and
-    the stage path (numpy in and out of every stage)."""
+    """Editor.edit through TorchBackend on `device` (fp32, and fp16 on CUDA), full edit (cache cleared each call) and
+    cached re-edit, two ways: single region edits handed to the device chain (`run_chain` / `run_reedit`, CUDA
+    graphs on CUDA), and the stage path (numpy in and out of every stage)."""
     from PIL import Image
 
     from ssae.pretrained import ASSETS
@@ -192,10 +192,11 @@ def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
 
     face = Image.open(ASSETS / "example_face.jpg").convert("RGB")
     out = {}
-    for chained in (True, False):
-        key = "device_chain" if chained else "stage_path"
+    precisions = ("fp32", "fp16") if device.type == "cuda" else ("fp32",)
+    for precision, chained in ((p, c) for p in precisions for c in (True, False)):
+        key = f"{precision} {'device_chain' if chained else 'stage_path'}"
         try:
-            be = TorchBackend(copy.deepcopy(model), str(device), device_chain=chained)
+            be = TorchBackend(copy.deepcopy(model), str(device), precision, device_chain=chained)
             ed = Editor(be, _manifest_of(be))
             seeds = iter(range(10 ** 6))
 

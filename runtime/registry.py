@@ -20,7 +20,9 @@ from ..config import PRESETS
 from ..fileio import default_cache_dir
 from .backend import Backend, BackendError
 
-BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
+BACKENDS = ("torch", "torch-bf16", "torch-fp16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
+#: The torch backends and their precision.
+TORCH_PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-fp16": "fp16"}
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
 EXPORT_REVISION = 5
 
@@ -134,10 +136,12 @@ def create_backend(name: str, src: ModelSource, device: str | None = None) -> Ba
         name = auto_backend()
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
-    if name in ("torch", "torch-bf16"):
+    if name in TORCH_PRECISIONS:
         from .torch_backend import TorchBackend
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return TorchBackend(load_torch_model(src), dev, "bf16" if name == "torch-bf16" else "fp32")
+        if name == "torch-fp16" and not dev.startswith("cuda"):
+            raise BackendError("torch-fp16 runs on a CUDA device (no CUDA device here: use torch or torch-bf16)")
+        return TorchBackend(load_torch_model(src), dev, TORCH_PRECISIONS[name])
     if name == "onnxruntime":
         from .onnx_backends import OrtBackend
         return OrtBackend(export_dir_for(src))

@@ -1,4 +1,5 @@
-"""PyTorch eager backend: fp32, or bfloat16 + channels-last (fast on CPUs with AMX), on CPU or CUDA."""
+"""PyTorch eager backend: fp32, bfloat16 + channels-last (fast on CPUs with AMX), or float16 weights and activations
+(for CUDA devices: the tensor-core path of the fused kernel), on CPU or CUDA."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,28 +21,30 @@ class TorchBackend(Backend):
         `runtime/torch_chain.py`; the Editor hands them over); default: on CUDA devices. On the CPU the Editor's
         stage path is faster (its re-edits compute only the ROI's window or sparse tiles). cuda_graphs: replay
         those chains from captured CUDA graphs."""
-        if precision not in ("fp32", "bf16"):
-            raise BackendError(f"torch backend precision must be fp32 or bf16, not {precision!r}")
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise BackendError(f"torch backend precision must be fp32, bf16 or fp16, not {precision!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise BackendError("torch backend: CUDA requested but no CUDA device is available")
-        self.name = "torch" if precision == "fp32" else "torch-bf16"
+        self.name = "torch" if precision == "fp32" else f"torch-{precision}"
         self._device = torch.device(device)
         # single region re-edits on the sparse tiles on CPUs (benchmarks/results/runtime_cpu.json, paper256 hair
-        # re-edit: 46 vs 101 ms (fp32), 38 vs 103 ms (bf16) on the window); that graph always runs in fp32 (bf16
-        # would round the Winograd-transformed tiles). On CUDA the fused kernel runs the window.
-        self.sparse_reedit = self._device.type == "cpu"
+        # re-edit: 46 vs 101 ms (fp32), 38 vs 103 ms (bf16) on the window); that graph runs in fp32 under bf16
+        # autocast (bf16 would round the Winograd-transformed tiles), and not at all in fp16 (its weights are half).
+        # On CUDA the fused kernel runs the window.
+        self.sparse_reedit = self._device.type == "cpu" and precision != "fp16"
         self._precision = precision
         self.fused_kernel = self._device.type == "cuda" if fused_kernel is None else bool(fused_kernel)
         self.chains_on_device = self._device.type == "cuda" if device_chain is None else bool(device_chain)
         self._cuda_graphs = cuda_graphs
         self._chain = None
-        self.model = model.eval().freeze().to(self._device)
+        self._dtype = torch.float16 if precision == "fp16" else torch.float32  # of weights and activations
+        self.model = model.eval().freeze().to(self._device, self._dtype)
         self._stages = build_stages(self.model)
         fmt = torch.channels_last if precision == "bf16" else torch.contiguous_format
         for m in self._stages.values():
-            m.to(self._device, memory_format=fmt)
+            m.to(self._device, self._dtype, memory_format=fmt)
         if precision == "bf16":
-            self.model.freeze()  # re-fold after the memory-format change
+            self.model.freeze()  # re-fold after the memory-format change (fp16 keeps the fp32 fold, rounded)
 
     @property
     def device(self) -> str:
@@ -62,6 +65,8 @@ class TorchBackend(Backend):
         args = []
         for t in spec.inputs:
             x = torch.from_numpy(np.ascontiguousarray(inputs[t.name], dtype=input_dtype(t.dtype))).to(self._device)
+            if x.is_floating_point():
+                x = x.to(self._dtype)
             if self._precision == "bf16" and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             args.append(x)
@@ -96,7 +101,7 @@ class TorchBackend(Backend):
         if self._chain is None:
             from ..export.stages import model_facts
             from .torch_chain import TorchChain
-            self._chain = TorchChain(self._stages, model_facts(self.model), self._device,
+            self._chain = TorchChain(self._stages, model_facts(self.model), self._device, self._dtype,
                                      torch.bfloat16 if self._precision == "bf16" else None, self.fused_kernel,
                                      self._cuda_graphs)
         return self._chain

@@ -28,11 +28,11 @@ class TorchChain:
     """Device-resident chain over the stage modules of one model (see the module docstring)."""
 
     def __init__(self, stages: dict[str, torch.nn.Module], facts: dict, device: torch.device,
-                 autocast_dtype: torch.dtype | None = None, fused_kernel: bool = False,
-                 cuda_graphs: bool | None = None):
-        """stages: `export.stages.build_stages` modules already on `device`; facts: `export.stages.model_facts`.
-        autocast_dtype: run under torch.autocast in this dtype (None: the modules' own dtype). cuda_graphs: capture
-        the chains (default: on CUDA devices)."""
+                 dtype: torch.dtype = torch.float32, autocast_dtype: torch.dtype | None = None,
+                 fused_kernel: bool = False, cuda_graphs: bool | None = None):
+        """stages: `export.stages.build_stages` modules already on `device` in `dtype` (float32 or float16);
+        facts: `export.stages.model_facts`. autocast_dtype: run under torch.autocast in this dtype (None: the
+        modules' own dtype). cuda_graphs: capture the chains (default: on CUDA devices)."""
         self.stages, self.device = stages, device
         self.rois: tuple[str, ...] = tuple(facts["rois"])
         self.size = int(facts["model_config"]["image_size"])
@@ -40,14 +40,15 @@ class TorchChain:
         self.autocast_dtype, self.fused_kernel = autocast_dtype, fused_kernel
         self.cuda_graphs = device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs and device.type == "cuda")
         s = self.size
-        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        self.dtype = dtype
+        zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
         # inputs (copied in before every run) and the state one full edit leaves for the re-edits
         self._image, self._noise, self._strength = zeros(1, 3, s, s), zeros(1, self.code_ch), zeros(1)
         self._xi = None
         if facts.get("local_tail"):
             xi = philox.gaussian(int(facts["noise_seed"]), philox.STREAM_INJECTION + int(facts["tail_noise_index"]),
                                  s * s)
-            self._xi = torch.from_numpy(xi.reshape(1, 1, s, s)).to(device)
+            self._xi = torch.from_numpy(xi.reshape(1, 1, s, s)).to(device, dtype)
         self._held: dict[str, torch.Tensor] | None = None  # h, skip, texture, masks: allocated on the first full edit
         self._held_rois: tuple[str, ...] = ()
         self._graphs: dict[tuple[str, str, str], tuple[Callable[[], None], dict[str, torch.Tensor]]] = {}
@@ -109,8 +110,7 @@ class TorchChain:
         for a re-edit it only tells the captured graphs apart)."""
         st = self.stages
         if kind == FULL:
-            masks = st[smpn](self._image).float()
-            masks = torch.round(masks * 255.0) / 255.0
+            masks = (torch.round(st[smpn](self._image).float() * 255.0) / 255.0).to(self.dtype)
             structure, texture = st["sae_encoder"](self._image)
             h, skip = st["sae_decoder_prefix"](structure, texture)
             self._hold(h, skip, texture, masks)

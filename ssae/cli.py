@@ -140,7 +140,7 @@ def _edit_args(p):
     p.add_argument("-o", "--output", required=True, help="output PNG (or any format PIL writes by extension)")
     p.add_argument("--masks-out", default=None, help="folder for the predicted masks (one PNG per ROI)")
     p.add_argument("--model", default=None, help="checkpoint, ONNX export folder or preset (default: bundled)")
-    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, onnxruntime, openvino, tensorrt")
+    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, tensorrt")
     p.add_argument("--json", action="store_true", help="print timings and settings as JSON")
 
 
@@ -313,7 +313,7 @@ def _export_fp16(args: argparse.Namespace) -> int:
 
 def _serve_args(p):
     p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
-    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, onnxruntime, openvino, tensorrt")
+    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, tensorrt")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     scale = p.add_mutually_exclusive_group()

@@ -305,6 +305,30 @@ def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path)
     assert chained.chain_info() == {}  # no CUDA graphs on the CPU
 
 
+def test_torch_fp16_backend_matches_fp32(tiny_model, face_path):
+    """torch-fp16 (half weights and activations; meant for CUDA, where the fused kernel's tensor-core path runs):
+    the same edits as fp32 within 2 levels, through the device chain and the stage path; the registry refuses it
+    without a CUDA device."""
+    import copy
+
+    fp32 = TorchBackend(copy.deepcopy(tiny_model))
+    ref = Editor(fp32, _manifest_of(fp32))
+    for chained in (True, False):
+        fp16 = TorchBackend(copy.deepcopy(tiny_model), precision="fp16", device_chain=chained)
+        assert fp16.name == "torch-fp16" and fp16.precision == "fp16" and not fp16.sparse_reedit
+        ed = Editor(fp16, _manifest_of(fp16))
+        for k, (roi, seed, noise) in enumerate((("hair", 1, "region"), ("hair", 2, "region"), ("lips", 3, "pixel"))):
+            a, b = ref.edit(face_path, roi=roi, seed=seed, noise=noise), ed.edit(face_path, roi=roi, seed=seed,
+                                                                                noise=noise)
+            assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int)).max() <= 2, roi
+            assert np.abs(a.mask - b.mask).max() <= 1.5 / 255
+            if k == 1:  # a region re-edit: the held codes on the device, or the stage path
+                assert ("chain_reedit" in b.timings) == chained
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="CUDA"):
+            create_backend("torch-fp16", resolve_model("tiny"))
+
+
 def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
     """fused_kernel=True sends the injection layer through torch.ops.ssae.masked_modconv (on CUDA: the fused
     kernel; on the CPU the op's reference), bit-identical to the plain reference path; off by default on the CPU."""

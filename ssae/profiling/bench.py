@@ -25,7 +25,7 @@ SCHEMA = "ssae-bench-1"
 STAGE_KEYS = ("smpn", "encoder", "decoder_prefix", "edit_tail", "refine", "full_edit", "cached_reedit")
 GRAPH_STAGE = {"smpn": "smpn", "encoder": "sae_encoder", "decoder_prefix": "sae_decoder_prefix",
                "edit_tail": "sae_decoder_edit"}
-ALL_BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
+ALL_BACKENDS = ("torch", "torch-bf16", "torch-fp16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 
 
 @dataclass

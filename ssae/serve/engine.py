@@ -49,14 +49,14 @@ class EngineConfig:
 def load_editor(cfg: EngineConfig) -> Editor:
     """The Editor of a replica (ONNX Runtime and torch honour `threads`)."""
     from ..runtime.editor import _manifest_of
-    from ..runtime.registry import create_backend, export_dir_for, resolve_model
+    from ..runtime.registry import TORCH_PRECISIONS, create_backend, export_dir_for, resolve_model
 
     src = resolve_model(cfg.model)
     if cfg.backend == "onnxruntime" and cfg.threads:
         from ..runtime.onnx_backends import OrtBackend
         be = OrtBackend(export_dir_for(src), threads=cfg.threads)
     else:
-        if cfg.threads and cfg.backend in ("torch", "torch-bf16"):
+        if cfg.threads and cfg.backend in TORCH_PRECISIONS:
             import torch
             torch.set_num_threads(cfg.threads)
         be = create_backend(cfg.backend, src)
@@ -66,9 +66,9 @@ def load_editor(cfg: EngineConfig) -> Editor:
 def prepare_model(model: str | None, backend: str) -> str | None:
     """For ONNX backends, export a checkpoint once here (workers then share the export folder instead of each
     exporting it); the model argument unchanged otherwise."""
-    from ..runtime.registry import auto_backend, export_dir_for, resolve_model
+    from ..runtime.registry import TORCH_PRECISIONS, auto_backend, export_dir_for, resolve_model
     name = auto_backend() if backend == "auto" else backend
-    if name in ("torch", "torch-bf16"):
+    if name in TORCH_PRECISIONS:
         return model
     return str(export_dir_for(resolve_model(model)))
 

@@ -110,3 +110,23 @@ def test_device_chain_eager_equals_cuda_graphs(tiny_model):
         for k in a:
             np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5)
     assert graphs.chain_info() and eager.chain_info() == {}
+
+
+@needs_cuda
+@needs_kernel
+def test_fp16_backend_on_cuda(backends, tiny_model):
+    """torch-fp16 on CUDA: region edits through the device chain (CUDA graphs) with the kernel's tensor-core entry,
+    within 3 levels of the CPU's fp32 edits."""
+    cpu, _ = backends
+    fp16 = TorchBackend(copy.deepcopy(tiny_model), "cuda", "fp16")
+    rng = np.random.default_rng(6)
+    face = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    ea, eb = Editor(cpu, _manifest_of(cpu)), Editor(fp16, _manifest_of(fp16))
+    before = sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16"))
+    for roi, seed in (("hair", 21), ("skin", 22)):
+        a, b = ea.edit(face, roi=roi, seed=seed, strength=2.0), eb.edit(face, roi=roi, seed=seed, strength=2.0)
+        diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
+        assert diff.max() <= 3, (roi, diff.max())
+    assert sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16")) > before
+    info = fp16.chain_info()
+    assert info and all(v == "cuda graph" for v in info.values()), info
