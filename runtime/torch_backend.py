@@ -14,7 +14,9 @@ from .backend import Backend, BackendError, input_dtype
 class TorchBackend(Backend):
     def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32", fused_kernel: bool | None = None,
                  device_chain: bool | None = None, cuda_graphs: bool = True):
-        """fused_kernel: run the region edit's injection layer through the fused CUDA kernel
+        """precision: fp32; bf16 (autocast, channels-last: fast on AMX CPUs); fp16 (half weights and activations,
+        meant for CUDA devices, where the fused kernel takes its tensor-core entry).
+        fused_kernel: run the region edit's injection layer through the fused CUDA kernel
         (`torch.ops.ssae.masked_modconv`; default: on CUDA devices, off on the CPU, where the op would run the same
         reference). Where the kernel cannot load, the op falls back to the reference with a one-time warning.
         device_chain: run single region edits as one chain on the device (`run_chain` / `run_reedit`, see
