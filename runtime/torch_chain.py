@@ -53,6 +53,10 @@ class TorchChain:
         self._held_rois: tuple[str, ...] = ()
         self._graphs: dict[tuple[str, str, str], tuple[Callable[[], None], dict[str, torch.Tensor]]] = {}
         self.graph_errors: dict[tuple[str, str, str], str] = {}
+        # One memory pool for all captured chains: they run one at a time on one stream, and each run's outputs are
+        # copied to the host before any other chain runs, so their intermediates may share memory (one chain's
+        # worth of activations instead of one per ROI and kind). Inputs and held codes live outside the pool.
+        self._pool = None
 
     # ---------------------------------------------------------------------------------------------- public
     def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
@@ -158,8 +162,10 @@ class TorchChain:
                 for _ in range(2):
                     self._forward(kind, roi, smpn)
             torch.cuda.current_stream(self.device).wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self._pool):
                 out = self._forward(kind, roi, smpn)
             self._graphs[key] = (graph.replay, out)
         except RuntimeError as e:

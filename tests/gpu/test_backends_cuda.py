@@ -96,20 +96,29 @@ def test_editor_on_cuda_matches_cpu(backends, noise):
 
 @needs_cuda
 def test_device_chain_eager_equals_cuda_graphs(tiny_model):
-    """The same chain launched eagerly and replayed from CUDA graphs: equal outputs, including after the held
-    codes change (a full edit of another image, then a re-edit that must read the new codes)."""
+    """The same chains launched eagerly and replayed from CUDA graphs (which share one memory pool): equal outputs
+    at every step of an interleaving of full edits and re-edits over two images, several ROIs and both SMPN graphs,
+    so a graph that read another's memory, or stale held codes, would show."""
     graphs = TorchBackend(copy.deepcopy(tiny_model), "cuda")
     eager = TorchBackend(copy.deepcopy(tiny_model), "cuda", cuda_graphs=False)
     rng = np.random.default_rng(9)
     s = tiny_model.cfg.image_size
-    for img in (rng.uniform(-1, 1, (1, 3, s, s)).astype(np.float32) for _ in range(2)):
+    images = [rng.uniform(-1, 1, (1, 3, s, s)).astype(np.float32) for _ in range(2)]
+    steps = [("full", 0, "skin", False), ("reedit", None, "nose", False), ("full", 1, "hair", False),
+             ("reedit", None, "skin", False), ("full", 0, "lips", True), ("reedit", None, "lips", False),
+             ("full", 1, "skin", False), ("reedit", None, "nose", False), ("reedit", None, "hair", False)]
+    for k, (kind, img, roi, single) in enumerate(steps):
+        outs = []
         for be in (graphs, eager):
-            be.run_chain(img, roi="skin", seed=1, strength=1.5)
-        a, b = graphs.run_reedit(roi="nose", seed=4, strength=3.0), eager.run_reedit(roi="nose", seed=4,
-                                                                                       strength=3.0)
-        for k in a:
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5)
-    assert graphs.chain_info() and eager.chain_info() == {}
+            if kind == "full":
+                outs.append(be.run_chain(images[img], roi=roi, seed=k, strength=1.5, single_roi=single))
+            else:
+                outs.append(be.run_reedit(roi=roi, seed=k, strength=3.0))
+        for name in outs[1]:
+            np.testing.assert_allclose(outs[0][name], outs[1][name], rtol=1e-5, atol=1e-5, err_msg=f"step {k}")
+    info = graphs.chain_info()
+    assert len(info) >= 3 and all(v == "cuda graph" for v in info.values()), info  # since the last held realloc
+    assert eager.chain_info() == {}
 
 
 @needs_cuda
