@@ -43,6 +43,7 @@ class MachineInfo:
     ort_providers: list[str] = field(default_factory=list)
     cuda_devices: list[str] = field(default_factory=list)
     tensorrt: str | None = None
+    fused_kernel: str = ""  # "available", or why the fused CUDA kernel cannot run here
     cpu: str = ""
     isa: dict[str, bool] = field(default_factory=dict)
 
@@ -69,6 +70,11 @@ def gather() -> MachineInfo:
     except Exception:  # noqa: BLE001
         pass
     info.tensorrt = info.versions.get("tensorrt")
+    try:
+        from .kernels.cuda import unavailable_reason
+        info.fused_kernel = unavailable_reason() or "available"
+    except Exception as e:  # noqa: BLE001
+        info.fused_kernel = f"cannot check ({type(e).__name__})"
     flags = cpu_flags()
     info.cpu = cpu_model()
     info.isa = {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
@@ -83,6 +89,7 @@ def format_info(info: MachineInfo) -> str:
     lines.append(f"onnxruntime providers: {', '.join(info.ort_providers) or 'none'}")
     lines.append(f"tensorrt: {info.tensorrt or 'not installed'}")
     lines.append(f"CUDA devices: {', '.join(info.cuda_devices) or 'none'}")
+    lines.append(f"fused CUDA kernel: {info.fused_kernel or 'unknown'}")
     lines.append(f"CPU: {info.cpu}")
     lines.append("instruction sets: " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in info.isa.items()))
     return "\n".join(lines)

@@ -68,5 +68,7 @@ def test_cli_info_runs_on_a_cpu_only_machine():
     assert f"torch          {torch.__version__}" in out.stdout
     assert "onnxruntime providers:" in out.stdout and "CPUExecutionProvider" in out.stdout
     assert "instruction sets:" in out.stdout and "avx512_vnni=" in out.stdout
+    from ssae.kernels.cuda import unavailable_reason
+    assert f"fused CUDA kernel: {unavailable_reason() or 'available'}" in out.stdout
     from ssae.runtime.registry import auto_backend
     assert f"auto backend: {auto_backend()}" in out.stdout
