@@ -95,3 +95,20 @@ def gaussian_batch(seeds, stream: int, shape: tuple[int, ...]) -> np.ndarray:
     """One float32 N(0, 1) array of `shape` per seed: (len(seeds), *shape), C order."""
     n = int(np.prod(shape)) if shape else 1
     return np.stack([gaussian(s, stream, n).reshape(shape) for s in seeds])
+
+
+def region_noise(seeds, dim: int) -> np.ndarray:
+    """The texture-code directions n of region edits, one per seed: (len(seeds), dim) float32."""
+    return gaussian_batch(seeds, STREAM_REGION, (dim,))
+
+
+def injection_map(seed: int, layer_index: int, h: int, w: int) -> np.ndarray:
+    """The noise-injection map xi of StyledConv `layer_index` for the model's noise seed: (1, 1, h, w) float32."""
+    return gaussian(seed, STREAM_INJECTION + int(layer_index), h * w).reshape(1, 1, h, w)
+
+
+def tail_noise_map(facts: dict) -> np.ndarray:
+    """The edit graphs' `xi` input for the full image: the generator's tail noise map, from an export manifest or
+    `export.stages.model_facts` (noise_seed, tail_noise_index, model_config.image_size)."""
+    s = int(facts["model_config"]["image_size"])
+    return injection_map(facts.get("noise_seed", 0), facts["tail_noise_index"], s, s)

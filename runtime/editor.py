@@ -113,9 +113,7 @@ class Editor:
         self.sparse = bool(want and self.crop and self.sparse_tile and "sae_decoder_edit_sparse" in backend.stages())
         self.xi = None
         if self.local:
-            n = philox.gaussian(int(manifest.get("noise_seed", 0)), philox.STREAM_INJECTION
-                                + int(manifest["tail_noise_index"]), self.size * self.size)
-            self.xi = n.reshape(1, 1, self.size, self.size)
+            self.xi = philox.tail_noise_map(manifest)
 
     # ---------------------------------------------------------------------------------------------- cache
     def use_cache(self, cache) -> None:
@@ -214,7 +212,7 @@ class Editor:
 
     def _region_noise(self, seed: int) -> np.ndarray:
         """The texture-code direction n of a region edit, (1, D), from the seed."""
-        return philox.gaussian_batch([seed], philox.STREAM_REGION, (self.global_code_ch,))
+        return philox.region_noise([seed], self.global_code_ch)
 
     def _refine(self, pairs, coarse, masks, timings) -> np.ndarray:
         refined = np.empty_like(coarse)

@@ -179,9 +179,7 @@ class TensorRTBackend(Backend):
         self._philox = philox
         self._xi = None
         if self.manifest.get("local_tail"):
-            n = philox.gaussian(int(self.manifest.get("noise_seed", 0)),
-                                philox.STREAM_INJECTION + int(self.manifest["tail_noise_index"]), self.size * self.size)
-            self._xi = np.asarray(n, np.float32).reshape(1, 1, self.size, self.size)
+            self._xi = philox.tail_noise_map(self.manifest)
 
     # ------------------------------------------------------------------------------------------ CUDA helpers
     def _check(self, result, what: str):
@@ -412,7 +410,7 @@ class TensorRTBackend(Backend):
             raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
         if not np.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}")
-        noise = self._philox.gaussian_batch([int(seed)], self._philox.STREAM_REGION, (g,))
+        noise = self._philox.region_noise([seed], g)
         self._pinned_array("noise", (1, g), np.float32)[...] = noise
         self._pinned_array("strength", (1,), np.float32)[...] = strength
         self._pinned_array("roi", (1,), np.int32)[...] = 0 if smpn.startswith("smpn_") else self.rois.index(roi)

@@ -46,9 +46,7 @@ class TorchChain:
         self._image, self._noise, self._strength = zeros(1, 3, s, s), zeros(1, self.code_ch), zeros(1)
         self._xi = None
         if facts.get("local_tail"):
-            xi = philox.gaussian(int(facts["noise_seed"]), philox.STREAM_INJECTION + int(facts["tail_noise_index"]),
-                                 s * s)
-            self._xi = torch.from_numpy(xi.reshape(1, 1, s, s)).to(device, dtype)
+            self._xi = torch.from_numpy(philox.tail_noise_map(facts)).to(device, dtype)
         self._held: dict[str, torch.Tensor] | None = None  # h, skip, texture, masks: allocated on the first full edit
         self._held_rois: tuple[str, ...] = ()
         self._graphs: dict[tuple[str, str, str], tuple[Callable[[], None], dict[str, torch.Tensor]]] = {}
@@ -97,7 +95,7 @@ class TorchChain:
     def _set_inputs(self, seed: int, strength: float) -> None:
         if not np.isfinite(strength):
             raise ValueError(f"strength must be a finite number, got {strength}")
-        noise = philox.gaussian_batch([int(seed)], philox.STREAM_REGION, (self.code_ch,))
+        noise = philox.region_noise([seed], self.code_ch)
         self._noise.copy_(torch.from_numpy(noise))
         self._strength.fill_(float(strength))
 

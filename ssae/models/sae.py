@@ -278,7 +278,7 @@ class StyleEdit:
         """n: (B, style_dim)."""
         if self.region_noise is not None:
             return self.region_noise.to(device=device, dtype=dtype)
-        return torch.from_numpy(philox.gaussian_batch(self.seeds, philox.STREAM_REGION, (style_dim,))).to(device, dtype)
+        return torch.from_numpy(philox.region_noise(self.seeds, style_dim)).to(device, dtype)
 
     def for_layer(self, layer: ModConv, texture: torch.Tensor, size) -> LayerEdit:
         b = texture.shape[0]
@@ -301,8 +301,7 @@ def pixel_noise(seeds: Sequence[int], layer_index: int, size, cin: int) -> torch
 
 def injection_noise(seed: int, layer_index: int, size) -> torch.Tensor:
     """Noise-injection map xi for one StyledConv: (1, 1, H, W) from the counter-based generator."""
-    h, w = int(size[0]), int(size[1])
-    return torch.from_numpy(philox.gaussian(seed, philox.STREAM_INJECTION + layer_index, h * w).reshape(1, 1, h, w))
+    return torch.from_numpy(philox.injection_map(seed, layer_index, int(size[0]), int(size[1])))
 
 
 # ----------------------------------------------------------------------------------------------------------------

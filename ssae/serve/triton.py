@@ -154,16 +154,6 @@ def bake_inputs(model, constants: Mapping[str, np.ndarray], fix_dims: Mapping[st
     return m
 
 
-def tail_noise_map(manifest: dict) -> np.ndarray:
-    """The edit graphs' `xi` input for the full image: the generator's tail noise map from the model's noise seed
-    (as `Editor` computes it)."""
-    from ..kernels import philox
-    s = int(manifest["model_config"]["image_size"])
-    n = philox.gaussian(int(manifest.get("noise_seed", 0)), philox.STREAM_INJECTION + int(manifest["tail_noise_index"]),
-                        s * s)
-    return n.reshape(1, 1, s, s).astype(np.float32)
-
-
 # ------------------------------------------------------------------------------------------------ config text
 def _q(s: str) -> str:
     return json.dumps(s)
@@ -277,6 +267,7 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
     from ..export import trt_build
     from ..export.onnx_export import ExportError, read_manifest
+    from ..kernels import philox
 
     opts = (opts or TritonOptions()).validate()
     src = Path(export_dir)
@@ -293,7 +284,7 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
     stages = man["stages"]
     models: dict[str, ModelSpec] = {}
     skipped: dict[str, str] = {}
-    xi = tail_noise_map(man) if man.get("local_tail") else None
+    xi = philox.tail_noise_map(man) if man.get("local_tail") else None
 
     for stage, entry in stages.items():
         if stage in SKIP_STAGES or entry.get("plugin"):
@@ -558,7 +549,7 @@ def prepare_inputs(images: Sequence[Any], seeds: Sequence[int], strength: float 
         xs.append(fit.forward_rgb(rgb).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
         fits.append((fit, rgb))
     st = np.broadcast_to(np.asarray(strength, np.float32), (len(images),)).reshape(-1, 1)
-    noise = philox.gaussian_batch([int(s) for s in seeds], philox.STREAM_REGION, (global_code_ch,))
+    noise = philox.region_noise(seeds, global_code_ch)
     return {"image": np.ascontiguousarray(np.stack(xs), dtype=np.float32),
             "noise": np.ascontiguousarray(noise, dtype=np.float32), "strength": np.ascontiguousarray(st)}, fits
 
