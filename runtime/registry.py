@@ -20,9 +20,9 @@ from ..config import PRESETS
 from ..fileio import default_cache_dir
 from .backend import Backend, BackendError
 
-BACKENDS = ("torch", "torch-bf16", "torch-fp16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 #: The torch backends and their precision.
 TORCH_PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-fp16": "fp16"}
+BACKENDS = (*TORCH_PRECISIONS, "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
 EXPORT_REVISION = 5
 

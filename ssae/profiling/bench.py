@@ -25,7 +25,6 @@ SCHEMA = "ssae-bench-1"
 STAGE_KEYS = ("smpn", "encoder", "decoder_prefix", "edit_tail", "refine", "full_edit", "cached_reedit")
 GRAPH_STAGE = {"smpn": "smpn", "encoder": "sae_encoder", "decoder_prefix": "sae_decoder_prefix",
                "edit_tail": "sae_decoder_edit"}
-ALL_BACKENDS = ("torch", "torch-bf16", "torch-fp16", "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 
 
 @dataclass
@@ -76,11 +75,11 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Measure and return the report (JSON-serialisable)."""
     from ..runtime.backend import BackendError
     from ..runtime.editor import Editor, _manifest_of
-    from ..runtime.registry import create_backend, resolve_model
+    from ..runtime.registry import BACKENDS, create_backend, resolve_model
 
     log = log or (lambda *_: None)
     src = resolve_model(cfg.model)
-    names = list(cfg.backends) or list(ALL_BACKENDS)
+    names = list(cfg.backends) or list(BACKENDS)
     img = _example_image(cfg.image)
     editors, skipped, memory = {}, {}, {}
     for name in names:
