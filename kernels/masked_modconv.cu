@@ -414,30 +414,28 @@ SSAE_DEV void build_group_region(const Problem<T>& p, const Tile& tile, const Sa
     }
     __syncthreads();
     const T* xb = p.x + static_cast<long long>(tile.b) * p.cin * hw;
+    // x * s of halo pixel h, group channel cl (0 outside the image and past Cin)
+    const auto modulated = [&](int h, int cl) -> Storage {
+        const int c = g0 + cl, off = offset[h];
+        float val = 0.f;
+        if (off >= 0 && c < p.cin) {
+            val = to_float(xb[static_cast<long long>(c) * hw + off]) * (ac[cl] * r[h] + dc[cl] * tr[h]);
+        }
+        return from_float<Storage>(val);
+    };
     if constexpr (Path::kTensorCores) {
         constexpr int kVec = Vec16<Storage>::kN;
         for (int e = tid; e < kHaloPixels * (Path::kGroup / kVec); e += kThreads) {
-            const int h = e % kHaloPixels, c8 = (e / kHaloPixels) * kVec, off = offset[h];
+            const int h = e % kHaloPixels, c8 = (e / kHaloPixels) * kVec;
             Vec16<Storage> v;
 #pragma unroll
-            for (int i = 0; i < kVec; ++i) {
-                const int c = g0 + c8 + i;
-                float val = 0.f;
-                if (off >= 0 && c < p.cin) {
-                    val = to_float(xb[static_cast<long long>(c) * hw + off]) * (ac[c8 + i] * r[h] + dc[c8 + i] * tr[h]);
-                }
-                v.v[i] = from_float<Storage>(val);
-            }
+            for (int i = 0; i < kVec; ++i) v.v[i] = modulated(h, c8 + i);
             *reinterpret_cast<Vec16<Storage>*>(xm + Path::xm_index(h, c8)) = v;
         }
     } else {
         for (int e = tid; e < kHaloPixels * Path::kGroup; e += kThreads) {
-            const int h = e % kHaloPixels, cl = e / kHaloPixels, c = g0 + cl, off = offset[h];
-            float val = 0.f;
-            if (off >= 0 && c < p.cin) {
-                val = to_float(xb[static_cast<long long>(c) * hw + off]) * (ac[cl] * r[h] + dc[cl] * tr[h]);
-            }
-            xm[Path::xm_index(h, cl)] = from_float<Storage>(val);
+            const int h = e % kHaloPixels, cl = e / kHaloPixels;
+            xm[Path::xm_index(h, cl)] = modulated(h, cl);
         }
     }
 }
