@@ -160,3 +160,55 @@ def test_sigterm_stops_after_the_step_with_checkpoint_and_weights_then_resumes(t
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resumed at step {step}/" in again.stdout + again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["finished"]
+
+
+def test_color_transfer_moves_channel_statistics_and_keeps_the_layout():
+    from ssae.train.sae import color_transfer
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(2, 3, 16, 16, generator=g) - 0.2        # small ranges: the [-1, 1] clamp never acts
+    ref = 0.2 * torch.randn(2, 3, 16, 16, generator=g) + 0.3
+    y = color_transfer(x, ref, eps=1e-2).double()
+    sx, sr = x.double().std((2, 3)), ref.double().std((2, 3))
+    assert torch.allclose(y.mean((2, 3)), ref.double().mean((2, 3)), atol=1e-5)
+    assert torch.allclose(y.std((2, 3)), sr * sx / (sx + 1e-2), atol=1e-5)
+    for b in range(2):
+        for c in range(3):   # an increasing affine map of x per channel: the layout is x's
+            corr = torch.corrcoef(torch.stack([x[b, c].flatten().double(), y[b, c].flatten()]))[0, 1]
+            assert corr > 1 - 1e-6
+    assert color_transfer(torch.full((1, 3, 4, 4), 0.0), torch.full((1, 3, 4, 4), 5.0)).max() == 1.0   # clamped
+
+
+def test_late_texture_swap_uses_the_pairs_code_at_the_injection_layer_only():
+    from ssae.config import preset
+    from ssae.models.ops import l2_normalize
+    from ssae.models.sae import SwappingAutoencoder
+    from ssae.train.sae import late_texture_swap, swap
+    torch.manual_seed(0)
+    sae = SwappingAutoencoder(preset("tiny").sae).eval()
+    for p in sae.parameters():   # trained-like affine weights, so B's code moves the image
+        p.data.add_(0.3 * torch.randn_like(p))
+    x = torch.rand(4, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        sp, gl = sae.encode(x)
+        noises = sae.resolve_noise(0, sp)
+        rec, mix = late_texture_swap(sae, x, noises)
+        assert torch.allclose(rec, sae.G(sp, gl, noises), atol=1e-5)
+        layer = sae.G.layer(sae.G.injection_layers[0])
+        own_style = layer.style
+        layer.style = lambda t: own_style(swap(l2_normalize(t)))   # B's code at that layer, A's everywhere else
+        expect = sae.G(sp, gl, noises)
+    assert (mix - rec).abs().mean() > 1e-3
+    assert torch.allclose(mix, expect, atol=1e-5)
+
+
+def test_sae_texture_swap_term_falls_and_runs_in_both_phases(tmp_path, face_folder):
+    cfg = SAETrainConfig(out=str(tmp_path / "sae"), preset="tiny", steps=32, warmup_steps=30, batch_size=8,
+                         r1_every=2, log_every=1, eval_every=10_000, lambda_texture_swap=1.0,
+                         data=_data(face_folder, tmp_path))
+    res = SAETrainer(cfg).run()
+    ts = _curve(cfg.out, "TS")
+    assert len(ts) == 32 and np.isfinite(ts).all()     # logged in the warm-up and in the GAN phase
+    assert np.mean(ts[20:30]) < 0.85 * np.mean(ts[:5])
+    l1 = _curve(cfg.out, "L1")
+    assert np.mean(l1[20:30]) < 0.85 * np.mean(l1[:5])   # reconstruction still learns alongside
+    assert res["finished"]

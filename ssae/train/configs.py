@@ -56,6 +56,10 @@ class SAETrainConfig(TrainConfig):
     lambda_PatchGAN: float = 1.0
     lambda_R1: float = 10.0
     lambda_patch_R1: float = 1.0
+    #: Late texture swap (this project's addition, not Park et al.'s): decode image A with image B's texture code
+    #: at the injection layer only and ask, by L1, for A recoloured with B's per-channel mean and std (Reinhard
+    #: colour transfer in RGB). It teaches the layer SSAE edits to carry colour without a discriminator; 0 = off.
+    lambda_texture_swap: float = 0.0
     r1_every: int = 16
     patch_num_crops: int = 8
     patch_min_scale: float = 1 / 8

@@ -5,6 +5,11 @@ GAN on swaps; lazy R1 every 16 D steps on the image D (10) and the patch D (1); 
 for E+G, lr and betas scaled by c = r1_every / (r1_every + 1) for the discriminators. D and G steps alternate.
 A warm-up of `warmup_steps` trains the autoencoder with L1 only (no discriminators) first: it is much cheaper
 per step and gives the GAN phase sensible reconstructions to start from.
+
+`lambda_texture_swap` > 0 adds a cheap, deterministic stand-in for what the swap GAN teaches, aimed at the layer
+SSAE edits: image A decoded with image B's texture code at the injection layer(s) only (everything else from A)
+should look like A recoloured with B's colour statistics (`color_transfer`). L1 alone lets the structure code carry
+the whole image, so without this (or a long GAN phase) the texture code at that layer barely moves the output.
 """
 from __future__ import annotations
 
@@ -14,7 +19,8 @@ import torch.nn.functional as F
 
 from ..data.memory import BatchSampler
 from ..models.discriminators import ImageDiscriminator, PatchDiscriminator, random_crops
-from ..models.sae import SwappingAutoencoder
+from ..models.ops import l2_normalize
+from ..models.sae import StyleEdit, SwappingAutoencoder
 from .base import Trainer
 from .configs import SAETrainConfig  # noqa: F401
 from .common import average_gradients
@@ -24,6 +30,27 @@ from . import data as train_data
 def swap(x: torch.Tensor) -> torch.Tensor:
     """Exchange adjacent pairs along the batch (the official `swap`): needs an even batch."""
     return x.view(x.shape[0] // 2, 2, *x.shape[1:]).flip(1).reshape(x.shape)
+
+
+def color_transfer(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-2) -> torch.Tensor:
+    """x recoloured with ref's statistics: per image and channel, (x - mean_x) / std_x * std_ref + mean_ref
+    (Reinhard et al. 2001, in RGB), clamped to the image range [-1, 1]. x, ref: (B, C, H, W)."""
+    mx, sx = x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+    mr, sr = ref.mean((2, 3), keepdim=True), ref.std((2, 3), keepdim=True)
+    return ((x - mx) / (sx + eps) * sr + mr).clamp(-1.0, 1.0)
+
+
+def late_texture_swap(sae: SwappingAutoencoder, real: torch.Tensor, noises=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstructions, late swaps) of a batch: the swap decodes each image with its pair's (`swap`) texture code
+    at the generator's injection layer(s) and its own code everywhere else, i.e. SSAE's S' = S + (S_B - S) * M
+    with M = 1. One shared prefix; `noises` as `Generator.forward` takes them (None: fresh N(0,1), as in training)."""
+    G = sae.G
+    sp, gl = sae.encode(real)
+    h, skip = G.prefix(sp, gl, noises)
+    rec = G.tail(h, skip, gl, noises)
+    gl = l2_normalize(gl)
+    ones = real.new_ones(real.shape[0], 1, *real.shape[-2:])
+    return rec, G.tail(h, skip, gl, noises, edit=StyleEdit(ones, region_noise=swap(gl) - gl))
 
 
 class SAETrainer(Trainer):
@@ -90,19 +117,32 @@ class SAETrainer(Trainer):
         mix = self.sae.decode(swap(sp), gl)
         return rec, mix
 
+    def _texture_swap(self, real):
+        """(reconstruction of the whole batch, L1 of the late texture swap against `color_transfer`)."""
+        with self.autocast():
+            rec, mix = late_texture_swap(self.sae, real)
+        return rec, F.l1_loss(mix.float(), color_transfer(real, swap(real)))
+
     def train_step(self, step: int) -> dict[str, float]:
         cfg: SAETrainConfig = self.cfg
         real = self._batch(step)
         b = real.shape[0]
         if step < cfg.warmup_steps:  # autoencoder warm-up: L1 on the whole batch
-            with self.autocast():
-                rec = self.sae(real)
-            loss = F.l1_loss(rec.float(), real)
+            m = {}
+            if cfg.lambda_texture_swap > 0:
+                rec, ts = self._texture_swap(real)
+                m["TS"] = ts.item()
+            else:
+                with self.autocast():
+                    rec = self.sae(real)
+                ts = 0.0
+            l1 = F.l1_loss(rec.float(), real)
+            loss = cfg.lambda_L1 * l1 + cfg.lambda_texture_swap * ts
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(self.sae.parameters())
             self.opt_g.step()
-            return {"L1": loss.item()}
+            return {"L1": l1.item(), **m}
         m = {}
         # ---- discriminator step ----
         with torch.no_grad(), self.autocast():
@@ -147,6 +187,10 @@ class SAETrainer(Trainer):
                 self._crops(mix), cfg.patch_num_crops)).float()).mean()
         l1 = F.l1_loss(rec.float(), real[: b // 2])
         loss_g = cfg.lambda_L1 * l1 + cfg.lambda_GAN * (0.5 * g_rec + g_mix) + cfg.lambda_PatchGAN * g_patch
+        if cfg.lambda_texture_swap > 0:
+            _, ts = self._texture_swap(real)
+            loss_g = loss_g + cfg.lambda_texture_swap * ts
+            m["TS"] = ts.item()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         average_gradients(self.sae.parameters())
