@@ -14,8 +14,11 @@ DEST = ROOT / "ssae" / "assets" / "lfw128"
 PICTURE_FACES = ("Aaron_Sorkin_0002", "Ahmed_Chalabi_0001", "Ai_Sugiyama_0002", "Aicha_El_Ouafi_0002")
 
 
-def run_summary(run: Path) -> dict:
+def run_summary(run: Path, upto: int | None = None) -> dict:
+    """Steps, compute minutes, last evaluation and config of a run folder (only steps <= `upto` when given)."""
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    if upto is not None:
+        rows = [r for r in rows if r.get("step", 0) <= upto]
     steps = [r for r in rows if "sec_per_step" in r]
     wall, prev = 0.0, 0
     for r in steps:
@@ -33,13 +36,19 @@ def main(argv=None) -> int:
     ap.add_argument("--lfw", required=True)
     ap.add_argument("--lfw-derived", required=True)
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--sae-stages", nargs="+", default=["sae"],
+                    help="the SAE's run folders under RUNS in training order, each started from the one before "
+                         "(NAME or NAME:STEPS when the weights are that run's step STEPS); the last one's weights are "
+                         "bundled")
     ap.add_argument("--sae-note", default="", help="how the bundled SAE weights were trained (for the card)")
     ap.add_argument("--limitations", default="", help="known limitations paragraph for the card")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     DEST.mkdir(parents=True, exist_ok=True)
-    for comp in ("sae", "smpn", "rb"):
-        shutil.copy(runs / comp / f"{comp}.safetensors", DEST / f"{comp}.safetensors")
+    stages = [(n.split(":")[0], int(n.split(":")[1]) if ":" in n else None) for n in args.sae_stages]
+    sources = {"sae": runs / stages[-1][0], "smpn": runs / "smpn", "rb": runs / "rb"}
+    for comp, run in sources.items():
+        shutil.copy(run / f"{comp}.safetensors", DEST / f"{comp}.safetensors")
     import numpy as np
 
     from ssae.data.layouts import LFWParts
@@ -56,7 +65,12 @@ def main(argv=None) -> int:
     idx = np.array([test.names.index(n) for n in PICTURE_FACES if n in test.names][:4] or [0, 1, 2, 3])
     grid = edit_grid(model, test.batch(idx).images, seed=1)
     grid.save(ROOT / "ssae" / "assets" / "edits_lfw_test.png")
-    summaries = {c: run_summary(runs / c) for c in ("sae", "smpn", "rb")}
+    summaries = {c: run_summary(sources[c]) for c in ("smpn", "rb")}
+    parts = [run_summary(runs / name, upto) for name, upto in stages]
+    summaries = {"sae": {"steps": sum(p["steps"] for p in parts),
+                         "compute_minutes": round(sum(p["compute_minutes"] for p in parts), 1),
+                         "last_eval": parts[-1]["last_eval"], "config": parts[-1]["config"],
+                         "stages": parts}, **summaries}
     (DEST / "training.json").write_text(json.dumps(summaries, indent=1))
     write_card(metrics, summaries, args.sae_note, args.limitations)
     print(json.dumps(metrics, indent=1))
@@ -74,7 +88,8 @@ def write_card(metrics: dict, runs: dict, sae_note: str = "", limitations: str =
 The model `ssae.load_pretrained()` and `ssae edit` use by default: SSAE at 128 x 128 px, trained from scratch on
 this project's development machine (2 CPU cores, Intel Xeon with AVX-512 VNNI and AMX, bf16 autocast), on real
 faces from Labeled Faces in the Wild. It is a small CPU model for out-of-the-box edits, not the paper's
-CelebAMask-HQ model: expect soft reconstructions and modest texture changes.
+CelebAMask-HQ model: expect soft reconstructions, and edits that recolour a region rather than change its fine
+texture.
 
 ## Data
 - SAE: LFW Part Labels *train* split (1500 images) + `lfw_unlabelled` (3000 images); no validation or test image.

@@ -60,7 +60,8 @@ def test_edits_are_local_and_visible(model, shared_dir):
             base = model.edit(x, roi, seeds=list(range(8)), strength=0.0, mask=out.mask)
             ratio, inside, _ = edit_locality(out.image, base.image, out.mask)
             assert ratio.mean() <= 0.1, (roi, ratio)
-            assert inside.mean() * 127.5 >= 1.5, (roi, inside)  # a measurable change (see the model card)
+            # clearly visible: >= 10 of 255 levels on average inside the region (the model card's bar)
+            assert inside.mean() * 127.5 >= 10, (roi, inside)
 
 
 def test_main_job_command_edits_the_example_face(tmp_path):
