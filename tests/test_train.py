@@ -191,7 +191,7 @@ def test_late_texture_swap_uses_the_pairs_code_at_the_injection_layer_only():
     with torch.no_grad():
         sp, gl = sae.encode(x)
         noises = sae.resolve_noise(0, sp)
-        rec, mix = late_texture_swap(sae, x, noises)
+        rec, mix = late_texture_swap(sae.G, sp, gl, noises)
         assert torch.allclose(rec, sae.G(sp, gl, noises), atol=1e-5)
         layer = sae.G.layer(sae.G.injection_layers[0])
         own_style = layer.style

@@ -3,8 +3,8 @@
 Objective: L1 reconstruction; non-saturating GAN on reconstructions (x0.5) and swaps (x1.0); patch co-occurrence
 GAN on swaps; lazy R1 every 16 D steps on the image D (10) and the patch D (1); Adam lr 0.002, betas (0, 0.99)
 for E+G, lr and betas scaled by c = r1_every / (r1_every + 1) for the discriminators. D and G steps alternate.
-A warm-up of `warmup_steps` trains the autoencoder with L1 only (no discriminators) first: it is much cheaper
-per step and gives the GAN phase sensible reconstructions to start from.
+A warm-up of `warmup_steps` trains the autoencoder with L1 only (no discriminators, weighted by `lambda_L1`) first:
+it is much cheaper per step and gives the GAN phase sensible reconstructions to start from.
 
 `lambda_texture_swap` > 0 adds a cheap, deterministic stand-in for what the swap GAN teaches, aimed at the layer
 SSAE edits: image A decoded with image B's texture code at the injection layer(s) only (everything else from A)
@@ -40,16 +40,16 @@ def color_transfer(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-2) -> tor
     return ((x - mx) / (sx + eps) * sr + mr).clamp(-1.0, 1.0)
 
 
-def late_texture_swap(sae: SwappingAutoencoder, real: torch.Tensor, noises=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reconstructions, late swaps) of a batch: the swap decodes each image with its pair's (`swap`) texture code
-    at the generator's injection layer(s) and its own code everywhere else, i.e. SSAE's S' = S + (S_B - S) * M
-    with M = 1. One shared prefix; `noises` as `Generator.forward` takes them (None: fresh N(0,1), as in training)."""
-    G = sae.G
-    sp, gl = sae.encode(real)
-    h, skip = G.prefix(sp, gl, noises)
-    rec = G.tail(h, skip, gl, noises)
-    gl = l2_normalize(gl)
-    ones = real.new_ones(real.shape[0], 1, *real.shape[-2:])
+def late_texture_swap(G, structure: torch.Tensor, texture: torch.Tensor,
+                      noises=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstructions, late swaps) of a batch's codes (`SwappingAutoencoder.encode`) through generator G: the swap
+    decodes each image with its pair's (`swap`) texture code at the injection layer(s) and its own code everywhere
+    else, i.e. SSAE's S' = S + (S_B - S) * M with M = 1. One shared prefix; `noises` as `Generator.forward` takes
+    them (None: fresh N(0,1), as in training)."""
+    h, skip = G.prefix(structure, texture, noises)
+    rec = G.tail(h, skip, texture, noises)
+    gl = l2_normalize(texture)
+    ones = h.new_ones(h.shape[0], 1, *rec.shape[-2:])
     return rec, G.tail(h, skip, gl, noises, edit=StyleEdit(ones, region_noise=swap(gl) - gl))
 
 
@@ -111,16 +111,18 @@ class SAETrainer(Trainer):
         return random_crops(x, cfg.patch_num_crops, self.patch, cfg.patch_min_scale, cfg.patch_max_scale)
 
     def _forward(self, real):
+        """(reconstructions of the first half, swaps of the whole batch, the batch's codes)."""
         b = real.shape[0]
         sp, gl = self.sae.encode(real)
         rec = self.sae.decode(sp[: b // 2], gl[: b // 2])
         mix = self.sae.decode(swap(sp), gl)
-        return rec, mix
+        return rec, mix, (sp, gl)
 
-    def _texture_swap(self, real):
-        """(reconstruction of the whole batch, L1 of the late texture swap against `color_transfer`)."""
+    def _texture_swap(self, real, codes):
+        """(reconstruction of the whole batch, L1 of the late texture swap against `color_transfer`) from the
+        batch's codes (encoded once per step)."""
         with self.autocast():
-            rec, mix = late_texture_swap(self.sae, real)
+            rec, mix = late_texture_swap(self.sae.G, *codes)
         return rec, F.l1_loss(mix.float(), color_transfer(real, swap(real)))
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -130,7 +132,9 @@ class SAETrainer(Trainer):
         if step < cfg.warmup_steps:  # autoencoder warm-up: L1 on the whole batch
             m = {}
             if cfg.lambda_texture_swap > 0:
-                rec, ts = self._texture_swap(real)
+                with self.autocast():
+                    codes = self.sae.encode(real)
+                rec, ts = self._texture_swap(real, codes)
                 m["TS"] = ts.item()
             else:
                 with self.autocast():
@@ -146,7 +150,7 @@ class SAETrainer(Trainer):
         m = {}
         # ---- discriminator step ----
         with torch.no_grad(), self.autocast():
-            rec, mix = self._forward(real)
+            rec, mix, _ = self._forward(real)
         with self.autocast():
             d_real, d_rec, d_mix = self.D(real).float(), self.D(rec.detach()).float(), self.D(mix.detach()).float()
             ref = self.Dp.extract_features(self._crops(real), cfg.patch_num_crops, aggregate=True)
@@ -179,7 +183,7 @@ class SAETrainer(Trainer):
         for p in list(self.D.parameters()) + list(self.Dp.parameters()):
             p.requires_grad_(False)
         with self.autocast():
-            rec, mix = self._forward(real)
+            rec, mix, codes = self._forward(real)
             g_rec = F.softplus(-self.D(rec).float()).mean()
             g_mix = F.softplus(-self.D(mix).float()).mean()
             ref = self.Dp.extract_features(self._crops(real), cfg.patch_num_crops, aggregate=True).detach()
@@ -188,7 +192,7 @@ class SAETrainer(Trainer):
         l1 = F.l1_loss(rec.float(), real[: b // 2])
         loss_g = cfg.lambda_L1 * l1 + cfg.lambda_GAN * (0.5 * g_rec + g_mix) + cfg.lambda_PatchGAN * g_patch
         if cfg.lambda_texture_swap > 0:
-            _, ts = self._texture_swap(real)
+            _, ts = self._texture_swap(real, codes)
             loss_g = loss_g + cfg.lambda_texture_swap * ts
             m["TS"] = ts.item()
         self.opt_g.zero_grad(set_to_none=True)
