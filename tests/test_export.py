@@ -119,8 +119,9 @@ def test_local_stages_accept_any_crop_size(tiny_export, tiny_model, name):
 
 
 def test_subpixel_export_has_no_transposed_conv_and_matches_the_default(tiny_export, tiny_model, tmp_path):
-    """`upsample="subpixel"` (the INT8 source): the decoder prefix without ConvTranspose, the same outputs as the
-    default export on ONNX Runtime; the other graphs are unchanged and the model's own mode is restored."""
+    """`upsample="subpixel"` (the INT8 source): the decoder prefix without ConvTranspose, its pixel shuffles
+    written channels-last (Transpose/Reshape, no DepthToSpace), the same outputs as the default export on ONNX
+    Runtime; the other graphs are unchanged and the model's own mode is restored."""
     from ssae.export.onnx_export import export_onnx
     m = export_onnx(tiny_model, tmp_path, stages=["sae_decoder_prefix", "sae_encoder"], plugin=False,
                     upsample="subpixel")
@@ -128,7 +129,7 @@ def test_subpixel_export_has_no_transposed_conv_and_matches_the_default(tiny_exp
     assert tiny_model.sae.G.upsample_mode == "separate"
     ops = lambda d: {n.op_type for n in onnx.load(str(d / "sae_decoder_prefix.onnx")).graph.node}
     assert "ConvTranspose" in ops(tiny_export) and "ConvTranspose" not in ops(tmp_path)
-    assert "DepthToSpace" in ops(tmp_path)
+    assert "DepthToSpace" not in ops(tmp_path) and "Transpose" in ops(tmp_path)
     feed = {t.name: a.numpy() for t, a in zip(stage_specs(tiny_model)["sae_decoder_prefix"].inputs,
                                              example_inputs(stage_specs(tiny_model)["sae_decoder_prefix"], 2, seed=4))}
     run = lambda d: ort.InferenceSession(str(d / "sae_decoder_prefix.onnx"),

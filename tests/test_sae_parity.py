@@ -142,3 +142,56 @@ def test_native_blur_is_the_same_blur():
         out = g(sp2, gl2, noises)
     assert rel_err(sp2, sp) <= 1e-5 and rel_err(gl2, gl) <= 1e-5 and rel_err(out, ref) <= 1e-5
     assert any(getattr(m, "native", False) for m in g.modules())
+
+
+def test_channels_last_pixel_shuffle_is_the_pixel_shuffle():
+    """`pixel_shuffle_nhwc` of the phase-major sub-pixel kernels (the subpixel layout) gives `F.pixel_shuffle` of
+    the channel-major ones: the same conv outputs, only the channel order and the shuffle's form differ."""
+    import torch.nn.functional as F
+
+    from ssae.models.ops import pixel_shuffle_nhwc, polyphase_kernels
+
+    torch.manual_seed(0)
+    w, x = torch.randn(5, 6, 3, 3), torch.randn(2, 5, 7, 9)
+    (wc, pad), (wp, pad_p) = polyphase_kernels(w, 0), polyphase_kernels(w, 0, phase_major=True)
+    assert pad == pad_p and wc.shape == wp.shape == (24, 5, 2, 2)
+    xp = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    ref, out = F.pixel_shuffle(F.conv2d(xp, wc), 2), pixel_shuffle_nhwc(F.conv2d(xp, wp))
+    assert out.shape == ref.shape == (2, 6, 2 * (7 + sum(pad) - 1), 2 * (9 + sum(pad) - 1))
+    assert torch.equal(out, ref)
+
+
+def test_frozen_form_folds_the_gains_of_unedited_layers_with_the_same_outputs():
+    """Frozen, the encoder's convs and the generator prefix's layers carry their activation gain, residual
+    1/sqrt(2) and bias in the constant weights (fewer full-resolution passes); the injection layer and the layers
+    after it keep the standard form the fused kernels take. Codes, prefix and image equal the unfrozen model's,
+    with random biases and noise strengths and seeded injection noise."""
+    from ssae.models.sae import FoldedConv
+
+    cfg = preset("lfw128").sae
+    e, g = random_official(cfg, seed=7)
+    model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), **shaping_options(cfg)).eval()
+    model.freeze(False)
+    torch.manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith("bias") or name.endswith("noise_weight"):
+            p.data.normal_(0.0, 0.3)
+    img = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        ref_codes = model.encode(img)
+        ref_pre = model.G.prefix(*ref_codes, model.G.seeded_noise(3, ref_codes[0].shape[-2:]))
+        ref = model.decode(*ref_codes, noise=3)
+        model.freeze()
+        codes = model.encode(img)
+        pre = model.G.prefix(*codes, model.G.seeded_noise(3, codes[0].shape[-2:]))
+        out = model.decode(*codes, noise=3)
+    for a, b in zip(codes + pre, ref_codes + ref_pre):
+        assert rel_err(a, b) <= 1e-5
+    assert rel_err(out, ref) <= 1e-5
+    G = model.G
+    folded = [c.name for c in G.styled_convs() if c.gain_folded]
+    first = min(G.layer(n).index for n in G.injection_layers)
+    assert folded == [c.name for c in G.styled_convs() if c.index < first]
+    assert all(m.b_fold is not None for m in model.E.modules() if isinstance(m, FoldedConv) and m.bias is not None)
+    model.freeze(False)
+    assert not any(c.gain_folded for c in G.styled_convs())

@@ -30,7 +30,7 @@ from ..kernels import ops as fused_ops
 from ..kernels import philox
 from ..kernels.reference import masked_modconv, modulate_input, pixel_direction_from_noise, pixel_noise_factor
 from .ops import SQRT2, blur2d, blur_kernel_2d, downsample_pad, full_conv_kernels, l2_normalize, lrelu_bias, \
-    polyphase_kernels, rms_normalize, upsample_pad
+    pixel_shuffle_nhwc, polyphase_kernels, rms_normalize, upsample_pad
 
 NoiseSpec = Union[None, int, str, Sequence[Union[torch.Tensor, None]]]
 #: How upsampling convs run (ModConv.up_mode): the same math in four layouts.
@@ -46,6 +46,10 @@ class FoldedConv(nn.Module):
 
     `pad` is (left, right, top, bottom) applied with `pad_mode` before the conv; `blur` taps, if given, are
     convolved into the weight (the official Blur + Conv pair becomes one conv).
+
+    Frozen (`freeze`), the activation's sqrt(2) gain and `out_gain` are folded into the constant weight and bias:
+    one Conv with its bias, then a plain leaky ReLU (see `ModConv.out_gain`). The output is `out_gain` times the
+    layer's (1 unless a residual block sets it).
     """
 
     def __init__(self, cin: int, cout: int, k: int, *, stride: int = 1, pad=(0, 0, 0, 0), pad_mode: str = "constant",
@@ -60,21 +64,26 @@ class FoldedConv(nn.Module):
         else:
             self.blur = None
         self.register_buffer("w_fold", None, persistent=False)
+        self.register_buffer("b_fold", None, persistent=False)
+        self.out_gain = 1.0
 
     def folded_weight(self) -> torch.Tensor:
         w = self.weight * self.scale
         return w if self.blur is None else full_conv_kernels(w, self.blur)
 
     def freeze(self, on: bool = True) -> None:
-        self.w_fold = self.folded_weight().detach() if on else None
+        g = self.out_gain * (SQRT2 if self.act else 1.0)
+        self.w_fold = (self.folded_weight() * g).detach() if on else None
+        self.b_fold = None if not on or self.bias is None else (self.bias * g).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.w_fold if self.w_fold is not None else self.folded_weight()
         if any(self.pad):
             x = F.pad(x, self.pad, mode=self.pad_mode)
-        if self.act:
-            return lrelu_bias(F.conv2d(x, w, stride=self.stride), self.bias)
-        return F.conv2d(x, w, self.bias, stride=self.stride)
+        if self.w_fold is not None:
+            y = F.conv2d(x, self.w_fold, self.b_fold, stride=self.stride)
+            return F.leaky_relu(y, 0.2) if self.act else y
+        y = F.conv2d(x, self.folded_weight(), None if self.act else self.bias, stride=self.stride)
+        return lrelu_bias(y, self.bias) if self.act else y
 
 
 class ModConv(nn.Module):
@@ -105,6 +114,17 @@ class ModConv(nn.Module):
             self.poly_pad = polyphase_kernels(torch.zeros(1, 1, k + len(blur) - 1, k + len(blur) - 1), self.crop[0])[1]
             self.sub_pad = polyphase_kernels(torch.zeros(1, 1, k, k), 0)[1]
         self.register_buffer("w_fold", None, persistent=False)
+        #: Set by the generator on the layers that are never edited (its prefix): frozen, the layer's output gain
+        #: (the activation's sqrt(2) times out_gain, 1/sqrt(2) for a residual block's conv2) is folded into the
+        #: constant weight, bias and noise strength (`gain_folded`), the bias into the conv where the conv is the
+        #: layer's last op, and the activation is a plain leaky ReLU. The output is out_gain times the layer's:
+        #: the same function with fewer full-resolution passes (no bias add, gain multiply or residual divide),
+        #: which matters most where the convs run in int8 and those passes do not. None: the standard form
+        #: (edited layers: the fused kernels take the unfolded weight and bias).
+        self.out_gain: float | None = None
+        self.register_buffer("w_gain", None, persistent=False)
+        self.register_buffer("b_gain", None, persistent=False)
+        self.register_buffer("nw_gain", None, persistent=False)
         #: How an upsampling conv runs (same math, both with constant weights):
         #: "separate" (default): 3x3 stride-2 transposed conv, then the [1,3,3,1] blur as a constant depthwise conv;
         #: "folded": one 6x6 stride-2 transposed conv with the blur folded in (4x the MACs of the 3x3 transposed
@@ -114,9 +134,9 @@ class ModConv(nn.Module):
         #: but the fold's MACs: measured 0.62-0.77x the speed of "separate" on ONNX Runtime / OpenVINO bf16 here
         #: (paper256 decoder prefix, one thread); an option for targets with weak transposed convs.
         #: "subpixel": the 3x3 transposed conv alone as a sub-pixel convolution (a 2x2 stride-1 conv to 4 * Cout
-        #: channels + pixel shuffle; 16/9 of its MACs), then the blur as in "separate". Every conv is then an
-        #: ordinary Conv, which INT8 runtimes without an int8 ConvTranspose kernel (ONNX Runtime's CPU provider)
-        #: run in int8: the form the INT8 export uses.
+        #: channels in phase-major order + the channels-last pixel shuffle `pixel_shuffle_nhwc`; 16/9 of its MACs),
+        #: then the blur as in "separate". Every conv is then an ordinary Conv, which INT8 runtimes without an int8
+        #: ConvTranspose kernel (ONNX Runtime's CPU provider) run in int8: the form the INT8 export uses.
         self.up_mode = "separate"
 
     # -- constants --
@@ -138,11 +158,19 @@ class ModConv(nn.Module):
             if self.up_mode == "polyphase":
                 w, _ = polyphase_kernels(w, self.crop[0])
             elif self.up_mode == "subpixel":
-                w, _ = polyphase_kernels(w, 0)
+                w, _ = polyphase_kernels(w, 0, phase_major=True)
         return w
 
     def freeze(self, on: bool = True) -> None:
         self.w_fold = self.folded_weight().detach() if on else None
+        g = None if not on or self.out_gain is None else self.out_gain * (SQRT2 if self.activate else 1.0)
+        self.w_gain = None if g is None else self.w_fold * g
+        self.b_gain = None if g is None else (self.bias * g).detach()
+        self.nw_gain = None if g is None or self.noise_weight is None else (self.noise_weight * g).detach()
+
+    @property
+    def gain_folded(self) -> bool:
+        return self.w_gain is not None
 
     def style(self, texture: torch.Tensor) -> torch.Tensor:
         """a = A(S): (B, Cin)."""
@@ -156,8 +184,11 @@ class ModConv(nn.Module):
         return pixel_noise_factor(self.affine_weight.detach() * self.affine_scale)
 
     # -- forward --
-    def _conv(self, xm: torch.Tensor) -> torch.Tensor:
-        w = self.w_fold if self.w_fold is not None else self.folded_weight()
+    def _conv(self, xm: torch.Tensor, w: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The conv on modulated input xm with the constant kernel (w_fold unless given); `bias` is added by the
+        conv itself (non-upsampling layers only)."""
+        if w is None:
+            w = self.w_fold if self.w_fold is not None else self.folded_weight()
         if self.upsample and self.up_mode == "polyphase":
             p0, p1 = self.poly_pad
             return F.pixel_shuffle(F.conv2d(F.pad(xm, (p0, p1, p0, p1)), w), 2)
@@ -165,7 +196,7 @@ class ModConv(nn.Module):
             # phases m = 0..H (one more than 2H / 2 on the trailing side): the transposed conv's 2H + 1 outputs
             # plus a trailing row/column that is exactly zero, so the blur takes one less pad on that side
             p0, p1 = self.sub_pad
-            y = F.pixel_shuffle(F.conv2d(F.pad(xm, (p0, p1 + 1, p0, p1 + 1)), w), 2)
+            y = pixel_shuffle_nhwc(F.conv2d(F.pad(xm, (p0, p1 + 1, p0, p1 + 1)), w))
             b0, b1 = upsample_pad(self.k, self.blur.shape[0])
             return blur2d(y, self.blur, (b0, b1 - 1))
         if self.upsample and self.up_mode == "separate":
@@ -177,7 +208,7 @@ class ModConv(nn.Module):
                 return F.conv_transpose2d(xm, w, stride=2, padding=c0)
             y = F.conv_transpose2d(xm, w, stride=2)
             return y[..., c0: y.shape[-2] - c1, c0: y.shape[-1] - c1]
-        return F.conv2d(xm, w, padding=self.k // 2)
+        return F.conv2d(xm, w, bias, padding=self.k // 2)
 
     def _finish(self, y: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         if self.use_noise:
@@ -188,11 +219,25 @@ class ModConv(nn.Module):
             return lrelu_bias(y, self.bias)
         return y + self.bias.view(1, -1, 1, 1)
 
+    def _finish_gain_folded(self, xm: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """conv + bias + noise + activation with the output gain folded into the constants (`out_gain`)."""
+        if self.upsample:
+            y = self._conv(xm, self.w_gain) + self.b_gain.view(1, -1, 1, 1)
+        else:
+            y = self._conv(xm, self.w_gain, self.b_gain)
+        if self.use_noise:
+            if noise is None:
+                noise = y.new_empty(y.shape[0], 1, y.shape[2], y.shape[3]).normal_()
+            y = y + self.nw_gain * noise
+        return F.leaky_relu(y, 0.2) if self.activate else y
+
     def forward(self, x: torch.Tensor, texture: torch.Tensor, noise: torch.Tensor | None = None,
                 edit: "LayerEdit | None" = None) -> torch.Tensor:
         a = self.style(texture)
         if edit is None:
             s = rms_normalize(a) if self.demodulate else a
+            if self.gain_folded:
+                return self._finish_gain_folded(x * s[:, :, None, None], noise)
             return self._finish(self._conv(x * s[:, :, None, None]), noise)
         mask = resize_mask(edit.mask.to(x.dtype), x.shape[-2:])
         if not self.upsample and self.demodulate and self.k % 2 == 1:
@@ -316,8 +361,11 @@ class EncoderResBlock(nn.Module):
         self.conv1 = FoldedConv(cin, cin, 3, pad=(1, 1, 1, 1), pad_mode="reflect")
         self.conv2 = FoldedConv(cin, cout, 3, stride=2, pad=(p0, p1, p0, p1), pad_mode="reflect", blur=blur)
         self.skip = FoldedConv(cin, cout, 1, stride=2, pad=(s0, s1, s0, s1), blur=blur, act=False, bias=False)
+        self.conv2.out_gain = self.skip.out_gain = 1 / SQRT2  # frozen: the residual's 1/sqrt(2) in their constants
 
     def forward(self, x):
+        if self.conv2.w_fold is not None and self.skip.w_fold is not None:
+            return self.conv2(self.conv1(x)) + self.skip(x)
         return (self.conv2(self.conv1(x)) + self.skip(x)) / SQRT2
 
 
@@ -373,6 +421,20 @@ class GenBlock(nn.Module):
         s = x if self.skip is None else self.skip(x)
         return F.interpolate(s, scale_factor=2, mode="bilinear", align_corners=False) if self.upsample else s
 
+    def fold_residual_gain(self) -> None:
+        """For a block that is never edited: once frozen, conv2 and the skip conv carry the residual's 1/sqrt(2)
+        in their constants (`ModConv.out_gain`), so `residual` adds without dividing."""
+        self.conv1.out_gain = 1.0
+        self.conv2.out_gain = 1 / SQRT2
+        if self.skip is not None:
+            self.skip.out_gain = 1 / SQRT2
+
+    def residual(self, skip: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(skip + y) / sqrt(2), given skip = `skip_branch(x)` and y = conv2's output of this block."""
+        if not self.conv2.gain_folded:
+            return (skip + y) / SQRT2
+        return y + (skip if self.skip is not None else skip * (1 / SQRT2))
+
 
 class Generator(nn.Module):
     """StyleGAN2ResnetGenerator, export-friendly, with SSAE injection and a prefix/tail split.
@@ -411,6 +473,10 @@ class Generator(nn.Module):
         self.injection_layers = self._resolve_injection(cfg.injection_layers)
         first = min(self.layer(n).index for n in self.injection_layers)
         self.split_block, self.split_conv = first // 2, first % 2 + 1
+        for b in self.blocks[: self.split_block]:  # the prefix is never edited: fold its gains when frozen
+            b.fold_residual_gain()
+        if self.split_conv == 2:
+            self.blocks[self.split_block].conv1.out_gain = 1.0
 
     # -- layer bookkeeping --
     def styled_convs(self) -> list[ModConv]:
@@ -481,7 +547,7 @@ class Generator(nn.Module):
         sp, gl = l2_normalize(sp), l2_normalize(gl)
         x = self._code_modulation(sp, gl)
         for b in self.blocks[: self.split_block]:
-            x = (b.skip_branch(x) + self._conv(b.conv2, self._conv(b.conv1, x, gl, noises, None), gl, noises, None)) / SQRT2
+            x = b.residual(b.skip_branch(x), self._conv(b.conv2, self._conv(b.conv1, x, gl, noises, None), gl, noises, None))
         b = self.blocks[self.split_block]
         skip = b.skip_branch(x)
         h = x if self.split_conv == 1 else self._conv(b.conv1, x, gl, noises, None)
