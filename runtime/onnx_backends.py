@@ -11,6 +11,26 @@ from ..export.onnx_export import ExportError, read_manifest
 from .backend import Backend, BackendError, input_dtype
 from .qdq_u8 import u8_activations
 
+#: How OrtBackend sessions get their CPU threads (`OrtBackend(thread_pool=...)`).
+THREAD_POOLS = ("no-spin", "spin", "global")
+_global_pool: dict = {}
+
+
+def global_thread_pool(threads: int) -> bool:
+    """Set up ONNX Runtime's process-wide intra-op thread pool (`threads` workers, 0 = ORT's default) once; True
+    when it is in place. ONNX Runtime accepts it only before its environment exists, and once it is set every
+    session of the process must use it (`use_per_session_threads = False`), ssae's or not: only for processes
+    where ssae owns ONNX Runtime. A later request for another size keeps the first size."""
+    if "ok" not in _global_pool:
+        try:
+            from onnxruntime.capi import _pybind_state
+
+            _pybind_state.set_global_thread_pool_sizes(int(threads), 1)
+            _global_pool.update(ok=True, threads=int(threads))
+        except Exception:  # noqa: BLE001 - the environment already exists (or an ORT without global pools)
+            _global_pool.update(ok=False, threads=None)
+    return _global_pool["ok"]
+
 
 class _OnnxFolderBackend(Backend):
     def __init__(self, export_dir: str | os.PathLike):
@@ -77,11 +97,20 @@ class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
-                 iobinding: bool | None = None, device_id: int = 0, s8_as_u8: bool = True):
+                 iobinding: bool | None = None, device_id: int = 0, s8_as_u8: bool = True,
+                 thread_pool: str = "no-spin"):
         """iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
         CUDA provider, so tensors cross PCIe once each way and ORT allocates nothing per call on the host side.
         s8_as_u8: on the CPU provider, load int8 graphs with uint8 activation zero points (`qdq_u8`; bit-identical
-        outputs); False loads them as written (for comparison)."""
+        outputs); False loads them as written (for comparison).
+        thread_pool: how sessions get their `threads` CPU workers (0 = one per core).
+          "no-spin" (default): a pool per session whose workers sleep when idle. A full edit runs five graphs
+          back to back; with ONNX Runtime's default the workers of each graph kept spinning after its run and
+          took the cores from the next graph (the bundled model's fp32 full edit ran about twice as long;
+          `benchmarks/bench_ort_threads.py`).
+          "spin": ONNX Runtime's default (for comparison).
+          "global": every session on one process-wide pool (`global_thread_pool`; "no-spin" where ONNX Runtime
+          refuses it). Every other ONNX Runtime session in the process must then use that pool too."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -95,7 +124,10 @@ class OrtBackend(_OnnxFolderBackend):
         if missing:
             raise BackendError(f"onnxruntime providers not available here: {', '.join(missing)}")
         self.providers = providers
+        if thread_pool not in THREAD_POOLS:
+            raise BackendError(f"unknown thread pool {thread_pool!r} (choose from {', '.join(THREAD_POOLS)})")
         self.threads = threads
+        self.thread_pool = thread_pool
         self.s8_as_u8 = s8_as_u8
         cuda = providers[0] == "CUDAExecutionProvider"
         self.iobinding = cuda if iobinding is None else bool(iobinding)
@@ -115,8 +147,13 @@ class OrtBackend(_OnnxFolderBackend):
         `qdq_u8`). profile_prefix: turn on ONNX Runtime's profiler, writing there."""
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.threads:
-            so.intra_op_num_threads = self.threads
+        if self.thread_pool == "global" and global_thread_pool(self.threads):
+            so.use_per_session_threads = False
+        else:
+            if self.threads:
+                so.intra_op_num_threads = self.threads
+            if self.thread_pool != "spin":
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         if profile_prefix is not None:
             so.enable_profiling = True

@@ -359,3 +359,22 @@ def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
     assert op in log.ops
     want = plain.run("sae_decoder_edit", feed)
     np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_onnxruntime_thread_pool_modes(tiny_export, face_path):
+    """OrtBackend sessions: by default a pool each whose workers sleep when idle (no spinning workers competing with
+    the next graph of a full edit); ONNX Runtime's spinning default on request; unknown modes refused. Same edits
+    either way. (The process-wide "global" mode is exercised by benchmarks/bench_ort_threads.py in worker
+    processes: once set, every ONNX Runtime session of a process must use it.)"""
+    quiet, spin = OrtBackend(tiny_export, threads=1), OrtBackend(tiny_export, threads=1, thread_pool="spin")
+    entry = quiet.manifest["stages"]["sae_encoder"]
+    path = quiet.dir / entry["file"]
+    so = quiet.open_session(path, entry).get_session_options()
+    assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0" and so.intra_op_num_threads == 1
+    so = spin.open_session(path, entry).get_session_options()
+    with pytest.raises(Exception):  # never set: ONNX Runtime's default (spinning)
+        so.get_session_config_entry("session.intra_op.allow_spinning")
+    a, b = (Editor(be, be.manifest).edit(face_path, "hair", seed=4) for be in (quiet, spin))
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    with pytest.raises(BackendError, match="unknown thread pool"):
+        OrtBackend(tiny_export, thread_pool="shared")
