@@ -135,7 +135,7 @@ class OrtBackend(_OnnxFolderBackend):
         self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
         # single region re-edits on the sparse tile graph with the CPU provider (benchmarks/results/runtime_cpu.json,
-        # paper256 hair re-edit: 92 ms vs 192 ms on the window)
+        # paper256 hair re-edit: 39 ms vs 111 ms on the window)
         self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
     def _compile(self, path, entry: dict):
@@ -147,8 +147,8 @@ class OrtBackend(_OnnxFolderBackend):
         `qdq_u8`). profile_prefix: turn on ONNX Runtime's profiler, writing there."""
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.thread_pool == "global" and global_thread_pool(self.threads):
-            so.use_per_session_threads = False
+        if _global_pool.get("ok") or (self.thread_pool == "global" and global_thread_pool(self.threads)):
+            so.use_per_session_threads = False  # once the process-wide pool exists ORT accepts no other
         else:
             if self.threads:
                 so.intra_op_num_threads = self.threads

@@ -1,5 +1,7 @@
 """The runtime: backends, the Editor API, image inputs, cross-backend agreement, errors."""
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -364,8 +366,8 @@ def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
 def test_onnxruntime_thread_pool_modes(tiny_export, face_path):
     """OrtBackend sessions: by default a pool each whose workers sleep when idle (no spinning workers competing with
     the next graph of a full edit); ONNX Runtime's spinning default on request; unknown modes refused. Same edits
-    either way. (The process-wide "global" mode is exercised by benchmarks/bench_ort_threads.py in worker
-    processes: once set, every ONNX Runtime session of a process must use it.)"""
+    either way. The process-wide "global" pool is checked in a fresh process: once it exists, every session the
+    process opens (any mode) runs on it, as ONNX Runtime requires."""
     quiet, spin = OrtBackend(tiny_export, threads=1), OrtBackend(tiny_export, threads=1, thread_pool="spin")
     entry = quiet.manifest["stages"]["sae_encoder"]
     path = quiet.dir / entry["file"]
@@ -378,3 +380,15 @@ def test_onnxruntime_thread_pool_modes(tiny_export, face_path):
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     with pytest.raises(BackendError, match="unknown thread pool"):
         OrtBackend(tiny_export, thread_pool="shared")
+    code = ("import sys, numpy as np\n"
+            "from ssae.runtime import Editor\n"
+            "from ssae.runtime import onnx_backends as ob\n"
+            "bes = [ob.OrtBackend(sys.argv[1], thread_pool=m) for m in ('global', 'no-spin')]\n"
+            "eds = [Editor(b, b.manifest) for b in bes]\n"
+            "ims = [np.asarray(e.edit(sys.argv[2], 'hair', seed=4).image) for e in eds]\n"
+            "s = eds[1].backend.compiled('sae_encoder').get_session_options()\n"
+            "print(ob._global_pool['ok'], s.use_per_session_threads, np.array_equal(*ims))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tiny_export), str(face_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "False", "True"]
