@@ -239,6 +239,8 @@ class ModConv(nn.Module):
             if self.gain_folded:
                 return self._finish_gain_folded(x * s[:, :, None, None], noise)
             return self._finish(self._conv(x * s[:, :, None, None]), noise)
+        if self.gain_folded and self.out_gain != 1.0:  # its block expects out_gain times the edited output
+            raise ValueError(f"{self.name} carries a folded output gain (generator prefix); it cannot be edited")
         mask = resize_mask(edit.mask.to(x.dtype), x.shape[-2:])
         if not self.upsample and self.demodulate and self.k % 2 == 1:
             # The fused operation (reference path of the CUDA kernel / TensorRT plugin).
