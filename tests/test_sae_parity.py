@@ -166,7 +166,7 @@ def test_frozen_form_folds_the_gains_of_unedited_layers_with_the_same_outputs():
     1/sqrt(2) and bias in the constant weights (fewer full-resolution passes); the injection layer and the layers
     after it keep the standard form the fused kernels take. Codes, prefix and image equal the unfrozen model's,
     with random biases and noise strengths and seeded injection noise."""
-    from ssae.models.sae import FoldedConv
+    from ssae.models.sae import FoldedConv, LayerEdit
 
     cfg = preset("lfw128").sae
     e, g = random_official(cfg, seed=7)
@@ -193,5 +193,9 @@ def test_frozen_form_folds_the_gains_of_unedited_layers_with_the_same_outputs():
     first = min(G.layer(n).index for n in G.injection_layers)
     assert folded == [c.name for c in G.styled_convs() if c.index < first]
     assert all(m.b_fold is not None for m in model.E.modules() if isinstance(m, FoldedConv) and m.bias is not None)
+    conv2 = G.blocks[0].conv2  # carries 1/sqrt(2) of its residual: an edit there would come out unscaled
+    edit = LayerEdit(torch.ones(2, 1, 4, 4), torch.ones(2), direction=torch.zeros(2, conv2.cin))
+    with pytest.raises(ValueError, match="cannot be edited"):
+        conv2(torch.zeros(2, conv2.cin, 4, 4), codes[1], None, edit)
     model.freeze(False)
     assert not any(c.gain_folded for c in G.styled_convs())
