@@ -29,14 +29,14 @@ def worker(folder: str, pool: str, edits: int, roi: str) -> dict:
     """Per-stage and total medians (ms) of `edits` full edits on one backend, in this process."""
     from PIL import Image
 
+    from ssae.pretrained import ASSETS
     from ssae.runtime.editor import Editor
     from ssae.runtime.onnx_backends import OrtBackend
 
     be = OrtBackend(folder, providers=["CPUExecutionProvider"], thread_pool=pool)
     ed = Editor(be, be.manifest)
     size = int(be.manifest["model_config"]["image_size"])
-    face = Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg"
-    img = np.asarray(Image.open(face).convert("RGB").resize((size, size)))
+    img = np.asarray(Image.open(ASSETS / "example_face.jpg").convert("RGB").resize((size, size)))
     ed.edit(img, roi, seed=0)
     timings = []
     for k in range(edits):

@@ -40,16 +40,16 @@ def color_transfer(x: torch.Tensor, ref: torch.Tensor, eps: float = 1e-2) -> tor
     return ((x - mx) / (sx + eps) * sr + mr).clamp(-1.0, 1.0)
 
 
-def late_texture_swap(G, structure: torch.Tensor, texture: torch.Tensor,
-                      noises=None) -> tuple[torch.Tensor, torch.Tensor]:
+def late_texture_swap(G, structure: torch.Tensor, texture: torch.Tensor, noises=None,
+                      reconstruct: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(reconstructions, late swaps) of a batch's codes (`SwappingAutoencoder.encode`) through generator G: the swap
     decodes each image with its pair's (`swap`) texture code at the injection layer(s) and its own code everywhere
     else, i.e. SSAE's S' = S + (S_B - S) * M with M = 1. One shared prefix; `noises` as `Generator.forward` takes
-    them (None: fresh N(0,1), as in training)."""
+    them (None: fresh N(0,1), as in training). reconstruct=False skips the reconstructions' tail (returns None)."""
     h, skip = G.prefix(structure, texture, noises)
-    rec = G.tail(h, skip, texture, noises)
+    rec = G.tail(h, skip, texture, noises) if reconstruct else None
     gl = l2_normalize(texture)
-    ones = h.new_ones(h.shape[0], 1, *rec.shape[-2:])
+    ones = h.new_ones(h.shape[0], 1, *h.shape[-2:])  # M = 1 (resized per injection layer: still all ones)
     return rec, G.tail(h, skip, gl, noises, edit=StyleEdit(ones, region_noise=swap(gl) - gl))
 
 
@@ -118,11 +118,11 @@ class SAETrainer(Trainer):
         mix = self.sae.decode(swap(sp), gl)
         return rec, mix, (sp, gl)
 
-    def _texture_swap(self, real, codes):
-        """(reconstruction of the whole batch, L1 of the late texture swap against `color_transfer`) from the
-        batch's codes (encoded once per step)."""
+    def _texture_swap(self, real, codes, reconstruct: bool = True):
+        """(reconstruction of the whole batch or None, L1 of the late texture swap against `color_transfer`) from
+        the batch's codes (encoded once per step)."""
         with self.autocast():
-            rec, mix = late_texture_swap(self.sae.G, *codes)
+            rec, mix = late_texture_swap(self.sae.G, *codes, reconstruct=reconstruct)
         return rec, F.l1_loss(mix.float(), color_transfer(real, swap(real)))
 
     def train_step(self, step: int) -> dict[str, float]:
@@ -192,7 +192,7 @@ class SAETrainer(Trainer):
         l1 = F.l1_loss(rec.float(), real[: b // 2])
         loss_g = cfg.lambda_L1 * l1 + cfg.lambda_GAN * (0.5 * g_rec + g_mix) + cfg.lambda_PatchGAN * g_patch
         if cfg.lambda_texture_swap > 0:
-            _, ts = self._texture_swap(real, codes)
+            _, ts = self._texture_swap(real, codes, reconstruct=False)  # the GAN phase has its reconstructions
             loss_g = loss_g + cfg.lambda_texture_swap * ts
             m["TS"] = ts.item()
         self.opt_g.zero_grad(set_to_none=True)
