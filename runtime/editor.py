@@ -1,14 +1,28 @@
-"""The Editor: image -> SMPN masks -> encoder -> decoder prefix (cached per image) -> edit tail -> RB -> image.
+"""The Editor: photo -> face crop -> SMPN masks -> encoder -> decoder prefix (cached per crop) -> edit tail -> RB ->
+the edit's change pasted onto the photo.
 
 ```python
 ed = Editor.load()                       # bundled model, fastest backend here
-res = ed.edit("face.jpg", roi="hair", seed=3, strength=1.0)
-res.image.save("edited.png")             # PIL image at the input's size; res.mask, res.timings (ms per stage)
+res = ed.edit("photo.jpg", roi="hair", seed=3, strength=1.0)
+res.image.save("edited.png")             # PIL image at the photo's size; res.mask (photo size), res.timings (ms)
+ed.edit("photo.jpg", roi="hair", reference="other.jpg")   # the hair takes the other photo's texture code
 ```
 
-Images of any size and mode are fitted to the model size (pad to square, resize; `ssae.data.SquareFit`) and the
-result is resized back. Noise comes from the seed through the counter-based generator (`ssae.kernels.philox`),
-never from a backend's RNG, so the same image, ROI and seed give the same edit on every backend.
+Framing: every photo goes through one framing step (`ssae.face`): the face is found (MTCNN), a square crop with the
+training framing is cut at the model's size, edited there, and the result is pasted back at the photo's
+resolution. `frame="whole"` edits the whole frame instead (no detection); `faces="all"` edits every face found.
+
+Output: by default (`output="photo"`) the edit's *change*, the refined edit minus the refined unedited
+reconstruction of the same crop, is added to the original photo under the region's feathered mask: the photo keeps
+its own detail and sharpness inside the region, and every pixel outside the feathered mask is the input's, bit for
+bit. `output="raw"` returns the model's own refined output for the crop (size x size px, with the crop's mask):
+for research and for model-space metrics, not for users' photos.
+
+One path per edit: whatever the cache holds, an edit runs the same stages on the same arrays (the tail on the
+window around its mask, or on the tiles touching the mask with the sparse graph; the RB on that window), so the
+same request gives the same bytes as a first edit, a cached re-edit, in `edit_many`, `edit_requests` or served.
+Noise comes from the seed through the counter-based generator (`ssae.kernels.philox`), never from a backend's RNG,
+so the same photo, ROI and seed give the same edit on every backend.
 """
 from __future__ import annotations
 
@@ -21,21 +35,34 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from ..data.transforms import SquareFit
+from ..face import FaceCrop, FaceDetector, feather, frame_faces
 from ..kernels import philox, sparse_tail
 from ..profiling.nvtx import nvtx_range
 from .backend import Backend
-from .images import load_image
+from .images import ImageError, load_image
 from .registry import create_backend, resolve_model
 
 NOISE_MODES = ("region", "pixel")
+#: output="photo": the change pasted onto the photo (users); "raw": the model's crop output (research, metrics).
+OUTPUTS = ("photo", "raw")
+#: frame="face": find the face and edit its crop; "whole": the whole frame as one crop (no detection).
+FRAMES = ("face", "whole")
+#: faces="largest": the largest face found; "all": every face found.
+FACES = ("largest", "all")
+#: Feathering of the region mask for the paste, in crop pixels (Gaussian sigma).
+FEATHER = 1.5
+
+
+class FaceNotFoundError(ImageError):
+    """No face was found where one is needed (one-line message)."""
 
 
 @dataclass
 class EditResult:
-    """One edit: `image` (PIL, input size), `mask` (float32 in [0,1], input size), `timings` (ms per stage)."""
+    """One edit. output="photo": `image` (PIL) and `mask` (float32 in [0, 1]) at the photo's size; output="raw":
+    both at the model's crop size. `faces`: the photo box (x0, y0, x1, y1) of each crop edited; `timings`: ms."""
 
     image: Image.Image
     mask: np.ndarray
@@ -44,17 +71,22 @@ class EditResult:
     strength: float
     noise: str
     timings: dict[str, float] = field(default_factory=dict)
+    faces: list[tuple[int, int, int, int]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class EditParams:
-    """The parameters of one edit (what `Editor.edit` takes besides the image)."""
+    """The parameters of one edit (what `Editor.edit` takes besides the photo). `reference`: a photo (path, PIL
+    image, array or bytes) whose texture code the region takes instead of the seed's random one."""
 
     roi: str
     seed: int = 0
     strength: float = 1.0
     noise: str = "region"
-    preserve_background: bool = False
+    reference: object = None
+    output: str = "photo"
+    frame: str = "face"
+    faces: str = "largest"
 
 
 @dataclass(frozen=True)
@@ -67,31 +99,37 @@ class EditRequest:
 
 @dataclass
 class _Encoded:
-    """Per-image state that re-edits reuse."""
+    """One crop of a photo and what re-edits reuse."""
 
-    rgb: np.ndarray                 # uint8 input (H, W, 3)
-    fit: SquareFit
+    crop: FaceCrop
     x: np.ndarray                   # (1, 3, S, S) model input
+    key: str = ""                    # photo hash + framing + face index
     masks: dict = field(default_factory=dict)  # roi -> (1, 1, S, S), quantised to 8-bit levels
     structure: np.ndarray | None = None
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
     skip: np.ndarray | None = None
-    key: str = ""                    # content hash of the decoded image
-    edits: int = 0                   # edits made so far (re-edits take the crop path)
-    rows: tuple | None = None        # (h, skip) as row tables for the sparse re-edit (`kernels.sparse_tail.to_rows`)
+    rows: tuple | None = None        # (h, skip) as row tables for the sparse tail (`kernels.sparse_tail.to_rows`)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
-    base_refined: dict = field(default_factory=dict)  # (roi, mask hash) -> (1, 3, S, S) RB of the unedited output
+    base_refined: dict = field(default_factory=dict)  # (roi, mask hash[, "full"]) -> RB of `base` on the window
+
+
+@dataclass
+class _Photo:
+    """A decoded photo and its crops (largest face first)."""
+
+    rgb: np.ndarray                  # uint8 (H, W, 3)
+    crops: list[_Encoded]
 
 
 class Editor:
     """Chains the stages of one backend. Thread-compatible, not thread-safe (use one Editor per thread)."""
 
-    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, crop: bool = True,
-                 sparse: bool | None = None):
-        """crop: re-edit only the ROI's window (local tails). sparse: re-edit one region edit with the sparse tile
-        graph (`sae_decoder_edit_sparse`) where the backend has it; None = the backend's preference
-        (`Backend.sparse_reedit`)."""
+    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, sparse: bool | None = None,
+                 detector: FaceDetector | None = None):
+        """sparse: run region edits' tail on the tiles touching the mask (`sae_decoder_edit_sparse`) where the
+        backend has that graph; None = the backend's preference (`Backend.sparse_reedit`). detector: the face
+        detector (default: one shared per process)."""
         self.backend = backend
         cfg = manifest["model_config"]
         self.rois: tuple[str, ...] = tuple(manifest["rois"])
@@ -99,25 +137,23 @@ class Editor:
         self.global_code_ch: int = int(cfg["sae"]["global_code_ch"])
         self.pixel_noise_shape = tuple(manifest.get("pixel_noise_shape") or ())
         self.injection_index = manifest.get("injection_index")
-        self._cache: OrderedDict[str, _Encoded] = OrderedDict()
-        self._chain_key: str | None = None  # image whose codes a chaining backend holds on its device
+        self._cache: OrderedDict[str, _Photo] = OrderedDict()
+        self._chain_key: str | None = None  # crop whose codes a chaining backend holds on its device
         self.cache_size = cache_size
+        self._detector = detector
         # Local tail: an edit changes the decoder output only within 1 px of the mask, and the RB's output only
-        # within its receptive field beyond that; re-edits then run on the ROI's window and are pasted into the
-        # cached unedited result (exact: pixels outside the window are provably unchanged).
+        # within its receptive field beyond that; every edit runs on the ROI's window and is pasted into the
+        # unedited result (exact: pixels outside the window provably do not change).
         self.local = bool(manifest.get("local_tail"))
-        self.crop = crop and self.local
         self.rb_radius = int(manifest.get("rb_radius", 0))
         self.sparse_tile = manifest.get("sparse_tile")
         want = getattr(backend, "sparse_reedit", False) if sparse is None else sparse
-        self.sparse = bool(want and self.crop and self.sparse_tile and "sae_decoder_edit_sparse" in backend.stages())
-        self.xi = None
-        if self.local:
-            self.xi = philox.tail_noise_map(manifest)
+        self.sparse = bool(want and self.local and self.sparse_tile and "sae_decoder_edit_sparse" in backend.stages())
+        self.xi = philox.tail_noise_map(manifest) if self.local else None
 
     # ---------------------------------------------------------------------------------------------- cache
     def use_cache(self, cache) -> None:
-        """Make `cache` the per-image cache: any mapping with OrderedDict's `get`, item assignment,
+        """Make `cache` the per-photo cache: any mapping with OrderedDict's `get`, item assignment,
         `move_to_end`, `popitem`, `len`, `keys` and `clear` (e.g. `ssae.serve.cache.EncodeCache`, which bounds
         bytes: the entry-count bound `cache_size` is then off). Entries already cached are carried over."""
         for k in list(self._cache.keys()):
@@ -126,7 +162,7 @@ class Editor:
         self.cache_size = sys.maxsize
 
     def clear_cache(self) -> None:
-        """Forget every encoded image (the next edit of any image is a full edit)."""
+        """Forget every encoded photo (the next edit of any photo encodes it again)."""
         self._cache.clear()
         self._chain_key = None
 
@@ -148,52 +184,73 @@ class Editor:
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
         return out
 
-    def _encode(self, image, timings: dict, need_codes: bool = True, rois: Sequence[str] = ()) -> _Encoded:
+    def _photo(self, image, frame: str, timings: dict, what: str = "the photo") -> _Photo:
+        """The decoded photo and its crops, from the cache or framed now."""
         rgb = load_image(image)
-        key = hashlib.sha1(rgb.tobytes() + str(rgb.shape).encode()).hexdigest()
-        enc = self._cache.get(key)
-        if enc is None:
-            fit = SquareFit(rgb.shape[0], rgb.shape[1], self.size)
-            x = fit.forward_rgb(rgb).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
-            enc = _Encoded(rgb, fit, np.ascontiguousarray(x, dtype=np.float32), key=key)
-            self._cache[key] = enc
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
-        else:
+        key = hashlib.sha1(rgb.tobytes() + f"{rgb.shape}|{frame}".encode()).hexdigest()
+        ph = self._cache.get(key)
+        if ph is not None:
             self._cache.move_to_end(key)
             timings["cache_hit"] = 1.0
-        self._predict_masks(enc, rois, timings)
-        if need_codes and enc.h is None:
+            return ph
+        t = time.perf_counter()
+        if frame == "whole":
+            crops = [FaceCrop.whole_frame(rgb.shape[0], rgb.shape[1], self.size)]
+        else:
+            crops = frame_faces(rgb, self.size, self._detector)
+            timings["detect"] = (time.perf_counter() - t) * 1e3
+            if not crops:
+                raise FaceNotFoundError(f"no face found in {what} (edit the whole frame instead: frame='whole', "
+                                        f"--whole-frame)")
+        t = time.perf_counter()
+        encs = []
+        for i, c in enumerate(crops):
+            x = c.cut_rgb(rgb).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
+            encs.append(_Encoded(c, np.ascontiguousarray(x, dtype=np.float32), key=f"{key}/{i}"))
+        timings["frame"] = timings.get("frame", 0.0) + (time.perf_counter() - t) * 1e3
+        ph = _Photo(rgb, encs)
+        self._cache[key] = ph
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return ph
+
+    def _codes(self, enc: _Encoded, timings: dict) -> None:
+        if enc.texture is None:
             codes = self._run("sae_encoder", timings, image=enc.x)
-            pre = self._run("sae_decoder_prefix", timings, structure=codes["structure"], texture=codes["texture"])
-            enc.structure, enc.texture, enc.h, enc.skip = codes["structure"], codes["texture"], pre["h"], pre["skip"]
-        return enc
+            enc.structure, enc.texture = codes["structure"], codes["texture"]
+
+    def _prefix(self, enc: _Encoded, timings: dict) -> None:
+        self._codes(enc, timings)
+        if enc.h is None:
+            pre = self._run("sae_decoder_prefix", timings, structure=enc.structure, texture=enc.texture)
+            enc.h, enc.skip = pre["h"], pre["skip"]
 
     def _predict_masks(self, enc: _Encoded, rois: Sequence[str], timings: dict) -> None:
-        """SMPN masks of `rois` into the image's cache: one single-ROI graph per missing ROI when only one or two are
+        """SMPN masks of `rois` into the crop's cache: one single-ROI graph per missing ROI when only one or two are
         missing and the backend has them (a single-ROI edit then pays 1/5 of the SMPN), else the five-ROI graph.
         Masks are quantised to 8-bit levels, so they are exactly zero outside the ROI."""
         missing = [r for r in dict.fromkeys(rois) if r not in enc.masks]
         if not missing:
             return
-        q = lambda m: np.round(m * 255.0) / np.float32(255.0)
         stages = self.backend.stages()
         if len(missing) <= 2 and all(f"smpn_{r}" in stages for r in missing):
             for r in missing:
-                enc.masks[r] = q(self._run(f"smpn_{r}", timings, image=enc.x)["masks"])
+                enc.masks[r] = _quantise(self._run(f"smpn_{r}", timings, image=enc.x)["masks"])
             return
-        allm = q(self._run("smpn", timings, image=enc.x)["masks"])
+        allm = _quantise(self._run("smpn", timings, image=enc.x)["masks"])
         enc.masks.update({r: allm[:, i: i + 1] for i, r in enumerate(self.rois)})
 
-    def _stage_inputs(self, enc: _Encoded, mask, seed: int, strength, noise, win=None) -> dict:
-        """Inputs of the edit stage for one edit, on the full image or a (y0, y1, x0, x1) window."""
+    def _stage_inputs(self, enc: _Encoded, mask, direction, seed: int, strength, noise, win=None) -> dict:
+        """Inputs of the edit stage for one edit, on the full crop or a (y0, y1, x0, x1) window. direction: the
+        region edit's texture-code direction (1, D); pixel edits draw their noise from `seed`."""
         y0, y1, x0, x1 = win or (0, self.size, 0, self.size)
-        def cut(a):  # no copy on the full image (the cached array is passed as is)
+
+        def cut(a):  # no copy on the full crop (the cached array is passed as is)
             return np.ascontiguousarray(a[..., y0:y1, x0:x1])
 
         if noise == "region":
-            nz = self._region_noise(seed)
-        elif noise == "pixel":
+            nz = direction
+        else:
             if not self.pixel_noise_shape:
                 raise ValueError("this model has no pixel-noise edit graph")
             stream = philox.STREAM_PIXEL + int(self.injection_index)
@@ -202,270 +259,287 @@ class Editor:
                                          int(self.pixel_noise_shape[-1]))
             else:
                 nz = philox.gaussian_batch([seed], stream, tuple(self.pixel_noise_shape))
-        else:
-            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
         inputs = dict(h=cut(enc.h), skip=cut(enc.skip), texture=enc.texture, mask=cut(mask), noise=nz,
                       strength=np.full((1,), strength, np.float32))
         if self.local:
             inputs["xi"] = cut(self.xi)
         return inputs
 
-    def _region_noise(self, seed: int) -> np.ndarray:
-        """The texture-code direction n of a region edit, (1, D), from the seed."""
-        return philox.region_noise([seed], self.global_code_ch)
-
-    def _refine(self, pairs, coarse, masks, timings) -> np.ndarray:
-        refined = np.empty_like(coarse)
-        for roi in dict.fromkeys(r for r, _, _ in pairs):
-            sel = [k for k, (r, _, _) in enumerate(pairs) if r == roi]
-            refined[sel] = self._run(f"refine_{roi}", timings, image=coarse[sel], mask=masks[sel])["refined"]
-        return refined
-
-    def _window(self, masks: np.ndarray):
-        """(outer, compute) windows around every non-zero mask pixel, or None when cropping would not pay."""
-        ys, xs = np.nonzero(masks.max(axis=(0, 1)) > 0)
+    def _window(self, mask: np.ndarray):
+        """(outer, compute) windows (y0, y1, x0, x1) around every non-zero pixel of a (1, 1, S, S) mask: the
+        pixels an edit can change, and the part of the crop the tail and the RB must see to compute them. The
+        full crop for models without a local tail; None when the mask is empty."""
+        s = self.size
+        if not self.local:
+            return (0, s, 0, s), (0, s, 0, s)
+        ys, xs = np.nonzero(mask[0, 0] > 0)
         if len(ys) == 0:
             return None
-        s, r = self.size, self.rb_radius
+        r = self.rb_radius
         box = lambda m: (max(0, ys.min() - m), min(s, ys.max() + 1 + m), max(0, xs.min() - m), min(s, xs.max() + 1 + m))
-        outer, comp = box(1 + r), box(2 + 2 * r)
-        if (comp[1] - comp[0]) * (comp[3] - comp[2]) > 0.9 * s * s:
-            return None
-        return outer, comp
+        return box(1 + r), box(2 + 2 * r)
 
     def _base(self, enc: _Encoded, timings) -> np.ndarray:
-        """The unedited decoder output (strength 0), cached per image."""
+        """The unedited decoder output (strength 0) of the full crop, cached."""
         if enc.base is None:
-            zero = self._stage_inputs(enc, np.zeros((1, 1, self.size, self.size), np.float32), 0, 0.0, "region")
-            enc.base = self._run("sae_decoder_edit", timings, **zero)["image"]
+            zero = np.zeros((1, 1, self.size, self.size), np.float32)
+            feed = self._stage_inputs(enc, zero, self._direction(0, None), 0, 0.0, "region")
+            enc.base = self._run("sae_decoder_edit", timings, **feed)["image"]
         return enc.base
 
-    def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, timings) -> np.ndarray:
-        """RB output of the unedited decoder output for this ROI and mask (cached per image)."""
-        key = (roi, hashlib.sha1(mask.tobytes()).hexdigest())
+    def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, comp, timings) -> np.ndarray:
+        """RB output of the unedited decoder output for this ROI and mask on the compute window (cached)."""
+        key = (roi, hashlib.sha1(mask.tobytes()).hexdigest(), comp)
         if key not in enc.base_refined:
-            enc.base_refined[key] = self._run(f"refine_{roi}", timings, image=self._base(enc, timings),
-                                              mask=mask)["refined"]
+            cy0, cy1, cx0, cx1 = comp
+            enc.base_refined[key] = self._run(
+                f"refine_{roi}", timings, image=np.ascontiguousarray(self._base(enc, timings)[..., cy0:cy1, cx0:cx1]),
+                mask=np.ascontiguousarray(mask[..., cy0:cy1, cx0:cx1]))["refined"]
         return enc.base_refined[key]
 
-    def _coarse_sparse(self, enc: _Encoded, seed: int, mask: np.ndarray, strength: float, timings) -> np.ndarray:
-        """One region edit's decoder output (1, 3, S, S): the unedited output with the tiles touching the mask
-        recomputed by the sparse graph (exact: no other pixel can change)."""
-        t = time.perf_counter()
-        plan = sparse_tail.plan_tiles(mask[0, 0], int(self.sparse_tile))
-        if enc.rows is None:
-            enc.rows = (sparse_tail.to_rows(enc.h), sparse_tail.to_rows(enc.skip))
-        timings["sparse_plan"] = (time.perf_counter() - t) * 1e3
-        rgb = self._run("sae_decoder_edit_sparse", timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
-                        mask_rows=sparse_tail.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
-                        texture=enc.texture, noise=self._region_noise(seed),
-                        strength=np.full((1,), strength, np.float32))["rgb"]
-        coarse = self._base(enc, timings).copy()
-        sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
-        return coarse
+    def _direction(self, seed: int, reference_texture: np.ndarray | None, enc: _Encoded | None = None) -> np.ndarray:
+        """The region edit's texture-code direction n (1, D): from the seed, or toward a reference's texture code
+        (S' = S + strength (S_ref - S) M)."""
+        if reference_texture is None:
+            return philox.region_noise([seed], self.global_code_ch)
+        return np.ascontiguousarray(reference_texture - enc.texture, dtype=np.float32)
 
-    def _tail(self, encs: Sequence[_Encoded], pairs, strengths: Sequence[float], masks: np.ndarray, noise: str,
-              window, timings) -> np.ndarray:
-        """Edit tail and RB of N edits as batched calls: edit k is `pairs[k]` = (roi, index, seed) of image
-        `encs[k]` (images may repeat) at `strengths[k]` with `masks[k]`. window: None = the full image; else
-        (outer, compute) from `_window`: the tail runs on the compute window (one region edit: on the tiles
-        touching the mask, when `self.sparse`) and the result is pasted into each image's cached unedited
-        result (exact: pixels outside the window cannot change). Returns (N, 3, S, S)."""
-        comp = None if window is None else window[1]
-        if window is not None and self.sparse and len(pairs) == 1 and noise == "region":
-            cy0, cy1, cx0, cx1 = comp
-            crop = (slice(None), slice(None), slice(cy0, cy1), slice(cx0, cx1))
-            coarse = self._coarse_sparse(encs[0], pairs[0][2], masks, strengths[0], timings)[crop]
-            crop_masks = np.ascontiguousarray(masks[crop])
-        else:
-            feeds = [self._stage_inputs(encs[k], masks[k: k + 1], pairs[k][2], strengths[k], noise, comp)
-                     for k in range(len(pairs))]
-            batched = feeds[0] if len(feeds) == 1 else {  # the tail's noise map xi is shared
-                n: feeds[0][n] if n == "xi" else np.concatenate([f[n] for f in feeds]) for n in feeds[0]}
-            stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
-            coarse = self._run(stage, timings, **batched)["image"]
-            crop_masks = batched["mask"]
-        part = self._refine(pairs, coarse, crop_masks, timings)
-        if window is None:
-            return part
-        (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = window
-        out = np.concatenate([self._base_refined(encs[k], r, masks[k: k + 1], timings)
-                              for k, (r, _, _) in enumerate(pairs)])
-        out[..., oy0:oy1, ox0:ox1] = part[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
-        return out
+    def _coarse(self, enc: _Encoded, mask, direction, seed, strength, noise, comp, timings) -> np.ndarray:
+        """The edited decoder output on the compute window (1, 3, ch, cw)."""
+        cy0, cy1, cx0, cx1 = comp
+        if self.sparse and noise == "region":
+            t = time.perf_counter()
+            plan = sparse_tail.plan_tiles(mask[0, 0], int(self.sparse_tile))
+            if enc.rows is None:
+                enc.rows = (sparse_tail.to_rows(enc.h), sparse_tail.to_rows(enc.skip))
+            timings["sparse_plan"] = timings.get("sparse_plan", 0.0) + (time.perf_counter() - t) * 1e3
+            rgb = self._run("sae_decoder_edit_sparse", timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
+                            mask_rows=sparse_tail.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
+                            texture=enc.texture, noise=direction, strength=np.full((1,), strength, np.float32))["rgb"]
+            coarse = self._base(enc, timings).copy()
+            sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
+            return np.ascontiguousarray(coarse[..., cy0:cy1, cx0:cx1])
+        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
+        return self._run(stage, timings, **self._stage_inputs(enc, mask, direction, seed, strength, noise, comp))["image"]
 
-    def _user_mask(self, mask: np.ndarray, enc: _Encoded) -> np.ndarray:
-        m = np.asarray(mask, dtype=np.float32)
-        if m.shape != enc.rgb.shape[:2]:
-            raise ValueError(f"mask shape {m.shape} does not match the image ({enc.rgb.shape[0]}, {enc.rgb.shape[1]})")
-        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
-            raise ValueError("mask values must be finite and in [0, 1]")
-        return (np.round(enc.fit.forward_mask(m) * 255.0) / np.float32(255.0))[None, None].astype(np.float32)
+    def _edit_crop(self, enc: _Encoded, roi: str, mask: np.ndarray, seed: int, strength: float, noise: str,
+                   reference_texture: np.ndarray | None, timings: dict):
+        """One edit of one crop: (refined window, unedited refined window, outer window, compute window), or
+        None when the mask is empty (nothing to change)."""
+        self._prefix(enc, timings)
+        win = self._window(mask)
+        if win is None:
+            return None
+        outer, comp = win
+        direction = self._direction(seed, reference_texture, enc) if noise == "region" else None
+        coarse = self._coarse(enc, mask, direction, seed, strength, noise, comp, timings)
+        cy0, cy1, cx0, cx1 = comp
+        refined = self._run(f"refine_{roi}", timings, image=coarse,
+                            mask=np.ascontiguousarray(mask[..., cy0:cy1, cx0:cx1]))["refined"]
+        return refined, self._base_refined(enc, roi, mask, comp, timings), outer, comp
 
-    def stage_feeds(self, image, roi: str = "hair", seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-        """Full-image inputs of every stage of this backend for one image, each made of the outputs of the stages
-        before it (edit stages: `roi`, `seed`, strength 1; RBs: that edit with their own ROI's mask). Used by the
-        benchmarks, the profiler and INT8 calibration."""
+    def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
+        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT, or
+        PyTorch on CUDA, with CUDA graphs); a new edit of the crop it holds replays only the tail (`run_reedit`).
+        The unedited reference is the same chain at strength 0 (cached per ROI). Same tuple as `_edit_crop`."""
+        from .backend import BackendError
+
+        def chain(s):
+            t = time.perf_counter()
+            out = None
+            if self._chain_key == enc.key:
+                try:
+                    out, stage = self.backend.run_reedit(roi, seed, s), "chain_reedit"
+                except BackendError:  # the device holds another crop or ROI
+                    out = None
+            if out is None:
+                out, stage = self.backend.run_chain(enc.x, roi, seed, s), "chain_full"
+                self._chain_key = enc.key
+            timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
+            return out
+
+        out = chain(strength)
+        enc.masks.setdefault(roi, out["mask"])
+        key = (roi, "chain")
+        if key not in enc.base_refined:
+            enc.base_refined[key] = chain(0.0)["refined"]
+        full = (0, self.size, 0, self.size)
+        return out["refined"], enc.base_refined[key], full, full
+
+    def _reference_texture(self, reference, frame: str, timings: dict) -> np.ndarray:
+        """The texture code (1, D) of a reference photo's largest face (or whole frame)."""
+        enc = self._photo(reference, frame, timings, what="the reference image").crops[0]
+        self._codes(enc, timings)
+        return enc.texture
+
+    def _check_params(self, roi: str, strength: float, noise: str, output: str = "photo", frame: str = "face",
+                      faces: str = "largest", reference=None) -> None:
         self._roi_index(roi)
-        enc = self._encode(image, {}, rois=self.rois)
-        m = enc.masks[roi]
-        feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
-                 "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
-                 "sae_decoder_edit": self._stage_inputs(enc, m, seed, 1.0, "region")}
-        stages = self.backend.stages()
-        if "sae_decoder_edit_pixel" in stages:
-            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, m, seed, 1.0, "pixel")
-        coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
-        for i, r in enumerate(self.rois):
-            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}
-            feeds[f"smpn_{r}"] = {"image": enc.x}
-        return {s: f for s, f in feeds.items() if s in stages}
+        if not np.isfinite(strength):
+            raise ValueError(f"strength must be a finite number, got {strength}")
+        if noise not in NOISE_MODES:
+            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
+        for name, v, ok in (("output", output, OUTPUTS), ("frame", frame, FRAMES), ("faces", faces, FACES)):
+            if v not in ok:
+                raise ValueError(f"unknown {name} {v!r} (choose from {', '.join(ok)})")
+        if reference is not None and noise != "region":
+            raise ValueError("a reference edit takes the reference's texture code for the whole region: "
+                             "use noise='region'")
+        if output == "raw" and faces == "all":
+            raise ValueError("output='raw' returns one crop: use faces='largest'")
 
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:
             raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
         return self.rois.index(roi)
 
+    def _user_mask(self, mask: np.ndarray, rgb: np.ndarray, enc: _Encoded) -> np.ndarray:
+        m = np.asarray(mask, dtype=np.float32)
+        if m.shape != rgb.shape[:2]:
+            raise ValueError(f"mask shape {m.shape} does not match the image ({rgb.shape[0]}, {rgb.shape[1]})")
+        if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
+            raise ValueError("mask values must be finite and in [0, 1]")
+        return _quantise(enc.crop.cut_mask(m)[None, None])
+
     # ---------------------------------------------------------------------------------------------- API
-    def masks(self, image) -> dict[str, np.ndarray]:
-        """Soft masks (float32 in [0, 1]) per ROI at the input image's size."""
-        enc = self._encode(image, {}, need_codes=False, rois=self.rois)
-        return {roi: enc.fit.restore_mask(enc.masks[roi][0, 0]) for roi in self.rois}
+    def masks(self, image, frame: str = "face", faces: str = "largest") -> dict[str, np.ndarray]:
+        """Soft masks (float32 in [0, 1]) per ROI at the photo's size (faces="all": the union over faces)."""
+        self._check_params(self.rois[0], 1.0, "region", "photo", frame, faces)
+        ph = self._photo(image, frame, {})
+        out = {r: np.zeros(ph.rgb.shape[:2], np.float32) for r in self.rois}
+        for enc in ph.crops[: None if faces == "all" else 1]:
+            self._predict_masks(enc, self.rois, {})
+            for r in self.rois:
+                np.maximum(out[r], enc.crop.paste_mask(enc.masks[r][0, 0]), out=out[r])
+        return out
 
-    def edit(self, image, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region",
-             preserve_background: bool = False, mask: np.ndarray | None = None) -> EditResult:
-        """Edit the texture of one ROI. Returns the edited image at the input's size.
+    def edit(self, image, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region", *,
+             reference=None, output: str = "photo", frame: str = "face", faces: str = "largest",
+             mask: np.ndarray | None = None) -> EditResult:
+        """Edit the texture of one ROI of a photo. Returns the edited photo at its own size (see the module doc).
 
-        mask: optionally your own region mask (float in [0, 1], the input image's H x W) instead of the SMPN's;
-        `roi` then only picks the refinement block."""
-        return self.edit_many(image, [roi], [seed], strength=strength, noise=noise,
-                              preserve_background=preserve_background, mask=mask)[0]
+        reference: a photo whose texture code the region takes (instead of the seed's random direction).
+        mask: optionally your own region mask (float in [0, 1], the photo's H x W) instead of the SMPN's; `roi`
+        then only picks the refinement block."""
+        return self.edit_many(image, [roi], [seed], strength=strength, noise=noise, reference=reference,
+                              output=output, frame=frame, faces=faces, mask=mask)[0]
 
     def edit_many(self, image, rois: Sequence[str], seeds: Sequence[int], strength: float = 1.0,
-                  noise: str = "region", preserve_background: bool = False,
-                  mask: np.ndarray | None = None) -> list[EditResult]:
-        """Every (roi, seed) pair of one image in one batched pass after a single encode (roi-major order)."""
+                  noise: str = "region", *, reference=None, output: str = "photo", frame: str = "face",
+                  faces: str = "largest", mask: np.ndarray | None = None) -> list[EditResult]:
+        """Every (roi, seed) pair of one photo after a single framing and encode (roi-major order); each result
+        equals `edit` of that pair alone."""
         if not rois or not seeds:
             raise ValueError("edit_many needs at least one ROI and one seed")
         for r in rois:
-            self._check_params(r, strength, noise)
-        idx = [self.rois.index(r) for r in rois]
-        seeds = [int(s) for s in seeds]
+            self._check_params(r, strength, noise, output, frame, faces, reference)
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        pairs = [(r, i, s) for r, i in zip(rois, idx) for s in seeds]
-        if len(pairs) == 1 and noise == "region" and mask is None and self.backend.chains_on_device:
-            enc = self._encode(image, timings, need_codes=False)
-            refined, masks = self._edit_chained(enc, rois[0], seeds[0], strength, timings)
-        else:
-            enc = self._encode(image, timings, rois=rois if mask is None else ())  # a user mask replaces the SMPN
-            refined, masks = self._edit_stages(enc, pairs, strength, noise, mask, timings)
-        enc.edits += 1
-        t_total = (time.perf_counter() - t0) * 1e3
-        return [self._result(enc, refined[k], masks[k, 0], roi, seed, strength, noise, preserve_background,
-                             timings, t_total) for k, (roi, _, seed) in enumerate(pairs)]
+        ph = self._photo(image, frame, timings)
+        ref = None if reference is None else self._reference_texture(reference, frame, timings)
+        out = []
+        for r in rois:
+            for s in seeds:
+                out.append(self._one(ph, EditParams(r, int(s), float(strength), noise, None, output, frame, faces),
+                                     ref, mask, timings, t0))
+        return out
 
     def edit_requests(self, requests: Sequence[EditRequest]) -> list[EditResult | Exception]:
-        """Many single edits, of one image or several, as batched passes (what a server's dynamic batching calls).
-
-        Every image is encoded once (or found in the cache); first edits of images run the edit tail as one batched
-        call per noise mode on the full image, re-edits one call per noise mode and ROI on the window around the
-        union of their masks (a lone region re-edit: the sparse tiles); the RBs run batched per ROI. Each result
-        equals `edit` of that request alone. One result per request, in order: an EditResult or the exception that
-        request raised (a bad request does not fail the others)."""
+        """Many single edits, of one photo or several (what a server's batching calls): each photo is framed and
+        encoded once (or found in the cache). One result per request, in order: an EditResult equal to `edit` of
+        that request alone, or the exception that request raised (a bad request does not fail the others)."""
         t0 = time.perf_counter()
-        timings: dict[str, float] = {}
-        results: list[EditResult | Exception | None] = [None] * len(requests)
-        encs: list[_Encoded | None] = []
-        params = [rq.params for rq in requests]
-        for k, (rq, p) in enumerate(zip(requests, params)):
+        results: list[EditResult | Exception] = []
+        for rq in requests:
+            p = rq.params
+            timings: dict[str, float] = {}
             try:
-                self._check_params(p.roi, p.strength, p.noise)
-                encs.append(self._encode(rq.image, timings, rois=[p.roi]))
+                self._check_params(p.roi, p.strength, p.noise, p.output, p.frame, p.faces, p.reference)
+                ph = self._photo(rq.image, p.frame, timings)
+                ref = None if p.reference is None else self._reference_texture(p.reference, p.frame, timings)
+                results.append(self._one(ph, p, ref, None, timings, t0))
             except Exception as e:  # noqa: BLE001 - returned as that request's result
-                results[k] = e
-                encs.append(None)
-        # re-edits grouped per ROI, so that each group's window stays around one region (lips of many faces: small)
-        groups: dict[tuple[str, bool, str], list[int]] = {}
-        for k, p in enumerate(params):
-            if results[k] is None:
-                again = self.crop and encs[k].edits > 0
-                groups.setdefault((p.noise, again, p.roi if again else ""), []).append(k)
-        for (noise, again, _), idx in groups.items():
-            masks = np.concatenate([encs[k].masks[params[k].roi] for k in idx])
-            pairs = [(params[k].roi, self.rois.index(params[k].roi), int(params[k].seed)) for k in idx]
-            try:
-                refined = self._tail([encs[k] for k in idx], pairs, [params[k].strength for k in idx], masks,
-                                     noise, self._window(masks) if again else None, timings)
-            except Exception as e:  # noqa: BLE001 - the whole group failed (e.g. a model without pixel noise)
-                for k in idx:
-                    results[k] = e
+                results.append(e)
+        return results
+
+    def _one(self, ph: _Photo, p: EditParams, ref_texture, user_mask, timings: dict, t0: float) -> EditResult:
+        """One edit of a framed photo: every selected crop edited and its change pasted (or the raw crop)."""
+        crops = ph.crops[: None if p.faces == "all" else 1]
+        image = ph.rgb
+        photo_mask = np.zeros(ph.rgb.shape[:2], np.float32) if p.output == "photo" else None
+        raw = None
+        for enc in crops:
+            if user_mask is not None:
+                m = self._user_mask(user_mask, ph.rgb, enc)
+            else:
+                self._predict_masks(enc, [p.roi], timings)
+                m = enc.masks.get(p.roi)
+            chained = (self.backend.chains_on_device and user_mask is None and ref_texture is None
+                       and p.noise == "region")
+            if chained:
+                parts = self._edit_chained(enc, p.roi, p.seed, p.strength, timings)
+                m = enc.masks[p.roi]
+            else:
+                parts = self._edit_crop(enc, p.roi, m, p.seed, p.strength, p.noise, ref_texture, timings)
+            t = time.perf_counter()
+            if p.output == "raw":
+                raw = (self._raw(enc, p.roi, m, parts, timings), m[0, 0])
                 continue
-            total = (time.perf_counter() - t0) * 1e3
-            for n, k in enumerate(idx):
-                p = params[k]
-                results[k] = self._result(encs[k], refined[n], masks[n, 0], p.roi, int(p.seed), p.strength,
-                                          noise, p.preserve_background, timings, total)
-        for enc in {id(e): e for e in encs if e is not None}.values():
-            enc.edits += 1
-        return results  # type: ignore[return-value]
+            if parts is not None:
+                refined, base, (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = parts
+                change = np.zeros((self.size, self.size, 3), np.float32)
+                diff = (refined[0] - base[0])[:, oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
+                change[oy0:oy1, ox0:ox1] = diff.transpose(1, 2, 0) * np.float32(127.5)
+                image = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER))
+            np.maximum(photo_mask, enc.crop.paste_mask(m[0, 0]), out=photo_mask)
+            timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
+        total = (time.perf_counter() - t0) * 1e3
+        boxes = [c.crop.photo_box() for c in crops]
+        if raw is not None:
+            return EditResult(Image.fromarray(raw[0]), raw[1], p.roi, p.seed, float(p.strength), p.noise,
+                              dict(timings, total=total), boxes)
+        return EditResult(Image.fromarray(image), photo_mask, p.roi, p.seed, float(p.strength), p.noise,
+                          dict(timings, total=total), boxes)
 
-    def _check_params(self, roi: str, strength: float, noise: str) -> None:
-        self._roi_index(roi)
-        if not np.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
-        if noise not in NOISE_MODES:
-            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
-
-    @staticmethod
-    def _result(enc: _Encoded, refined: np.ndarray, mask: np.ndarray, roi: str, seed: int, strength: float,
-                noise: str, preserve_background: bool, timings: dict, total_ms: float) -> EditResult:
-        """A refined model-size edit (3, S, S) in [-1, 1] -> EditResult at the input image's size."""
-        img = np.round((np.clip(refined, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
-        img = enc.fit.restore_rgb(img)
-        m = enc.fit.restore_mask(mask)
-        if preserve_background:
-            img = composite(img, enc.rgb, m)
-        return EditResult(Image.fromarray(img), m, roi, seed, float(strength), noise, dict(timings, total=total_ms))
-
-    def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
-        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT, or
-        PyTorch on CUDA, with CUDA graphs); a new edit of the image it holds replays only the tail (`run_reedit`)."""
-        from .backend import BackendError
-        t = time.perf_counter()
-        out = None
-        if self._chain_key == enc.key:
-            try:
-                out = self.backend.run_reedit(roi, seed, strength)
-                stage = "chain_reedit"
-            except BackendError:  # the device holds another image or ROI
-                out = None
-        if out is None:
-            out = self.backend.run_chain(enc.x, roi, seed, strength)
-            self._chain_key, stage = enc.key, "chain_full"
-        timings[stage] = (time.perf_counter() - t) * 1e3
-        enc.masks.setdefault(roi, out["mask"])
-        return out["refined"], out["mask"]
-
-    def _edit_stages(self, enc: _Encoded, pairs, strength: float, noise: str, mask, timings: dict):
-        """The stage-by-stage path: (refined (N, 3, S, S), masks (N, 1, S, S)) for every (roi, index, seed) pair."""
-        if mask is None:
-            masks = np.concatenate([enc.masks[r] for r, _, _ in pairs])
+    def _raw(self, enc: _Encoded, roi: str, mask: np.ndarray, parts, timings) -> np.ndarray:
+        """The model's refined output of the whole crop (uint8 (S, S, 3)): the RB of the unedited output with the
+        edit's window pasted in."""
+        full = (0, self.size, 0, self.size)
+        if parts is not None and parts[3] == full:
+            refined = parts[0]
         else:
-            masks = np.repeat(self._user_mask(mask, enc), len(pairs), axis=0)
-        window = self._window(masks) if (self.crop and enc.edits > 0) else None
-        n = len(pairs)
-        return self._tail([enc] * n, pairs, [strength] * n, masks, noise, window, timings), masks
+            refined = self._base_refined(enc, roi, mask, full, timings).copy()
+            if parts is not None:
+                r, _, (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = parts
+                refined[..., oy0:oy1, ox0:ox1] = r[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
+        return np.round((np.clip(refined[0], -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+
+    def stage_feeds(self, image, roi: str = "hair", seed: int = 0, frame: str = "face") -> dict[str, dict[str, np.ndarray]]:
+        """Full-crop inputs of every stage of this backend for one photo's largest face, each made of the outputs
+        of the stages before it (edit stages: `roi`, `seed`, strength 1; RBs: that edit with their own ROI's
+        mask). Used by the benchmarks, the profiler and INT8 calibration."""
+        self._roi_index(roi)
+        enc = self._photo(image, frame, {}).crops[0]
+        self._predict_masks(enc, self.rois, {})
+        self._prefix(enc, {})
+        m = enc.masks[roi]
+        direction = self._direction(seed, None)
+        feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
+                 "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
+                 "sae_decoder_edit": self._stage_inputs(enc, m, direction, seed, 1.0, "region")}
+        stages = self.backend.stages()
+        if "sae_decoder_edit_pixel" in stages:
+            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, m, None, seed, 1.0, "pixel")
+        coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
+        for r in self.rois:
+            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}
+            feeds[f"smpn_{r}"] = {"image": enc.x}
+        return {s: f for s, f in feeds.items() if s in stages}
 
 
-def composite(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, feather: float | None = None) -> np.ndarray:
-    """Edited pixels inside a feathered ROI mask, the original outside (exact outside the feathered mask)."""
-    h, w = mask.shape
-    radius = feather if feather is not None else max(1.0, 0.01 * max(h, w))
-    soft = np.asarray(Image.fromarray((np.clip(mask, 0, 1) * 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(radius)), dtype=np.float32) / 255.0
-    soft = np.maximum(soft, np.clip(mask, 0, 1))[..., None]
-    return np.round(edited * soft + original * (1 - soft)).astype(np.uint8)
+def _quantise(m: np.ndarray) -> np.ndarray:
+    """Masks to 8-bit levels (exact zeros outside the region)."""
+    return (np.round(m * 255.0) / np.float32(255.0)).astype(np.float32)
 
 
 def _manifest_of(backend: Backend) -> dict:

@@ -11,7 +11,8 @@
 - `ImageFolder`: unlabelled images (for autoencoder training), recursively.
 
 ROIs (fixed order, `ssae.config.ROIS`): hair, skin, nose, eyes (l_eye + r_eye), lips (u_lip + l_lip + mouth).
-Every dataset returns `FaceSample`s at the model size through `SquareFit` (ssae.data.transforms).
+Every dataset returns `FaceSample`s at the model size, cut by the same face framing as edits
+(`ssae.face.frame_training_image`: the largest detected face, else the whole frame).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import ROIS
-from .transforms import SquareFit
+from ..face import frame_training_image
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -57,7 +58,7 @@ def read_binary(path: str | os.PathLike) -> np.ndarray:
 
 
 def _sample(name: str, img: np.ndarray, masks: dict[str, np.ndarray | None], size: int) -> FaceSample:
-    fit = SquareFit(img.shape[0], img.shape[1], size)
+    crop = frame_training_image(img, size)
     out = np.zeros((len(ROIS), size, size), np.float32)
     known = np.zeros(len(ROIS), bool)
     for i, roi in enumerate(ROIS):
@@ -67,9 +68,9 @@ def _sample(name: str, img: np.ndarray, masks: dict[str, np.ndarray | None], siz
         if m.shape != img.shape[:2]:  # masks at another resolution than the image (CelebAMask-HQ: 512 vs 1024)
             m = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
                 (img.shape[1], img.shape[0]), Image.BILINEAR))
-        out[i] = fit.forward_mask(np.clip(m, 0, 1))
+        out[i] = crop.cut_mask(np.clip(m, 0, 1))
         known[i] = True
-    return FaceSample(name, fit.forward_rgb(img), out, known)
+    return FaceSample(name, crop.cut_rgb(img), out, known)
 
 
 class FaceDataset:
@@ -189,9 +190,7 @@ class ImageFolder(FaceDataset):
 
     def sample(self, k: int) -> FaceSample:
         img = read_rgb(self.files[k])
-        fit = SquareFit(img.shape[0], img.shape[1], self.size)
-        return FaceSample(self.names[k], fit.forward_rgb(img), np.zeros((len(ROIS), self.size, self.size), np.float32),
-                          np.zeros(len(ROIS), bool))
+        return _sample(self.names[k], img, {}, self.size)
 
 
 def celeba_index_map_to_parts(label: np.ndarray) -> dict[str, np.ndarray]:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..fileio import default_cache_dir  # noqa: F401  (re-exported)
+from ..face import FRAMING_REVISION
 from .layouts import FaceDataset
 from .transforms import to_model_tensor
 
@@ -37,7 +38,7 @@ class MemoryDataset:
     def load(cls, ds: FaceDataset, cache: str | os.PathLike | None = None, threads: int = 2) -> "MemoryDataset":
         """Decode every sample (with `threads` threads), or read the cache file if it matches the dataset."""
         key = hashlib.sha256(("|".join(ds.names) + f"|{ds.size}|{type(ds).__name__}|"
-                              f"{getattr(ds, 'derived', '')}").encode()).hexdigest()[:16]
+                              f"{getattr(ds, 'derived', '')}|framing{FRAMING_REVISION}").encode()).hexdigest()[:16]
         path = Path(cache) / f"{type(ds).__name__}-{ds.size}-{key}.npz" if cache else None
         if path is not None and path.exists():
             z = np.load(path, allow_pickle=False)

@@ -1,0 +1,203 @@
+"""Face framing: the one geometry between a photo and the model's square crop, for training and for edits.
+
+A `FaceCrop` is a similarity transform (scale, rotation, translation) from the crop's pixel coordinates to the
+photo's: `x + i y = z (u + i v) + t` with complex z, in continuous coordinates (pixel (i, j) covers
+[j, j+1) x [i, i+1)). It is fitted to the detector's five landmarks so that they land on `TEMPLATE`, the mean
+landmark positions of the LFW Part Labels training images (funneled LFW: the framing the models are trained on).
+
+Bounded memory on photos of any size: `cut_rgb` box-reduces only the part of the photo under the crop to about the
+crop's resolution before the sub-pixel warp, pads at that reduced size (edge pixels replicated where the crop leaves
+the photo), and never builds a padded copy of the photo; `paste_change` and `paste_mask` write only the photo pixels
+under the region being pasted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+#: Where the five landmarks (left eye, right eye, nose tip, left and right mouth corner) sit in the crop, as
+#: fractions of its side: the mean MTCNN landmarks of the 1500 LFW Part Labels training images (250 x 250 px,
+#: funneled). Re-derive with `scripts/framing_template.py`.
+TEMPLATE = np.array([
+    [0.4182, 0.4585],
+    [0.5911, 0.4529],
+    [0.5062, 0.5569],
+    [0.4327, 0.6473],
+    [0.5868, 0.6427],
+])
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """Crop (u, v) -> photo (x, y): x = a u - b v + tx, y = b u + a v + ty; the crop is size x size pixels and the
+    photo height x width."""
+
+    a: float
+    b: float
+    tx: float
+    ty: float
+    size: int
+    height: int
+    width: int
+
+    # ------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_landmarks(cls, landmarks: np.ndarray, height: int, width: int, size: int) -> "FaceCrop":
+        """The least-squares similarity taking `TEMPLATE` (scaled to the crop) onto five photo landmarks (5, 2)."""
+        p = TEMPLATE[:, 0] * size + 1j * TEMPLATE[:, 1] * size
+        q = np.asarray(landmarks, np.float64)
+        q = q[:, 0] + 1j * q[:, 1]
+        pc, qc = p - p.mean(), q - q.mean()
+        z = np.sum(np.conj(pc) * qc) / np.sum(np.abs(pc) ** 2)
+        t = q.mean() - z * p.mean()
+        return cls(float(z.real), float(z.imag), float(t.real), float(t.imag), int(size), int(height), int(width))
+
+    @classmethod
+    def whole_frame(cls, height: int, width: int, size: int) -> "FaceCrop":
+        """The whole photo, centred in a square of its long side (edge pixels replicated beyond the photo)."""
+        side = max(height, width)
+        s = side / size
+        return cls(s, 0.0, (width - side) / 2, (height - side) / 2, int(size), int(height), int(width))
+
+    # ------------------------------------------------------------------------------------------ geometry
+    @property
+    def scale(self) -> float:
+        """Photo pixels per crop pixel."""
+        return float(np.hypot(self.a, self.b))
+
+    def to_photo(self, uv: np.ndarray) -> np.ndarray:
+        uv = np.asarray(uv, np.float64)
+        return np.stack([self.a * uv[..., 0] - self.b * uv[..., 1] + self.tx,
+                         self.b * uv[..., 0] + self.a * uv[..., 1] + self.ty], axis=-1)
+
+    def to_crop(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        x, y = xy[..., 0] - self.tx, xy[..., 1] - self.ty
+        d = self.a ** 2 + self.b ** 2
+        return np.stack([(self.a * x + self.b * y) / d, (-self.b * x + self.a * y) / d], axis=-1)
+
+    def photo_box(self, u0: float = 0, v0: float = 0, u1: float | None = None, v1: float | None = None,
+                  margin: float = 0.0, clip: bool = True) -> tuple[int, int, int, int]:
+        """Integer photo box (x0, y0, x1, y1) covering the crop rectangle [u0, u1) x [v0, v1) plus `margin` photo
+        pixels; clipped to the photo (may then be empty) unless clip=False."""
+        u1 = self.size if u1 is None else u1
+        v1 = self.size if v1 is None else v1
+        c = self.to_photo(np.array([[u0, v0], [u1, v0], [u0, v1], [u1, v1]], np.float64))
+        x0, y0 = np.floor(c.min(0) - margin).astype(int)
+        x1, y1 = np.ceil(c.max(0) + margin).astype(int)
+        if clip:
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(self.width, x1), min(self.height, y1)
+        return int(x0), int(y0), int(x1), int(y1)
+
+    def _affine_from(self, ox: float, oy: float, fx: float, fy: float) -> tuple[float, ...]:
+        """PIL AFFINE coefficients: crop (u, v) -> coordinates of an image whose pixel (0, 0) starts at photo
+        (ox, oy) with fx x fy photo pixels per pixel."""
+        return ((self.a / fx), (-self.b / fx), (self.tx - ox) / fx, (self.b / fy), (self.a / fy), (self.ty - oy) / fy)
+
+    # ------------------------------------------------------------------------------------------ photo -> crop
+    def _cut(self, img: Image.Image, channels_mode: str, pad_mode: str) -> Image.Image:
+        s = self.size
+        margin = 3 * max(1.0, self.scale)
+        bx0, by0, bx1, by1 = self.photo_box(margin=margin, clip=False)
+        rx0, ry0, rx1, ry1 = max(0, bx0), max(0, by0), min(self.width, bx1), min(self.height, by1)
+        if rx1 <= rx0 or ry1 <= ry0:  # the crop lies wholly outside the photo: nearest edge pixels
+            rx0, ry0 = min(max(0, bx0), self.width - 1), min(max(0, by0), self.height - 1)
+            rx1, ry1 = rx0 + 1, ry0 + 1
+        region = img.crop((rx0, ry0, rx1, ry1))
+        f = max(1.0, self.scale)  # reduce to about one pixel per crop pixel before the sub-pixel warp
+        rw, rh = max(1, int(round((rx1 - rx0) / f))), max(1, int(round((ry1 - ry0) / f)))
+        if (rw, rh) != region.size:
+            region = region.resize((rw, rh), Image.BOX)
+        fx, fy = (rx1 - rx0) / rw, (ry1 - ry0) / rh
+        # pad (at the reduced size) to cover the whole crop
+        pl = int(np.ceil(max(0, rx0 - bx0) / fx)) + 2
+        pt = int(np.ceil(max(0, ry0 - by0) / fy)) + 2
+        pr = int(np.ceil(max(0, bx1 - rx1) / fx)) + 2
+        pb = int(np.ceil(max(0, by1 - ry1) / fy)) + 2
+        arr = np.asarray(region)
+        widths = ((pt, pb), (pl, pr)) + (((0, 0),) if arr.ndim == 3 else ())
+        arr = np.pad(arr, widths, mode=pad_mode)
+        padded = Image.fromarray(arr, channels_mode)
+        coeffs = self._affine_from(rx0 - pl * fx, ry0 - pt * fy, fx, fy)
+        resample = Image.BICUBIC if channels_mode == "RGB" else Image.BILINEAR
+        return padded.transform((s, s), Image.AFFINE, coeffs, resample=resample)
+
+    def cut_rgb(self, rgb: np.ndarray) -> np.ndarray:
+        """uint8 photo (H, W, 3) -> uint8 crop (size, size, 3)."""
+        return np.asarray(self._cut(Image.fromarray(rgb), "RGB", "edge"))
+
+    def cut_mask(self, mask: np.ndarray) -> np.ndarray:
+        """float photo mask (H, W) in [0, 1] -> float32 crop mask (size, size); zero beyond the photo."""
+        m = Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32), "F")
+        return np.clip(np.asarray(self._cut(m, "F", "constant"), np.float32), 0.0, 1.0)
+
+    # ------------------------------------------------------------------------------------------ crop -> photo
+    def _support_box(self, m: np.ndarray, grow: float = 1.0):
+        """Photo box over the crop pixels where m > 0 (grown by `grow` crop pixels), or None when empty."""
+        ys, xs = np.nonzero(m > 0)
+        if len(ys) == 0:
+            return None
+        box = self.photo_box(xs.min() - grow, ys.min() - grow, xs.max() + 1 + grow, ys.max() + 1 + grow, margin=1)
+        return box if box[2] > box[0] and box[3] > box[1] else None
+
+    def _warp_back(self, plane: np.ndarray, box) -> np.ndarray:
+        """A float crop plane (size, size) sampled (bilinear) at the photo pixels of `box`; zero outside the crop."""
+        x0, y0, x1, y1 = box
+        d = self.a ** 2 + self.b ** 2
+        # photo (x, y) -> crop (u, v), for the box image whose pixel (0, 0) is photo (x0, y0)
+        ia, ib = self.a / d, self.b / d
+        cx, cy = x0 - self.tx, y0 - self.ty
+        coeffs = (ia, ib, ia * cx + ib * cy, -ib, ia, -ib * cx + ia * cy)
+        im = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), "F")
+        return np.asarray(im.transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs, resample=Image.BILINEAR),
+                          np.float32)
+
+    def paste_mask(self, mask: np.ndarray) -> np.ndarray:
+        """float crop mask (size, size) -> float32 photo mask (H, W) in [0, 1] (zero outside the crop)."""
+        out = np.zeros((self.height, self.width), np.float32)
+        box = self._support_box(mask)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            out[y0:y1, x0:x1] = np.clip(self._warp_back(mask, box), 0.0, 1.0)
+        return out
+
+    def paste_change(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray) -> np.ndarray:
+        """The photo with a crop-resolution change added under a soft crop mask:
+        out = round(rgb + soft * change) at the photo's resolution, clipped to [0, 255].
+
+        rgb: uint8 (H, W, 3); change: float32 (size, size, 3) in 8-bit levels; soft: float32 (size, size) in [0, 1].
+        Every photo pixel where the pasted mask is 0 keeps the input's value, bit for bit. A new array."""
+        out = rgb.copy()
+        box = self._support_box(soft)
+        if box is None:
+            return out
+        x0, y0, x1, y1 = box
+        w = self._warp_back(soft, box)
+        inside = w > 0
+        if not inside.any():
+            return out
+        patch = out[y0:y1, x0:x1]
+        for c in range(3):
+            d = self._warp_back(change[..., c], box)
+            ch = patch[..., c]
+            ch[inside] = np.clip(np.round(ch[inside] + w[inside] * d[inside]), 0, 255).astype(np.uint8)
+        return out
+
+
+def feather(mask: np.ndarray, radius: float) -> np.ndarray:
+    """A soft crop mask for compositing: the mask, blurred by a Gaussian of `radius` crop pixels, never below the
+    mask itself (so the region is fully edited) and exactly 0 where the blur is below half an 8-bit level."""
+    m = np.clip(np.asarray(mask, np.float32), 0, 1)
+    if radius <= 0:
+        return m
+    r = int(np.ceil(3 * radius))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / radius) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    p = np.pad(m, r)
+    blur = sum(k[i] * p[i: i + m.shape[0]] for i in range(2 * r + 1))
+    blur = sum(k[j] * blur[:, j: j + m.shape[1]] for j in range(2 * r + 1))
+    soft = np.maximum(blur, m)
+    soft[soft < 0.5 / 255] = 0.0
+    return soft
