@@ -129,14 +129,29 @@ def _grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _framing_args(p):
+    """Options every edit command shares: noise, reference, framing and output."""
+    p.add_argument("--noise", choices=("region", "pixel"), default="region")
+    p.add_argument("--reference", default=None,
+                   help="a photo whose texture the region takes (instead of the seed's random texture)")
+    p.add_argument("--whole-frame", action="store_true",
+                   help="edit the whole frame as one crop (no face detection; for images that are already a face)")
+    p.add_argument("--all-faces", action="store_true", help="edit every face found (default: the largest)")
+    p.add_argument("--raw", action="store_true",
+                   help="write the model's own output for the face crop (model size) instead of the edited photo")
+
+
+def _framing_kwargs(args) -> dict:
+    return dict(noise=args.noise, reference=args.reference, output="raw" if args.raw else "photo",
+                frame="whole" if args.whole_frame else "face", faces="all" if args.all_faces else "largest")
+
+
 def _edit_args(p):
     p.add_argument("image", help="input image (any common format and mode)")
     p.add_argument("--roi", default="hair", help="hair, skin, nose, eyes, lips, or all (a grid of every ROI)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--noise", choices=("region", "pixel"), default="region")
-    p.add_argument("--preserve-background", action="store_true",
-                   help="keep the input exactly outside a feathered ROI mask")
+    _framing_args(p)
     p.add_argument("-o", "--output", required=True, help="output PNG (or any format PIL writes by extension)")
     p.add_argument("--masks-out", default=None, help="folder for the predicted masks (one PNG per ROI)")
     p.add_argument("--model", default=None, help="checkpoint, ONNX export folder or preset (default: bundled)")
@@ -170,14 +185,14 @@ def _edit(args: argparse.Namespace) -> int:
     try:
         ed = Editor.load(args.model, backend=args.backend)
         rois = list(ed.rois) if args.roi == "all" else [args.roi]
-        results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, noise=args.noise,
-                               preserve_background=args.preserve_background)
-        masks = ed.masks(args.image) if args.masks_out else None
+        kw = _framing_kwargs(args)
+        results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, **kw)
+        masks = ed.masks(args.image, frame=kw["frame"], faces=kw["faces"]) if args.masks_out else None
     except (ImageError, ModelError, BackendError, CheckpointError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     if args.roi == "all":
         from .runtime.images import load_image
-        tiles = [load_image(args.image)] + [np.asarray(r.image) for r in results]
+        tiles = ([load_image(args.image)] if not args.raw else []) + [np.asarray(r.image) for r in results]
         img = Image.fromarray(np.concatenate(tiles, axis=1))
     else:
         img = results[0].image
@@ -190,8 +205,8 @@ def _edit(args: argparse.Namespace) -> int:
                 np.round(m * 255).astype(np.uint8)).save(tmp, format="PNG"))
     if args.json:
         print(json.dumps({"output": str(out), "rois": rois, "seed": args.seed, "strength": args.strength,
-                          "noise": args.noise, "backend": ed.backend.describe(),
-                          "timings_ms": results[0].timings}))
+                          "noise": args.noise, "reference": args.reference, "faces": results[0].faces,
+                          "backend": ed.backend.describe(), "timings_ms": results[0].timings}))
     else:
         print(out)
     return 0
@@ -420,8 +435,7 @@ def _edit_batch_args(p):
     p.add_argument("--roi", nargs="+", default=["hair"], help="one or more ROIs")
     p.add_argument("--seeds", default="0", help="seeds: 0-3 or 1,5,7-8")
     p.add_argument("--strength", type=float, default=1.0)
-    p.add_argument("--noise", choices=("region", "pixel"), default="region")
-    p.add_argument("--preserve-background", action="store_true")
+    _framing_args(p)
     p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (one Editor each)")
@@ -454,8 +468,7 @@ def _edit_batch(args: argparse.Namespace) -> int:
             raise UserError("edit-batch needs Ray Data: pip install 'ssae[serve]' (or run with --local)") from None
     try:
         cfg = BatchConfig(rois=tuple(dict.fromkeys(args.roi)), seeds=tuple(parse_seeds(args.seeds)),
-                          strength=args.strength, noise=args.noise, preserve_background=args.preserve_background,
-                          model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
+                          strength=args.strength, **_framing_kwargs(args), model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
                           cpus_per_worker=args.cpus_per_worker, threads=args.threads, address=args.address,
                           local=args.local)
         report = run_batch(args.input, args.output, cfg, args.errors, progress=print_progress)

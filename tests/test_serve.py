@@ -63,9 +63,9 @@ def editor_factory(tiny_export):
 # ------------------------------------------------------------------------------------------------ api (pure)
 def test_edit_params_are_validated_with_one_line_errors():
     p = parse_edit_params({"roi": ["lips"], "seed": ["7"], "strength": ["0.5"], "noise": ["pixel"],
-                           "preserve_background": ["1"]}, ROIS)
-    assert p == EditParams("lips", 7, 0.5, "pixel", True)
-    assert parse_edit_params({"roi": ["hair"]}, ROIS) == EditParams("hair", 0, 1.0, "region", False)
+                           "output": ["raw"], "frame": ["whole"], "faces": ["all"]}, ROIS)
+    assert p == EditParams("lips", 7, 0.5, "pixel", output="raw", frame="whole", faces="all")
+    assert parse_edit_params({"roi": ["hair"]}, ROIS) == EditParams("hair", 0, 1.0, "region")
     bad = {
         "unknown roi 'beard'": {"roi": ["beard"]},
         "missing parameter roi": {},
@@ -74,7 +74,8 @@ def test_edit_params_are_validated_with_one_line_errors():
         "seed must be an integer": {"roi": ["hair"], "seed": ["1.5"]},
         "seed must be in": {"roi": ["hair"], "seed": ["-1"]},
         "noise must be one of": {"roi": ["hair"], "noise": ["perlin"]},
-        "preserve_background must be 0 or 1": {"roi": ["hair"], "preserve_background": ["maybe"]},
+        "output must be one of": {"roi": ["hair"], "output": ["sharp"]},
+        "frame must be one of": {"roi": ["hair"], "frame": [""]},
         "given 2 times": {"roi": ["hair", "lips"]},
         "unknown parameter 'color'": {"roi": ["hair"], "color": ["red"]},
     }
@@ -165,8 +166,8 @@ def test_second_edit_of_the_same_image_skips_the_encoder(editor_factory):
 def test_batched_engine_matches_single_edits_and_isolates_failures(editor_factory):
     from ssae.serve.engine import EditOutcome, Engine
 
-    a, b = face_rgb(), np.ascontiguousarray(face_rgb(40)[:, ::-1])
-    jobs = [EditJob(a, EditParams("hair", 1)), EditJob(b, EditParams("lips", 2, 0.7, "region", True)),
+    a, b = face_rgb(), np.ascontiguousarray(face_rgb(140)[:, ::-1])
+    jobs = [EditJob(a, EditParams("hair", 1)), EditJob(b, EditParams("lips", 2, 0.7, "region")),
             EditJob(a, EditParams("hair", 3, 1.5)), EditJob(a, EditParams("bogus", 1)),
             EditJob(b, EditParams("nose", 4, 1.0, "pixel"))]
     eng = Engine(editor_factory(), cache_mb=64)
@@ -177,17 +178,17 @@ def test_batched_engine_matches_single_edits_and_isolates_failures(editor_factor
             continue
         assert isinstance(res, EditOutcome) and res.batch_size == len(jobs)
         ref = editor_factory().edit(job.rgb, roi=job.params.roi, seed=job.params.seed, strength=job.params.strength,
-                                    noise=job.params.noise, preserve_background=job.params.preserve_background)
+                                    noise=job.params.noise)
         assert res.image.size == ref.image.size == (job.rgb.shape[1], job.rgb.shape[0])
-        assert np.abs(np.asarray(res.image, int) - np.asarray(ref.image, int)).max() <= 1
+        assert np.array_equal(np.asarray(res.image), np.asarray(ref.image))
     h = eng.health()
     assert h["requests"] == 5 and h["batches"] == 1 and h["cache"]["misses"] == 2 and h["cache"]["entries"] == 2
     # re-edits of both images in one batch take the windowed path (the tiny model's random SMPN masks cover the
     # whole image, so give both images small masks): still what a fresh Editor computes on the full image
     sq = np.zeros((1, 1, 32, 32), np.float32)
     sq[..., 9:17, 11:20] = np.round(np.linspace(0.2, 1.0, 9) * 255) / 255
-    for enc in eng.cache._data.values():
-        enc.masks.update(lips=sq, nose=np.roll(sq, 1, axis=-2), eyes=np.roll(sq, 1, axis=-1))
+    for ph in eng.cache._data.values():
+        ph.crops[0].masks.update(lips=sq, nose=np.roll(sq, 1, axis=-2), eyes=np.roll(sq, 1, axis=-1))
     again = [EditJob(a, EditParams("lips", 11)), EditJob(b, EditParams("nose", 12, 0.8)),
              EditJob(b, EditParams("eyes", 13, 1.0, "pixel"))]
     assert eng.editor._window(np.concatenate([sq, np.roll(sq, 1, axis=-2), np.roll(sq, 1, axis=-1)])) is not None
@@ -195,11 +196,11 @@ def test_batched_engine_matches_single_edits_and_isolates_failures(editor_factor
         assert "sae_encoder" not in res.timings
         ref_ed = editor_factory()
         ref_ed.masks(job.rgb)                                    # encode, then give it the same small masks
-        next(iter(ref_ed._cache.values())).masks.update(lips=sq, nose=np.roll(sq, 1, axis=-2),
+        next(iter(ref_ed._cache.values())).crops[0].masks.update(lips=sq, nose=np.roll(sq, 1, axis=-2),
                                                         eyes=np.roll(sq, 1, axis=-1))
         ref = ref_ed.edit(job.rgb, roi=job.params.roi, seed=job.params.seed, strength=job.params.strength,
                           noise=job.params.noise)
-        assert np.abs(np.asarray(res.image, int) - np.asarray(ref.image, int)).max() <= 1
+        assert np.array_equal(np.asarray(res.image), np.asarray(ref.image))
     one = eng.edit_batch([EditJob(a, EditParams("hair", 9))])[0]
     assert one.batch_size == 1 and "sae_encoder" not in one.timings
 
@@ -264,15 +265,15 @@ def test_http_api_status_codes_and_the_server_keeps_serving(local_server, editor
 def test_client_edit_masks_healthz_and_errors(local_server, editor_factory):
     c = Client(local_server.url, token="s3cret")
     assert c.healthz()["status"] == "ok"
-    out = c.edit(FACE, roi="lips", seed=5, strength=1.2, preserve_background=True)
-    ref = editor_factory().edit(str(FACE), roi="lips", seed=5, strength=1.2, preserve_background=True)
+    out = c.edit(FACE, roi="lips", seed=5, strength=1.2)
+    ref = editor_factory().edit(str(FACE), roi="lips", seed=5, strength=1.2)
     assert out.size == (250, 250) and np.abs(np.asarray(out, int) - np.asarray(ref.image, int)).max() <= 1
     assert c.last_timings["total"] > 0
-    arr = face_rgb(48)
-    assert c.edit(arr, roi="nose", seed=1).size == (48, 48)                    # arrays are sent as PNG
+    arr = face_rgb(160)
+    assert c.edit(arr, roi="nose", seed=1).size == (160, 160)                    # arrays are sent as PNG
     masks = c.masks(Image.fromarray(arr))
     want = editor_factory().masks(arr)
-    assert set(masks) == set(ROIS) and masks["hair"].shape == (48, 48)
+    assert set(masks) == set(ROIS) and masks["hair"].shape == (160, 160)
     assert max(np.abs(masks[r] - want[r]).max() for r in ROIS) <= 1 / 255 + 1e-6
     with pytest.raises(ServeError) as ei:
         c.edit(b"not an image", roi="hair")
@@ -326,9 +327,9 @@ def test_client_retries_5xx_and_connection_errors():
 def _faces(folder: Path) -> None:
     folder.mkdir(parents=True)
     shutil.copy(FACE, folder / "a.jpg")
-    Image.fromarray(face_rgb(40)).save(folder / "b.png")
+    Image.fromarray(face_rgb(140)).save(folder / "b.png")
     (folder / "sub").mkdir()
-    Image.fromarray(np.ascontiguousarray(face_rgb(30)[:, ::-1])).save(folder / "sub" / "c.png")
+    Image.fromarray(np.ascontiguousarray(face_rgb(110)[:, ::-1])).save(folder / "sub" / "c.png")
     (folder / "broken.jpg").write_bytes(FACE.read_bytes()[:300])             # truncated JPEG
     (folder / "notes.txt").write_text("not an image, not an input")
 
@@ -346,7 +347,7 @@ def test_edit_batch_local_writes_skips_and_lists_unreadable_inputs(tmp_path, tin
     assert names == sorted([f"{s}_{roi}_seed{k}.png" for s in ("a", "b") for roi in ("hair", "lips") for k in (0, 1)]
                            + [f"sub/c_{roi}_seed{k}.png" for roi in ("hair", "lips") for k in (0, 1)])
     assert Image.open(out / "a_hair_seed1.png").size == (250, 250)
-    assert Image.open(out / "sub" / "c_lips_seed0.png").size == (30, 30)
+    assert Image.open(out / "sub" / "c_lips_seed0.png").size == (110, 110)
     errs = json.loads((out / "edit-batch-errors.json").read_text())
     assert errs["failed"] == 1 and errs["errors"][0]["path"].endswith("broken.jpg")
     assert "corrupt or truncated" in errs["errors"][0]["error"] and "unreadable:" in r.stderr
@@ -495,11 +496,13 @@ def test_triton_validation_catches_broken_wiring(triton_repo, tmp_path):
 def test_triton_ensemble_computes_what_the_editor_computes(triton_repo, editor_factory):
     from ssae.serve import triton
     repo, summary = triton_repo
-    imgs = [face_rgb(), face_rgb(32)]
+    imgs = [face_rgb(), face_rgb(120)]
     for roi, seeds, strength in (("hair", [3, 4], 1.0), ("lips", [0, 9], 1.4)):
         inputs, fits = triton.prepare_inputs(imgs, seeds, strength, summary["image_size"], summary["global_code_ch"])
         out = triton.run_ensemble(repo, f"ssae_edit_{roi}", inputs)
-        got = triton.finish(out["edited"], fits)
+        zero = triton.run_ensemble(repo, f"ssae_edit_{roi}", dict(inputs, strength=0 * inputs["strength"]))
+        assert triton.finish(out["edited"], fits)[0].size == (summary["image_size"],) * 2   # the raw crops
+        got = triton.finish(out["edited"], fits, out["mask"], zero["edited"])
         for img, seed, g in zip(imgs, seeds, got):
             ref = editor_factory().edit(img, roi=roi, seed=seed, strength=strength)
             assert g.size == ref.image.size

@@ -97,7 +97,7 @@ class FaceCrop:
         return ((self.a / fx), (-self.b / fx), (self.tx - ox) / fx, (self.b / fy), (self.a / fy), (self.ty - oy) / fy)
 
     # ------------------------------------------------------------------------------------------ photo -> crop
-    def _cut(self, img: Image.Image, channels_mode: str, pad_mode: str) -> Image.Image:
+    def _cut(self, photo: np.ndarray, channels_mode: str, pad_mode: str) -> Image.Image:
         s = self.size
         margin = 3 * max(1.0, self.scale)
         bx0, by0, bx1, by1 = self.photo_box(margin=margin, clip=False)
@@ -105,7 +105,7 @@ class FaceCrop:
         if rx1 <= rx0 or ry1 <= ry0:  # the crop lies wholly outside the photo: nearest edge pixels
             rx0, ry0 = min(max(0, bx0), self.width - 1), min(max(0, by0), self.height - 1)
             rx1, ry1 = rx0 + 1, ry0 + 1
-        region = img.crop((rx0, ry0, rx1, ry1))
+        region = Image.fromarray(np.ascontiguousarray(photo[ry0:ry1, rx0:rx1]), channels_mode)
         f = max(1.0, self.scale)  # reduce to about one pixel per crop pixel before the sub-pixel warp
         rw, rh = max(1, int(round((rx1 - rx0) / f))), max(1, int(round((ry1 - ry0) / f)))
         if (rw, rh) != region.size:
@@ -126,12 +126,11 @@ class FaceCrop:
 
     def cut_rgb(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 photo (H, W, 3) -> uint8 crop (size, size, 3)."""
-        return np.asarray(self._cut(Image.fromarray(rgb), "RGB", "edge"))
+        return np.asarray(self._cut(rgb, "RGB", "edge"))
 
     def cut_mask(self, mask: np.ndarray) -> np.ndarray:
         """float photo mask (H, W) in [0, 1] -> float32 crop mask (size, size); zero beyond the photo."""
-        m = Image.fromarray(np.ascontiguousarray(mask, dtype=np.float32), "F")
-        return np.clip(np.asarray(self._cut(m, "F", "constant"), np.float32), 0.0, 1.0)
+        return np.clip(np.asarray(self._cut(np.asarray(mask, np.float32), "F", "constant"), np.float32), 0.0, 1.0)
 
     # ------------------------------------------------------------------------------------------ crop -> photo
     def _support_box(self, m: np.ndarray, grow: float = 1.0):

@@ -9,7 +9,7 @@ one line of text, never a traceback.
 | request | response |
 |---|---|
 | `GET /healthz` | 200 `{"status": "ok", "model": ..., "backend": ..., "rois": [...], "cache": {...}}` (no token needed) |
-| `POST /edit?roi=hair&seed=3&strength=1.0[&noise=region\\|pixel][&preserve_background=1]`, image body | 200 `image/png` at the input's size; timings in `Server-Timing` and `X-SSAE-Timings` |
+| `POST /edit?roi=hair&seed=3&strength=1.0[&noise=region\\|pixel][&output=photo\\|raw][&frame=face\\|whole][&faces=largest\\|all]`, image body | 200 `image/png` at the input's size (output=raw: the model's face crop); timings in `Server-Timing` and `X-SSAE-Timings` |
 | `POST /masks`, image body | 200 `{"masks": {"hair": "<base64 PNG>", ...}, "width": W, "height": H}` |
 | anything else | 404 (unknown path) or 405 (wrong method) |
 
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.images import ImageError, load_image
-from ..runtime.editor import NOISE_MODES, EditParams
+from ..runtime.editor import FACES, FRAMES, NOISE_MODES, OUTPUTS, EditParams
 
 #: Environment variable holding the bearer token a server requires (unset or empty: no authentication).
 TOKEN_ENV = "SSAE_TOKEN"
@@ -183,7 +183,7 @@ def _converted(query: Mapping[str, Sequence[str]], name: str, convert, default, 
 
 def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -> EditParams:
     """Validate the query parameters of /edit (ApiError 400 names the first bad one)."""
-    known = {"roi", "seed", "strength", "noise", "preserve_background"}
+    known = {"roi", "seed", "strength", "noise", "output", "frame", "faces"}
     unknown = sorted(set(query) - known)
     if unknown:
         raise ApiError(400, f"unknown parameter {unknown[0]!r} (use {', '.join(sorted(known))})")
@@ -201,8 +201,14 @@ def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -
     noise = _one(query, "noise") or "region"
     if noise not in NOISE_MODES:
         raise ApiError(400, f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
-    pb = _one(query, "preserve_background")
-    return EditParams(roi, seed, strength, noise, parse_bool("preserve_background", pb) if pb is not None else False)
+    choice = {}
+    for name, default, ok in (("output", "photo", OUTPUTS), ("frame", "face", FRAMES), ("faces", "largest", FACES)):
+        v = _one(query, name)
+        v = default if v is None else v
+        if v not in ok:
+            raise ApiError(400, f"{name} must be one of {', '.join(ok)}, got {v!r}")
+        choice[name] = v
+    return EditParams(roi, seed, strength, noise, **choice)
 
 
 def decode_image(body: bytes) -> np.ndarray:

@@ -112,7 +112,10 @@ class BatchConfig:
     seeds: tuple[int, ...] = (0,)
     strength: float = 1.0
     noise: str = "region"
-    preserve_background: bool = False
+    reference: str | None = None   # a photo whose texture the regions take (instead of the seeds')
+    output: str = "photo"          # photo | raw (see ssae.runtime.editor.OUTPUTS)
+    frame: str = "face"            # face | whole
+    faces: str = "largest"         # largest | all
     model: str | None = None
     backend: str = "auto"
     workers: int = 1               # actors in the pool (one Editor each)
@@ -123,11 +126,15 @@ class BatchConfig:
     local: bool = False            # no Ray: run the worker in this process
 
     def validate(self) -> "BatchConfig":
-        from ..runtime.editor import NOISE_MODES
+        from ..runtime.editor import FACES, FRAMES, NOISE_MODES, OUTPUTS
         if not self.rois or not self.seeds:
             raise BatchError("need at least one ROI and one seed")
-        if self.noise not in NOISE_MODES:
-            raise BatchError(f"noise must be one of {', '.join(NOISE_MODES)}")
+        for name, v, ok in (("noise", self.noise, NOISE_MODES), ("output", self.output, OUTPUTS),
+                            ("frame", self.frame, FRAMES), ("faces", self.faces, FACES)):
+            if v not in ok:
+                raise BatchError(f"{name} must be one of {', '.join(ok)}")
+        if self.reference is not None and not os.path.isfile(self.reference):
+            raise BatchError(f"reference image not found: {self.reference}")
         if not np.isfinite(self.strength):
             raise BatchError(f"strength must be a finite number, got {self.strength}")
         if self.workers < 1 or self.batch_size < 1:
@@ -182,7 +189,7 @@ class EditWorker:
         c = self.cfg
         try:
             results = self.editor.edit_many(rgb, rois, seeds, strength=c.strength, noise=c.noise,
-                                            preserve_background=c.preserve_background)
+                                            reference=c.reference, output=c.output, frame=c.frame, faces=c.faces)
         except ValueError as e:
             return 0, skipped, f"cannot edit {path}: {str(e).splitlines()[0]}"
         by_key = {(r.roi, r.seed): r.image for r in results}

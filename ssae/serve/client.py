@@ -78,11 +78,10 @@ class Client:
 
     # ------------------------------------------------------------------------------------------ API
     def edit(self, image: Any, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region",
-             preserve_background: bool = False) -> Image.Image:
-        """The edited image (PIL, RGB, the input's size)."""
-        q = {"roi": roi, "seed": int(seed), "strength": repr(float(strength)), "noise": noise}
-        if preserve_background:
-            q["preserve_background"] = 1
+             output: str = "photo", frame: str = "face", faces: str = "largest") -> Image.Image:
+        """The edited photo (PIL, RGB, the input's size; output="raw": the model's face crop)."""
+        q = {"roi": roi, "seed": int(seed), "strength": repr(float(strength)), "noise": noise, "output": output,
+             "frame": frame, "faces": faces}
         status, headers, body = self._request("POST", "/edit?" + urllib.parse.urlencode(q), image_body(image))
         self._timings(headers)
         with Image.open(io.BytesIO(body)) as im:

@@ -6,7 +6,7 @@ window or sparse path). A larger batch is one pass (`Editor.edit_requests`): eve
 encoder and decoder prefix, or nothing when the encode cache has it), then the edit tail of all requests runs as
 one batched call per noise mode and the refinement blocks as one batched call per ROI; re-edits of images edited
 before run per ROI on the window around the union of their masks, first edits on the full image. Requests may mix
-images, ROIs, seeds, strengths and `preserve_background`. The result of each request is the same as `Editor.edit`
+images, ROIs, seeds, strengths and output modes. The result of each request is the same as `Editor.edit`
 gives (tests/test_serve.py checks this within one 8-bit level).
 
 The Editor is not thread-safe: every call into it holds `Engine.lock`.
@@ -120,7 +120,7 @@ class Engine:
         p = job.params
         try:
             r = self.editor.edit(job.rgb, roi=p.roi, seed=p.seed, strength=p.strength, noise=p.noise,
-                                 preserve_background=p.preserve_background)
+                                 reference=p.reference, output=p.output, frame=p.frame, faces=p.faces)
         except Exception as e:  # noqa: BLE001 - returned to that request's caller
             return e
         return EditOutcome(r.image, r.timings, 1)

@@ -535,40 +535,44 @@ def validate_repository(repo: str | os.PathLike) -> list[str]:
 def prepare_inputs(images: Sequence[Any], seeds: Sequence[int], strength: float | Sequence[float],
                    size: int, global_code_ch: int) -> tuple[dict[str, np.ndarray], list]:
     """What a Triton client sends to `ssae_edit_<roi>`: {"image": (B,3,S,S), "noise": (B,D), "strength": (B,1)}
-    (float32), and each image's SquareFit for `finish`. Images: anything `ssae.runtime.load_image` takes."""
-    from ..data.transforms import SquareFit
+    (float32), cut around each photo's largest face as `Editor.edit` does, and (crop, photo) pairs for `finish`.
+    Images: anything `ssae.runtime.load_image` takes; a photo without a face raises ValueError."""
+    from ..face import frame_faces
     from ..kernels import philox
     from ..runtime.images import load_image
 
     if len(images) != len(seeds):
         raise ValueError("one seed per image")
-    xs, fits = [], []
-    for im in images:
+    xs, crops = [], []
+    for k, im in enumerate(images):
         rgb = load_image(im)
-        fit = SquareFit(rgb.shape[0], rgb.shape[1], size)
-        xs.append(fit.forward_rgb(rgb).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
-        fits.append((fit, rgb))
+        found = frame_faces(rgb, size)
+        if not found:
+            raise ValueError(f"no face found in image {k}")
+        xs.append(found[0].cut_rgb(rgb).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+        crops.append((found[0], rgb))
     st = np.broadcast_to(np.asarray(strength, np.float32), (len(images),)).reshape(-1, 1)
     noise = philox.region_noise(seeds, global_code_ch)
     return {"image": np.ascontiguousarray(np.stack(xs), dtype=np.float32),
-            "noise": np.ascontiguousarray(noise, dtype=np.float32), "strength": np.ascontiguousarray(st)}, fits
+            "noise": np.ascontiguousarray(noise, dtype=np.float32), "strength": np.ascontiguousarray(st)}, crops
 
 
-def finish(edited: np.ndarray, fits: list, masks: np.ndarray | None = None,
-           preserve_background: bool = False) -> list:
-    """Ensemble output `edited` (B,3,S,S) in [-1,1] -> PIL images at the inputs' sizes (as `Editor.edit`)."""
+def finish(edited: np.ndarray, crops: list, masks: np.ndarray | None = None,
+           unedited: np.ndarray | None = None) -> list:
+    """Ensemble outputs -> PIL images. With `masks` and `unedited` (the same ensemble at strength 0): the edit's
+    change pasted onto each photo under its feathered mask, as `Editor.edit` does; without: the raw crops."""
     from PIL import Image
 
-    from ..runtime.editor import composite
+    from ..face import feather
+    from ..runtime.editor import FEATHER
     out = []
-    for k, (fit, rgb) in enumerate(fits):
-        img = np.round((np.clip(edited[k], -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
-        img = fit.restore_rgb(img)
-        if preserve_background:
-            if masks is None:
-                raise ValueError("preserve_background needs the ensemble's mask output")
-            img = composite(img, rgb, fit.restore_mask(masks[k, 0]))
-        out.append(Image.fromarray(img))
+    for k, (crop, rgb) in enumerate(crops):
+        if masks is None or unedited is None:
+            out.append(Image.fromarray(np.round((np.clip(edited[k], -1, 1) + 1) * 127.5).astype(np.uint8)
+                                       .transpose(1, 2, 0)))
+            continue
+        change = (edited[k] - unedited[k]).transpose(1, 2, 0) * np.float32(127.5)
+        out.append(Image.fromarray(crop.paste_change(rgb, change, feather(masks[k, 0], FEATHER))))
     return out
 
 

@@ -1,0 +1,134 @@
+"""Face framing: the detector (MTCNN on ONNX Runtime), the similarity crop and the paste back. Uses only the bundled
+example face, so it runs in a bare clone."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssae.face import TEMPLATE, FaceCrop, feather, frame_faces, shared_detector
+from ssae.pretrained import ASSETS
+
+FACE = ASSETS / "example_face.jpg"
+
+
+def face() -> np.ndarray:
+    return np.asarray(Image.open(FACE).convert("RGB"))
+
+
+def scene(scale: float, at: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The example face scaled and pasted at `at` (top-left x, y) onto a smooth background of `size` (W, H)."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    bg = np.stack([(xx * 200 // w), (yy * 180 // h) + 40, np.full_like(xx, 90)], -1).astype(np.uint8)
+    f = Image.fromarray(face())
+    f = f.resize((round(f.width * scale), round(f.height * scale)), Image.LANCZOS)
+    img = Image.fromarray(bg)
+    img.paste(f, at)
+    return np.asarray(img)
+
+
+def test_detector_finds_the_face_and_orders_its_landmarks():
+    faces = shared_detector().detect(face())
+    assert len(faces) == 1 and faces[0].score > 0.9
+    lm = faces[0].landmarks
+    le, re, nose, ml, mr = lm
+    assert le[0] < nose[0] < re[0] and ml[0] < mr[0]
+    assert max(le[1], re[1]) < nose[1] < min(ml[1], mr[1])
+    x0, y0, x1, y1 = faces[0].box
+    assert (lm[:, 0] > x0).all() and (lm[:, 0] < x1).all() and (lm[:, 1] > y0).all() and (lm[:, 1] < y1).all()
+
+
+@pytest.mark.parametrize("scale,at,size", [(0.8, (520, 90), (900, 600)), (2.5, (1400, 2300), (3000, 3600)),
+                                           (0.6, (10, 200), (400, 420))])
+def test_detector_finds_off_centre_faces_in_larger_photos(scale, at, size):
+    """A face scaled and pasted off-centre: found where it was pasted, landmarks in photo pixels (the detection
+    copy of a large photo is mapped back)."""
+    ref = shared_detector().detect(face())[0].landmarks
+    got = shared_detector().detect(scene(scale, at, size))
+    assert got, "face not found"
+    want = ref * scale + np.array(at)
+    assert np.abs(got[0].landmarks - want).max() < 0.06 * 250 * scale
+
+
+def test_no_face_in_noise_or_flat_images():
+    rng = np.random.default_rng(0)
+    assert shared_detector().detect(rng.integers(0, 255, (300, 400, 3), dtype=np.uint8)) == []
+    assert shared_detector().detect(np.full((64, 64, 3), 200, np.uint8)) == []
+    assert frame_faces(np.zeros((5, 900, 3), np.uint8), 128) == []
+
+
+def test_similarity_fit_recovers_a_known_transform():
+    size = 64
+    z, t = 3.1 * np.exp(0.3j), 40 - 17j
+    p = (TEMPLATE[:, 0] + 1j * TEMPLATE[:, 1]) * size
+    q = z * p + t
+    c = FaceCrop.from_landmarks(np.stack([q.real, q.imag], 1), 500, 400, size)
+    assert np.allclose([c.a, c.b, c.tx, c.ty], [z.real, z.imag, t.real, t.imag])
+    uv = np.array([[3.0, 7.0], [60.0, 1.0]])
+    assert np.allclose(c.to_crop(c.to_photo(uv)), uv) and np.isclose(c.scale, 3.1)
+
+
+def test_whole_frame_crop_is_the_identity_on_a_square_photo_and_pads_others():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    c = FaceCrop.whole_frame(32, 32, 32)
+    assert np.array_equal(c.cut_rgb(img), img)
+    m = rng.random((32, 32)).astype(np.float32)
+    assert np.allclose(c.cut_mask(m), m) and np.allclose(c.paste_mask(m), m)
+    wide = FaceCrop.whole_frame(20, 80, 40)        # 2 photo px per crop px, 10 crop rows of padding top and bottom
+    img = np.full((20, 80, 3), 77, np.uint8)
+    img[:, 40:] = 200
+    out = wide.cut_rgb(img)
+    assert out.shape == (40, 40, 3) and (out[0, :18] == 77).all() and (out[-1, 22:] == 200).all()  # edges replicated
+
+
+def test_crop_and_paste_are_inverse_and_exact_outside_the_mask():
+    """A rotated, scaled crop of a smooth photo; a constant change pasted under a mask moves exactly the photo
+    pixels under the pasted mask and leaves every other pixel bit for bit."""
+    h, w = 300, 420
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = np.stack([xx * 0.5, yy * 0.6, (xx + yy) * 0.3], -1).astype(np.uint8)
+    c = FaceCrop(2.0 * np.cos(0.2), 2.0 * np.sin(0.2), 150.0, 60.0, 64, h, w)
+    cut = c.cut_rgb(photo).astype(int)
+    centre = c.to_photo(np.array([[32.5, 32.5]]))[0]
+    assert np.abs(cut[32, 32] - photo[int(centre[1]), int(centre[0])].astype(int)).max() <= 2
+    m = np.zeros((64, 64), np.float32)
+    m[20:40, 10:30] = 1
+    soft = feather(m, 1.5)
+    assert (soft >= m).all() and soft[0, 0] == 0 and 0 < soft[19, 20] < 1
+    change = np.full((64, 64, 3), 30.0, np.float32)
+    out = c.paste_change(photo, change, soft)
+    pasted = c.paste_mask(soft)
+    assert np.array_equal(out[pasted == 0], photo[pasted == 0])
+    full = pasted >= 0.999
+    assert full.sum() > 500 and np.array_equal(out[full].astype(int), np.minimum(photo[full].astype(int) + 30, 255))
+    back = c.cut_mask(c.paste_mask(m))
+    assert np.abs(back - m)[22:38, 12:28].max() < 1e-3 and back[:15].max() < 1e-3
+
+
+MEMORY = r"""
+import resource, sys, numpy as np
+from ssae.face import FaceCrop, frame_faces
+h, w = int(sys.argv[1]), int(sys.argv[2])
+photo = np.full((h, w, 3), 120, np.uint8)
+photo[::7] = 30
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+found = frame_faces(photo, 128)
+c = FaceCrop.whole_frame(h, w, 128)
+x = c.cut_rgb(photo)
+m = np.zeros((128, 128), np.float32); m[60:70, 60:70] = 1
+out = c.paste_change(photo, np.ones((128, 128, 3), np.float32), m)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024 / photo.nbytes, x.shape, len(found))
+"""
+
+
+@pytest.mark.parametrize("h,w", [(1, 12000), (12000, 1), (5000, 6000)])
+def test_framing_memory_is_bounded_by_the_photo_not_its_padded_square(h, w):
+    """No padded max(H, W) square is ever built: detection, the whole-frame cut and the paste of a 1 x 12000 photo
+    or a 30 Mpx one stay within about two photo sizes (a padded square would be 12000x the first)."""
+    r = subprocess.run([sys.executable, "-c", MEMORY, str(h), str(w)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    ratio = float(r.stdout.split()[0])
+    assert ratio < 2.5 + 3e7 / (h * w * 3), r.stdout
