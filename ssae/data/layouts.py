@@ -57,6 +57,17 @@ def read_binary(path: str | os.PathLike) -> np.ndarray:
         return (np.asarray(im.convert("L")) > 127).astype(np.float32)
 
 
+def _at_photo_size(masks: dict[str, np.ndarray | None], img: np.ndarray) -> dict[str, np.ndarray | None]:
+    """Masks resized (bilinear) to the photo's size where a layout stores them at another (CelebAMask-HQ: 512)."""
+    out = {}
+    for roi, m in masks.items():
+        if m is not None and m.shape != img.shape[:2]:
+            m = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
+                (img.shape[1], img.shape[0]), Image.BILINEAR))
+        out[roi] = m
+    return out
+
+
 def _sample(name: str, img: np.ndarray, masks: dict[str, np.ndarray | None], size: int) -> FaceSample:
     crop = frame_training_image(img, size)
     out = np.zeros((len(ROIS), size, size), np.float32)
@@ -65,9 +76,6 @@ def _sample(name: str, img: np.ndarray, masks: dict[str, np.ndarray | None], siz
         m = masks.get(roi)
         if m is None:
             continue
-        if m.shape != img.shape[:2]:  # masks at another resolution than the image (CelebAMask-HQ: 512 vs 1024)
-            m = np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(
-                (img.shape[1], img.shape[0]), Image.BILINEAR))
         out[i] = crop.cut_mask(np.clip(m, 0, 1))
         known[i] = True
     return FaceSample(name, crop.cut_rgb(img), out, known)
@@ -85,8 +93,15 @@ class FaceDataset:
     def __getitem__(self, i: int) -> FaceSample:
         return self.sample(i)
 
-    def sample(self, i: int) -> FaceSample:  # pragma: no cover - abstract
+    def photo(self, i: int) -> tuple[np.ndarray, dict[str, np.ndarray | None]]:  # pragma: no cover - abstract
+        """The i-th photo at its own resolution (uint8 (H, W, 3)) and its ROI masks at that resolution (float in
+        [0, 1]; None where unlabelled)."""
         raise NotImplementedError
+
+    def sample(self, i: int) -> FaceSample:
+        """The i-th photo framed to the model size (`ssae.face.frame_training_image`)."""
+        img, masks = self.photo(i)
+        return _sample(self.names[i], img, masks, self.size)
 
 
 class CelebAMaskHQ(FaceDataset):
@@ -103,7 +118,7 @@ class CelebAMaskHQ(FaceDataset):
     def part_path(self, i: int, part: str) -> Path:
         return self.root / "CelebAMask-HQ-mask-anno" / str(i // 2000) / f"{i:05d}_{part}.png"
 
-    def sample(self, k: int) -> FaceSample:
+    def photo(self, k: int):
         i = self.indices[k]
         img = read_rgb(self.root / "CelebA-HQ-img" / f"{i}.jpg")
         masks = {}
@@ -115,7 +130,7 @@ class CelebAMaskHQ(FaceDataset):
                     pm = read_binary(p)
                     m = pm if m is None else np.maximum(m, pm)
             masks[roi] = m if m is not None else np.zeros((512, 512), np.float32)
-        return _sample(str(i), img, masks, self.size)
+        return img, _at_photo_size(masks, img)
 
 
 class LFWParts(FaceDataset):
@@ -131,7 +146,7 @@ class LFWParts(FaceDataset):
     def derived_path(self, roi: str, name: str) -> Path | None:
         return None if self.derived is None else self.derived / roi / f"{name}.png"
 
-    def sample(self, k: int) -> FaceSample:
+    def photo(self, k: int):
         name = self.names[k]
         img = read_rgb(self.root / "images" / f"{name}.jpg")
         with Image.open(self.root / "labels" / f"{name}.png") as im:
@@ -146,7 +161,7 @@ class LFWParts(FaceDataset):
         if all(v is not None for v in parts.values()):
             skin = skin * (1 - np.maximum.reduce([parts["nose"], parts["eyes"], parts["lips"]]))
         masks["skin"] = skin
-        return _sample(name, img, masks, self.size)
+        return img, _at_photo_size(masks, img)
 
 
 class FolderDataset(FaceDataset):
@@ -159,13 +174,13 @@ class FolderDataset(FaceDataset):
         self.names = [p.stem for p in self.files]
         self.size = size
 
-    def sample(self, k: int) -> FaceSample:
+    def photo(self, k: int):
         img = read_rgb(self.files[k])
         masks = {}
         for roi in ROIS:
             p = self.root / "masks" / roi / f"{self.names[k]}.png"
             masks[roi] = read_binary(p) if p.exists() else None
-        return _sample(self.names[k], img, masks, self.size)
+        return img, _at_photo_size(masks, img)
 
 
 class ImageFolder(FaceDataset):
@@ -188,9 +203,8 @@ class ImageFolder(FaceDataset):
         self.names = [p.stem for p in self.files]
         self.size = size
 
-    def sample(self, k: int) -> FaceSample:
-        img = read_rgb(self.files[k])
-        return _sample(self.names[k], img, {}, self.size)
+    def photo(self, k: int):
+        return read_rgb(self.files[k]), {}
 
 
 def celeba_index_map_to_parts(label: np.ndarray) -> dict[str, np.ndarray]:
