@@ -76,7 +76,7 @@ def test_whole_frame_crop_is_the_identity_on_a_square_photo_and_pads_others():
     c = FaceCrop.whole_frame(32, 32, 32)
     assert np.array_equal(c.cut_rgb(img), img)
     m = rng.random((32, 32)).astype(np.float32)
-    assert np.allclose(c.cut_mask(m), m) and np.allclose(c.paste_mask(m), m)
+    assert np.allclose(c.cut_mask(m), m) and np.abs(c.paste_mask(m) - m).max() <= 0.5 / 255 + 1e-6  # 8-bit levels
     wide = FaceCrop.whole_frame(20, 80, 40)        # 2 photo px per crop px, 10 crop rows of padding top and bottom
     img = np.full((20, 80, 3), 77, np.uint8)
     img[:, 40:] = 200

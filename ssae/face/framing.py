@@ -141,25 +141,32 @@ class FaceCrop:
         box = self.photo_box(xs.min() - grow, ys.min() - grow, xs.max() + 1 + grow, ys.max() + 1 + grow, margin=1)
         return box if box[2] > box[0] and box[3] > box[1] else None
 
-    def _warp_back(self, plane: np.ndarray, box) -> np.ndarray:
-        """A float crop plane (size, size) sampled (bilinear) at the photo pixels of `box`; zero outside the crop."""
+    def _warp_back(self, im: Image.Image, box) -> np.ndarray:
+        """A crop-size uint8 PIL image sampled (bilinear) at the photo pixels of `box`, zero outside the crop: an
+        affine warp to about two photo pixels per crop pixel, then a separable bilinear enlargement by the rest
+        (an integer factor k) when the photo is larger than that. uint8 array (box height, box width[, 3])."""
         x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        k = max(1, int(self.scale // 2))
+        sw, sh = -(-bw // k), -(-bh // k)
         d = self.a ** 2 + self.b ** 2
-        # photo (x, y) -> crop (u, v), for the box image whose pixel (0, 0) is photo (x0, y0)
+        # (photo x0 + k X, y0 + k Y) -> crop (u, v) for the small image's continuous coordinates (X, Y)
         ia, ib = self.a / d, self.b / d
         cx, cy = x0 - self.tx, y0 - self.ty
-        coeffs = (ia, ib, ia * cx + ib * cy, -ib, ia, -ib * cx + ia * cy)
-        im = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32), "F")
-        return np.asarray(im.transform((x1 - x0, y1 - y0), Image.AFFINE, coeffs, resample=Image.BILINEAR),
-                          np.float32)
+        coeffs = (ia * k, ib * k, ia * cx + ib * cy, -ib * k, ia * k, -ib * cx + ia * cy)
+        small = im.transform((sw, sh), Image.AFFINE, coeffs, resample=Image.BILINEAR)
+        if k > 1:
+            small = small.resize((sw * k, sh * k), Image.BILINEAR)
+        return np.asarray(small)[:bh, :bw]
 
     def paste_mask(self, mask: np.ndarray) -> np.ndarray:
-        """float crop mask (size, size) -> float32 photo mask (H, W) in [0, 1] (zero outside the crop)."""
+        """float crop mask (size, size) in [0, 1] -> float32 photo mask (H, W) (zero outside the crop; 8-bit
+        levels, as the model's masks). The same warp `paste_change` applies to its soft mask."""
         out = np.zeros((self.height, self.width), np.float32)
         box = self._support_box(mask)
         if box is not None:
             x0, y0, x1, y1 = box
-            out[y0:y1, x0:x1] = np.clip(self._warp_back(mask, box), 0.0, 1.0)
+            out[y0:y1, x0:x1] = self._warp_back(_u8(mask), box) * np.float32(1 / 255)
         return out
 
     def paste_change(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray) -> np.ndarray:
@@ -167,22 +174,35 @@ class FaceCrop:
         out = round(rgb + soft * change) at the photo's resolution, clipped to [0, 255].
 
         rgb: uint8 (H, W, 3); change: float32 (size, size, 3) in 8-bit levels; soft: float32 (size, size) in [0, 1].
-        Every photo pixel where the pasted mask is 0 keeps the input's value, bit for bit. A new array."""
+        Every photo pixel where the pasted mask (`paste_mask(soft)`) is 0 keeps the input's value, bit for bit.
+        A new array. The change is warped as 8-bit codes on a per-edit scale (max |change| / 127: at most half a
+        level of error for changes up to 127 levels), the soft mask in 8-bit levels."""
         out = rgb.copy()
         box = self._support_box(soft)
         if box is None:
             return out
         x0, y0, x1, y1 = box
-        w = self._warp_back(soft, box)
-        inside = w > 0
-        if not inside.any():
+        w = self._warp_back(_u8(soft), box)
+        rows, cols = np.nonzero(w.any(axis=1))[0], np.nonzero(w.any(axis=0))[0]
+        if not len(rows):
             return out
-        patch = out[y0:y1, x0:x1]
-        for c in range(3):
-            d = self._warp_back(change[..., c], box)
-            ch = patch[..., c]
-            ch[inside] = np.clip(np.round(ch[inside] + w[inside] * d[inside]), 0, 255).astype(np.uint8)
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        scale = max(float(np.abs(change).max()) / 127.0, 1e-6)
+        code = Image.fromarray(np.clip(np.round(change / scale) + 128, 1, 255).astype(np.uint8), "RGB")
+        d = self._warp_back(code, box)[r0:r1, c0:c1].astype(np.float32)
+        d -= 128.0
+        d *= w[r0:r1, c0:c1, None] * np.float32(scale / 255.0)
+        patch = out[y0 + r0: y0 + r1, x0 + c0: x0 + c1]
+        d += patch                      # exactly the photo's value where the pasted mask is 0
+        np.rint(d, out=d)
+        np.clip(d, 0, 255, out=d)
+        patch[...] = d
         return out
+
+
+def _u8(m: np.ndarray) -> Image.Image:
+    """A [0, 1] float plane as an 8-bit PIL image."""
+    return Image.fromarray(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8), "L")
 
 
 def feather(mask: np.ndarray, radius: float) -> np.ndarray:

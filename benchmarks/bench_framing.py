@@ -1,0 +1,111 @@
+"""What face framing and compositing add to a full CPU edit, per model size and photo size.
+
+For each model (bundled lfw128, paper256 with random weights) and backend, full edits (empty cache) of the example
+face at three photo sizes: as shipped (250 px), placed in a 1024 x 1024 scene and in a 3000 x 2000 scene. Each
+edit's own timings are split into framing (face detection + the crop), compositing (the paste of the change and
+the mask at the photo's resolution) and the model (every stage: SMPN, encoder, prefix, the unedited and the edited
+tail, both RBs). Also a cached re-edit of the hair and the lips (new seed). Median of --repeats runs, runs
+alternating between configurations.
+
+    python benchmarks/bench_framing.py [--models bundled paper256] [--backends onnxruntime openvino] [--json out]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ssae.profiling.bench import machine_info
+from ssae.pretrained import ASSETS
+from ssae.runtime import BackendError, Editor
+
+FRAMING = ("detect", "frame")
+COMPOSITING = ("composite",)
+
+
+def scene(w: int, h: int, face_px: int, at: tuple[float, float]) -> np.ndarray:
+    """The example face resized to face_px and pasted at a relative position into a w x h smooth background."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    bg = np.stack([xx * 160 // w + 40, yy * 120 // h + 60, (xx + yy) * 80 // (w + h) + 90], -1).astype(np.uint8)
+    img = Image.fromarray(bg)
+    f = Image.open(ASSETS / "example_face.jpg").convert("RGB").resize((face_px, face_px), Image.LANCZOS)
+    img.paste(f, (int(at[0] * (w - face_px)), int(at[1] * (h - face_px))))
+    return np.asarray(img)
+
+
+def photos() -> dict[str, np.ndarray]:
+    return {"250x250": np.asarray(Image.open(ASSETS / "example_face.jpg").convert("RGB")),
+            "1024x1024": scene(1024, 1024, 700, (0.4, 0.3)),
+            "3000x2000": scene(3000, 2000, 900, (0.8, 0.2))}
+
+
+def split(t: dict) -> dict[str, float]:
+    fr = sum(t.get(k, 0.0) for k in FRAMING)
+    co = sum(t.get(k, 0.0) for k in COMPOSITING)
+    return {"framing": fr, "compositing": co, "model": t["total"] - fr - co, "total": t["total"]}
+
+
+def bench(model: str, backend: str, repeats: int) -> dict:
+    ed = Editor.load(None if model == "bundled" else model, backend=backend)
+    ims = photos()
+    for im in ims.values():  # warm-up (compile, first calls)
+        ed.edit(im, roi="hair", seed=0)
+    rows = {k: {"full": [], "reedit_hair": [], "reedit_lips": []} for k in ims}
+    for r in range(repeats):
+        for name, im in ims.items():
+            ed.clear_cache()
+            rows[name]["full"].append(split(ed.edit(im, roi="hair", seed=r + 1).timings))
+            ed.edit(im, roi="lips", seed=0)           # untimed: the lips' unedited reference
+            rows[name]["reedit_hair"].append(split(ed.edit(im, roi="hair", seed=r + 2).timings))
+            rows[name]["reedit_lips"].append(split(ed.edit(im, roi="lips", seed=r + 2).timings))
+    out = {}
+    for name, kinds in rows.items():
+        out[name] = {}
+        for kind, runs in kinds.items():
+            med = {k: float(np.median([x[k] for x in runs])) for k in runs[0]}
+            med["overhead"] = (med["framing"] + med["compositing"]) / med["model"]
+            out[name][kind] = med
+    return {"model": model, "image_size": ed.size, "backend": ed.backend.describe(), "repeats": repeats,
+            "photos": out}
+
+
+def print_table(res: dict) -> None:
+    print(f"\n{res['model']} ({res['image_size']} px), {res['backend']}, median of {res['repeats']} runs, ms")
+    print("| photo | edit | framing | compositing | model | total | framing + compositing / model |")
+    print("|---|---|---|---|---|---|---|")
+    for name, kinds in res["photos"].items():
+        for kind, m in kinds.items():
+            print(f"| {name} | {kind} | {m['framing']:.1f} | {m['compositing']:.1f} | {m['model']:.1f} | "
+                  f"{m['total']:.1f} | {100 * m['overhead']:.1f}% |")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["bundled", "paper256"])
+    ap.add_argument("--backends", nargs="+", default=["onnxruntime", "openvino"])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    out = {"machine": machine_info(), "results": []}
+    for m in args.models:
+        for b in args.backends:
+            try:
+                res = bench(m, b, args.repeats)
+            except BackendError as e:
+                print(f"skip {m} on {b}: {e}", file=sys.stderr)
+                continue
+            print_table(res)
+            out["results"].append(res)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
