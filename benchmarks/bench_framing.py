@@ -4,7 +4,7 @@ For each model (bundled lfw128, paper256 with random weights) and backend, full 
 face at three photo sizes: as shipped (250 px), placed in a 1024 x 1024 scene and in a 3000 x 2000 scene. Each
 edit's own timings are split into framing (face detection + the crop), compositing (the paste of the change and
 the mask at the photo's resolution) and the model (every stage: SMPN, encoder, prefix, the unedited and the edited
-tail, both RBs). Also a cached re-edit of the hair and the lips (new seed). Median of --repeats runs, runs
+tail, both RBs). Framing includes reading the photo and hashing it for the cache (`decode`). Also a cached re-edit of the hair and the lips (new seed). Median of --repeats runs, runs
 alternating between configurations.
 
     python benchmarks/bench_framing.py [--models bundled paper256] [--backends onnxruntime openvino] [--json out]
@@ -23,7 +23,7 @@ from ssae.profiling.bench import machine_info
 from ssae.pretrained import ASSETS
 from ssae.runtime import BackendError, Editor
 
-FRAMING = ("detect", "frame")
+FRAMING = ("decode", "detect", "frame")
 COMPOSITING = ("composite",)
 
 
