@@ -79,3 +79,55 @@ def test_bad_input_one_line_error_and_no_output(bad_files, tiny_export, face_pat
             "suffix": "unsupported output file type"}[case]
     assert want in lines[0]
     assert not out.exists() and not list(tmp.glob(".o.*"))
+
+
+def two_faces(path):
+    """Two copies of the example face side by side, the right one smaller, on a grey canvas."""
+    from ssae.pretrained import ASSETS
+    f = Image.open(ASSETS / "example_face.jpg").convert("RGB")
+    canvas = Image.new("RGB", (620, 330), (120, 120, 120))
+    canvas.paste(f, (10, 40))
+    canvas.paste(f.resize((180, 180)), (400, 70))
+    canvas.save(path)
+    return path
+
+
+def test_edit_framing_options(tmp_path, tiny_export, face_path):
+    """--reference, --whole-frame, --raw and --all-faces through the CLI; no face: one line, exit 2, no file."""
+    base = ("--model", tiny_export, "--backend", "onnxruntime", "--roi", "lips", "--seed", 2)
+    r = ssae("edit", face_path, *base, "--reference", two_faces(tmp_path / "two.png"), "-o", tmp_path / "ref.png",
+             "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["reference"].endswith("two.png") and Image.open(tmp_path / "ref.png").size == (250, 250)
+    assert ssae("edit", face_path, *base, "--raw", "-o", tmp_path / "raw.png").returncode == 0
+    assert Image.open(tmp_path / "raw.png").size == (32, 32)            # the tiny model's crop
+    r = ssae("edit", tmp_path / "two.png", *base, "--all-faces", "-o", tmp_path / "all.png", "--json")
+    assert r.returncode == 0, r.stderr
+    boxes = json.loads(r.stdout)["faces"]
+    assert len(boxes) == 2 and boxes[0][0] < 300 < boxes[1][2]          # the larger face first
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (200, 150), (90, 90, 90)).save(flat)
+    r = ssae("edit", flat, *base, "-o", tmp_path / "none.png")
+    assert r.returncode == 2 and "no face found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "none.png").exists()
+    assert ssae("edit", flat, *base, "--whole-frame", "-o", tmp_path / "whole.png").returncode == 0
+    assert Image.open(tmp_path / "whole.png").size == (200, 150)
+
+
+def test_eval_photos_reports_what_users_get_back(tmp_path, tiny_export):
+    from ssae.pretrained import ASSETS
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(ASSETS / "example_face.jpg", photos / "a.jpg")
+    two_faces(photos / "b.png")
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(photos / "c.png")     # no face
+    r = ssae("eval", "--photos", photos, "--model", tiny_export, "--backend", "onnxruntime", "--rois", "hair", "lips",
+             "--json", tmp_path / "q.json")
+    assert r.returncode == 0, r.stderr
+    q = json.loads((tmp_path / "q.json").read_text())
+    s = q["summary"]
+    assert s["faces_found"] == 2 / 3 and len(q["rows"]) == 4
+    assert s["outside_psnr"]["median"] >= 40 and s["ms"]["median"] > 0   # (the tiny model's masks are random)
+    assert {row["roi"] for row in q["rows"]} == {"hair", "lips"}
+    r = ssae("eval", "--photos", tmp_path / "missing", "--model", tiny_export)
+    assert r.returncode == 2 and "photo folder not found" in r.stderr

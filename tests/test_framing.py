@@ -132,3 +132,23 @@ def test_framing_memory_is_bounded_by_the_photo_not_its_padded_square(h, w):
     assert r.returncode == 0, r.stderr
     ratio = float(r.stdout.split()[0])
     assert ratio < 2.5 + 3e7 / (h * w * 3), r.stdout
+
+
+def test_photo_metrics_against_known_edits():
+    """outside PSNR, detail correlation and change inside on edits whose answers are known."""
+    from ssae.runtime.quality import PSNR_CAP, photo_metrics
+    rng = np.random.default_rng(3)
+    src = rng.integers(40, 200, (200, 300, 3)).astype(np.uint8)
+    mask = np.zeros((200, 300), np.float32)
+    mask[50:150, 100:200] = 1
+    same = photo_metrics(src, src, mask)
+    assert same["outside_psnr"] == PSNR_CAP and same["detail"] > 0.999 and same["change"] == 0
+    shifted = src.copy()
+    shifted[mask > 0] += 20                                     # a flat recolour keeps the detail
+    m = photo_metrics(src, shifted, mask)
+    assert m["outside_psnr"] == PSNR_CAP and m["detail"] > 0.99 and abs(m["change"] - 20) < 1e-6
+    smooth = src.copy()
+    smooth[mask > 0] = 128                                      # the region replaced by a flat patch
+    assert photo_metrics(src, smooth, mask)["detail"] < 0.2
+    noisy = src.astype(int) + rng.integers(-4, 5, src.shape)
+    assert 30 < photo_metrics(src, np.clip(noisy, 0, 255).astype(np.uint8), mask)["outside_psnr"] < 45
