@@ -2,20 +2,22 @@
 
 Each scene is a 250 px LFW photo scaled by 0.6-2.4 (a face 60-240 px wide) and pasted at a random position into a
 canvas of 500-1600 x 400-1200 px whose background is the top-left corner (70 x 70 px, away from the face) of
-another LFW photo enlarged and blurred: a photographic, not a flat, surround without a second face. Deterministic for a given --seed.
+another LFW photo enlarged and blurred: a photographic, not a flat, surround without a second face. Deterministic for a given --seed. `scenes.json` holds each scene's pasted rectangle (x0, y0, x1, y1).
 
     python scripts/make_scenes.py --lfw ../shared/data/lfw_parts --out /tmp/scenes --count 40
 """
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 
-def make_scene(face: Image.Image, background: Image.Image, rng: np.random.Generator) -> Image.Image:
+def make_scene(face: Image.Image, background: Image.Image, rng: np.random.Generator):
+    """(scene, (x0, y0, x1, y1) of the pasted photo in the scene)."""
     w, h = int(rng.integers(500, 1601)), int(rng.integers(400, 1201))
     scale = float(rng.uniform(0.6, 2.4))
     f = face.resize((round(face.width * scale), round(face.height * scale)), Image.LANCZOS)
@@ -24,7 +26,7 @@ def make_scene(face: Image.Image, background: Image.Image, rng: np.random.Genera
     bg = background.crop((0, 0, 70, 70)).resize((w, h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(4))
     x, y = int(rng.integers(0, w - f.width + 1)), int(rng.integers(0, h - f.height + 1))
     bg.paste(f, (x, y))
-    return bg
+    return bg, (x, y, x + f.width, y + f.height)
 
 
 def main() -> None:
@@ -40,10 +42,15 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     picks = rng.choice(len(names), size=(a.count, 2), replace=False if 2 * a.count <= len(names) else True)
+    boxes = {}
     for k, (i, j) in enumerate(picks):
         face = Image.open(root / "images" / f"{names[i]}.jpg").convert("RGB")
         bg = Image.open(root / "images" / f"{names[j]}.jpg").convert("RGB")
-        make_scene(face, bg, rng).save(out / f"scene_{k:03d}_{names[i]}.jpg", quality=92)
+        img, box = make_scene(face, bg, rng)
+        name = f"scene_{k:03d}_{names[i]}.jpg"
+        img.save(out / name, quality=92)
+        boxes[name] = box
+    (out / "scenes.json").write_text(json.dumps(boxes, indent=1))
     print(f"{a.count} scenes in {out}")
 
 
