@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SSAEError
 from ..fileio import atomic_write
 
 FORMAT = "ssae-calibration-set/1"
 
 
-class CalibrationSetError(ValueError):
+class CalibrationSetError(SSAEError, ValueError):
     """A calibration set file is missing, unreadable or does not match its recorded hash."""
 
 

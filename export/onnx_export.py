@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..errors import SSAEError
 from ..fileio import atomic_write, read_json
 from ..kernels import ops as fused_ops
 from ..models.ssae_model import SSAE
@@ -159,17 +160,30 @@ def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, sin
     return manifest
 
 
-class ExportError(ValueError):
+class ExportError(SSAEError, ValueError):
     """An export folder is missing, incomplete or corrupt."""
 
 
 def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
-    """Read manifest.json; with verify, check every listed file exists and matches its sha256."""
+    """Read manifest.json: its structure checked (stages, each with a plain file name inside the folder, inputs
+    and outputs); with verify, every listed file exists and matches its sha256."""
     d = Path(export_dir)
     manifest = read_json(d / MANIFEST, ExportError, "export manifest", fmt=FORMAT,
                          missing=f"{d} is not an ssae ONNX export (no {MANIFEST})")
+    stages = manifest.get("stages")
+    if not isinstance(stages, dict) or not stages:
+        raise ExportError(f"export manifest {d / MANIFEST} has no stages")
+    for key in ("model_config", "rois"):
+        if key not in manifest:
+            raise ExportError(f"export manifest {d / MANIFEST} has no {key}")
+    for name, e in stages.items():
+        if not isinstance(e, dict) or not all(k in e for k in ("file", "sha256", "inputs", "outputs")):
+            raise ExportError(f"export manifest entry {name!r} lacks file, sha256, inputs or outputs")
+        f = str(e["file"])
+        if Path(f).name != f or f in ("", ".", ".."):  # confined to the export folder: no paths, no ..
+            raise ExportError(f"export manifest entry {name!r} names a file outside the export folder: {f!r}")
     if verify:
-        for name, e in manifest["stages"].items():
+        for name, e in stages.items():
             f = d / e["file"]
             if not f.exists():
                 raise ExportError(f"missing ONNX file {f}")

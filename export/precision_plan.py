@@ -18,13 +18,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SSAEError
 from ..fileio import atomic_write, read_json
 
 FORMAT = "ssae-precision-plan/1"
 PRECISIONS = ("fp16", "bf16")
 
 
-class PrecisionPlanError(ValueError):
+class PrecisionPlanError(SSAEError, ValueError):
     """A precision plan file is missing, unreadable or malformed (one-line reason)."""
 
 

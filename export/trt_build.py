@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ..errors import SSAEError
 from ..fileio import atomic_write, read_json
 from .precision_plan import PrecisionPlan
 
@@ -50,15 +51,15 @@ MIN_CROP = 4  # the export's smallest "height"/"width" (export.onnx_export._expo
 PLUGIN_MODES = ("auto", "aot", "jit", "off")
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(SSAEError, RuntimeError):
     """TensorRT, cuda-bindings or a CUDA GPU is missing here (one-line reason)."""
 
 
-class EngineMismatch(RuntimeError):
+class EngineMismatch(SSAEError, RuntimeError):
     """An engine was built for another GPU / TensorRT version, or its files are corrupt (one-line reason)."""
 
 
-class BuildError(RuntimeError):
+class BuildError(SSAEError, RuntimeError):
     """TensorRT could not parse or build a graph (one-line reason; TensorRT's log has the details)."""
 
 

@@ -28,6 +28,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..errors import SSAEError
+
 # ==================================================================================================== 1. launch ABI
 
 SOURCE = Path(__file__).with_name("masked_modconv.cu")
@@ -309,7 +311,7 @@ def ptx_entry_points(ptx: str) -> list[str]:
 # ==================================================================================================== 3. load + launch
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(SSAEError, RuntimeError):
     """The fused kernel cannot run here (no CUDA device, no loader package, no compiler): the message says what."""
 
 

@@ -27,6 +27,7 @@ pointer: exactly the order TensorRT's AOT launcher uses (inputs, extra args, out
 import threading
 from typing import List, Tuple, Union
 
+from ..errors import SSAEError
 from . import cuda as kcuda
 from . import ops
 
@@ -45,7 +46,7 @@ _registered = False
 _ptx_cache: dict = {}
 
 
-class PluginUnavailable(RuntimeError):
+class PluginUnavailable(SSAEError, RuntimeError):
     """The plugin cannot be registered or implemented here (one-line reason)."""
 
 

@@ -10,8 +10,10 @@ import abc
 
 import numpy as np
 
+from ..errors import SSAEError
 
-class BackendError(RuntimeError):
+
+class BackendError(SSAEError, RuntimeError):
     """A backend cannot be used here (not installed, wrong device, incompatible files): one-line reason."""
 
 

@@ -37,11 +37,12 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..errors import ParamError
 from ..face import FaceCrop, FaceDetector, feather, frame_faces
 from ..kernels import philox, sparse_tail
 from ..profiling.nvtx import nvtx_range
 from .backend import Backend
-from .images import ImageError, load_image
+from .images import DEFAULT_LIMITS, ImageError, ImageLimits, load_image
 from .registry import create_backend, resolve_model
 
 NOISE_MODES = ("region", "pixel")
@@ -126,11 +127,13 @@ class Editor:
     """Chains the stages of one backend. Thread-compatible, not thread-safe (use one Editor per thread)."""
 
     def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, sparse: bool | None = None,
-                 detector: FaceDetector | None = None):
+                 detector: FaceDetector | None = None, limits: ImageLimits = DEFAULT_LIMITS):
         """sparse: run region edits' tail on the tiles touching the mask (`sae_decoder_edit_sparse`) where the
         backend has that graph; None = the backend's preference (`Backend.sparse_reedit`). detector: the face
-        detector (default: one shared per process)."""
+        detector (default: one shared per process). limits: the largest photo accepted (checked before
+        decoding)."""
         self.backend = backend
+        self.limits = limits
         cfg = manifest["model_config"]
         self.rois: tuple[str, ...] = tuple(manifest["rois"])
         self.size: int = int(cfg["image_size"])
@@ -169,11 +172,11 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, backend: str = "auto", device: str | None = None,
-             cache_size: int = 8) -> "Editor":
+             cache_size: int = 8, limits: ImageLimits = DEFAULT_LIMITS) -> "Editor":
         """model: None (bundled), a checkpoint, an export folder or a preset name; backend: auto or a name."""
         src = resolve_model(model)
         be = create_backend(backend, src, device)
-        return cls(be, _manifest_of(be), cache_size)
+        return cls(be, _manifest_of(be), cache_size, limits=limits)
 
     # ---------------------------------------------------------------------------------------------- stages
     def _run(self, stage: str, timings: dict, **inputs) -> dict[str, np.ndarray]:
@@ -187,7 +190,7 @@ class Editor:
     def _photo(self, image, frame: str, timings: dict, what: str = "the photo") -> _Photo:
         """The decoded photo and its crops, from the cache or framed now."""
         t = time.perf_counter()
-        rgb = np.ascontiguousarray(load_image(image))
+        rgb = np.ascontiguousarray(load_image(image, self.limits))
         h = hashlib.sha1(memoryview(rgb).cast("B"))
         h.update(f"{rgb.shape}|{frame}".encode())
         key = h.hexdigest()
@@ -256,7 +259,7 @@ class Editor:
             nz = direction
         else:
             if not self.pixel_noise_shape:
-                raise ValueError("this model has no pixel-noise edit graph")
+                raise ParamError("this model has no pixel-noise edit graph")
             stream = philox.STREAM_PIXEL + int(self.injection_index)
             if self.local:
                 nz = philox.pixel_window([seed], stream, (self.size, self.size), (y0, y1, x0, x1),
@@ -380,29 +383,29 @@ class Editor:
                       faces: str = "largest", reference=None) -> None:
         self._roi_index(roi)
         if not np.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
+            raise ParamError(f"strength must be a finite number, got {strength}")
         if noise not in NOISE_MODES:
-            raise ValueError(f"unknown noise mode {noise!r} (region or pixel)")
+            raise ParamError(f"unknown noise mode {noise!r} (region or pixel)")
         for name, v, ok in (("output", output, OUTPUTS), ("frame", frame, FRAMES), ("faces", faces, FACES)):
             if v not in ok:
-                raise ValueError(f"unknown {name} {v!r} (choose from {', '.join(ok)})")
+                raise ParamError(f"unknown {name} {v!r} (choose from {', '.join(ok)})")
         if reference is not None and noise != "region":
-            raise ValueError("a reference edit takes the reference's texture code for the whole region: "
+            raise ParamError("a reference edit takes the reference's texture code for the whole region: "
                              "use noise='region'")
         if output == "raw" and faces == "all":
-            raise ValueError("output='raw' returns one crop: use faces='largest'")
+            raise ParamError("output='raw' returns one crop: use faces='largest'")
 
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:
-            raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
+            raise ParamError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
         return self.rois.index(roi)
 
     def _user_mask(self, mask: np.ndarray, rgb: np.ndarray, enc: _Encoded) -> np.ndarray:
         m = np.asarray(mask, dtype=np.float32)
         if m.shape != rgb.shape[:2]:
-            raise ValueError(f"mask shape {m.shape} does not match the image ({rgb.shape[0]}, {rgb.shape[1]})")
+            raise ParamError(f"mask shape {m.shape} does not match the image ({rgb.shape[0]}, {rgb.shape[1]})")
         if not np.isfinite(m).all() or m.min() < 0 or m.max() > 1:
-            raise ValueError("mask values must be finite and in [0, 1]")
+            raise ParamError("mask values must be finite and in [0, 1]")
         return _quantise(enc.crop.cut_mask(m)[None, None])
 
     # ---------------------------------------------------------------------------------------------- API
@@ -434,7 +437,7 @@ class Editor:
         """Every (roi, seed) pair of one photo after a single framing and encode (roi-major order); each result
         equals `edit` of that pair alone."""
         if not rois or not seeds:
-            raise ValueError("edit_many needs at least one ROI and one seed")
+            raise ParamError("edit_many needs at least one ROI and one seed")
         for r in rois:
             self._check_params(r, strength, noise, output, frame, faces, reference)
         t0 = time.perf_counter()

@@ -1,15 +1,43 @@
-"""Image input for the runtime: paths, PIL images or arrays, in any common mode, checked with clear errors."""
+"""Image input for the runtime: paths, PIL images or arrays, in any common mode, checked with clear errors.
+
+Size limits are checked from the file's header, before any pixel is decoded (`ImageLimits`): a small file that
+declares a huge or absurdly long image (a decompression bomb, a 1 x 40000 strip) is refused in one line without
+allocating its pixels."""
 from __future__ import annotations
 
 import io
+from struct import error as struct_error
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-class ImageError(ValueError):
+from ..errors import SSAEError
+
+class ImageError(SSAEError, ValueError):
     """The input is not a usable image (one-line message naming the problem)."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The largest image accepted: `max_pixels` in all and `max_side` pixels on either side (defaults: 40 Mpx,
+    16384 px; a 40 Mpx RGB photo decodes to 120 MB)."""
+
+    max_pixels: int = 40_000_000
+    max_side: int = 16384
+
+    def check(self, width: int, height: int, name: str) -> None:
+        if width <= 0 or height <= 0:
+            raise ImageError(f"{name} has no pixels ({width} x {height})")
+        if width * height > self.max_pixels or max(width, height) > self.max_side:
+            raise ImageError(f"{name} is {width} x {height} px: over the limit of {self.max_pixels / 1e6:g} Mpx "
+                             f"and {self.max_side} px a side")
+
+
+DEFAULT_LIMITS = ImageLimits()
 
 
 def _from_pil(im: Image.Image) -> np.ndarray:
@@ -52,11 +80,15 @@ def _from_array(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def load_image(src) -> np.ndarray:
-    """Any supported input -> uint8 RGB array (H, W, 3). Raises ImageError with a one-line reason."""
+def load_image(src, limits: ImageLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Any supported input -> uint8 RGB array (H, W, 3). Raises ImageError with a one-line reason (including
+    images over `limits`, checked before decoding)."""
     if isinstance(src, np.ndarray):
+        if src.ndim >= 2:
+            limits.check(src.shape[1], src.shape[0], "array image")
         return _from_array(src)
     if isinstance(src, Image.Image):
+        limits.check(src.width, src.height, "image")
         return _from_pil(src)
     if isinstance(src, (bytes, bytearray)):
         data, name = bytes(src), "image bytes"
@@ -72,10 +104,19 @@ def load_image(src) -> np.ndarray:
     if not data:
         raise ImageError(f"{name} is empty")
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return _from_pil(im)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                limits.check(im.width, im.height, name)   # from the header: nothing decoded yet
+                im.load()
+                return _from_pil(im)
+    except ImageError:
+        raise
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image (unrecognised file type)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name} is a corrupt or truncated image ({e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to decode ({str(e).split('.')[0]})") from None
+    except MemoryError:
+        raise ImageError(f"{name} needs more memory to decode than this machine has") from None
+    except (OSError, SyntaxError, ValueError, TypeError, IndexError, struct_error, EOFError) as e:
+        raise ImageError(f"{name} is a corrupt or truncated image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

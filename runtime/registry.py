@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import SSAEError
 from ..config import PRESETS
 from ..fileio import default_cache_dir
 from .backend import Backend, BackendError
@@ -27,7 +28,7 @@ BACKENDS = (*TORCH_PRECISIONS, "onnxruntime", "openvino", "openvino-fp32", "tens
 EXPORT_REVISION = 6
 
 
-class ModelError(ValueError):
+class ModelError(SSAEError, ValueError):
     """The model argument names nothing usable (one-line reason)."""
 
 

@@ -14,6 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from .errors import SSAEError
 from .config import SSAEConfig
 from .fileio import atomic_write  # noqa: F401  (re-exported)
 
@@ -21,7 +22,7 @@ FORMAT = "ssae-checkpoint-1"
 COMPONENT_PREFIX = {"sae": "sae.", "smpn": "smpn.", "rb": "refiners."}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SSAEError, ValueError):
     """A checkpoint is missing, corrupt or not an SSAE checkpoint."""
 
 
@@ -62,7 +63,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torc
             raise CheckpointError(f"corrupt checkpoint {f}: {e}") from None
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{f} is not an SSAE checkpoint (format {meta.get('format')!r})")
-        c = SSAEConfig.from_json(meta["config"])
+        if "config" not in meta:
+            raise CheckpointError(f"{f} has no model config in its metadata")
+        try:
+            c = SSAEConfig.from_json(meta["config"])
+        except ValueError as e:
+            raise CheckpointError(f"{f}: {e}") from None
         if cfg is not None and c != cfg:
             raise CheckpointError(f"{f} has a different model config than the other files in {path}")
         cfg, meta0 = c, meta0 or meta
@@ -70,9 +76,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torc
     return cfg, state, meta0
 
 
-def load_model(path: str | os.PathLike, strict_components: bool = False):
-    """Load an `SSAE` model from a checkpoint file or folder. Missing components keep their initialisation
-    unless strict_components is set."""
+def load_model(path: str | os.PathLike, partial: bool = False):
+    """Load an `SSAE` model from a checkpoint file or folder. A checkpoint must hold every component (SAE, SMPN,
+    refinement blocks): a missing one raises CheckpointError, unless `partial` (research: missing components keep
+    their random initialisation)."""
     from .models.ssae_model import SSAE
 
     cfg, state, _ = read_checkpoint(path)
@@ -80,6 +87,9 @@ def load_model(path: str | os.PathLike, strict_components: bool = False):
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise CheckpointError(f"unexpected tensors in {path}: {unexpected[:5]}")
-    if strict_components and missing:
-        raise CheckpointError(f"missing tensors in {path}: {missing[:5]}")
+    if missing and not partial:
+        comps = sorted({c for c, pre in COMPONENT_PREFIX.items() for k in missing if k.startswith(pre)})
+        what = f"the {', '.join(comps)} component(s)" if comps else f"tensors {missing[:3]}"
+        raise CheckpointError(f"{path} lacks {what}: a model needs sae, smpn and rb weights "
+                              f"(a folder with all three files, or one combined file)")
     return model.eval().freeze()

@@ -6,10 +6,12 @@ import os
 import sys
 from typing import Callable
 
+from .errors import SSAEError
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-class UserError(Exception):
+class UserError(SSAEError):
     """A problem with the user's input: printed as one line, exit code 2."""
 
 
@@ -174,6 +176,8 @@ def _framing_args(p):
     p.add_argument("--all-faces", action="store_true", help="edit every face found (default: the largest)")
     p.add_argument("--raw", action="store_true",
                    help="write the model's own output for the face crop (model size) instead of the edited photo")
+    p.add_argument("--max-megapixels", type=float, default=40.0,
+                   help="refuse larger photos (checked before decoding; default 40)")
 
 
 def _framing_kwargs(args) -> dict:
@@ -196,48 +200,49 @@ def _edit_args(p):
 
 @command("edit", _edit_args)
 def _edit(args: argparse.Namespace) -> int:
-    """Edit the texture of one face region (or all, as a grid)."""
+    """Edit the texture of one face region (or all, as a strip)."""
     import json
     from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
-    from .checkpoint import CheckpointError
-    from .config import ROIS
     from .fileio import atomic_write
-    from .runtime import BackendError, Editor, ImageError
-    from .runtime.registry import ModelError
+    from .runtime import Editor
 
     out = Path(args.output)
-    if args.roi != "all" and args.roi not in ROIS:
-        raise UserError(f"unknown ROI {args.roi!r} (choose from {', '.join(ROIS)} or all)")
     fmt = Image.registered_extensions().get(out.suffix.lower())
-    if fmt is None:
+    if fmt is None or fmt not in Image.SAVE:
         raise UserError(f"unsupported output file type {out.suffix!r} (use .png, .jpg, ...)")
+    check_writable_file(out)
+    if args.masks_out:
+        check_writable_dir(Path(args.masks_out))
     if not np.isfinite(args.strength):
         raise UserError(f"strength must be a finite number, got {args.strength}")
-    try:
-        ed = Editor.load(args.model, backend=args.backend)
-        rois = list(ed.rois) if args.roi == "all" else [args.roi]
-        kw = _framing_kwargs(args)
-        results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, **kw)
-        masks = ed.masks(args.image, frame=kw["frame"], faces=kw["faces"]) if args.masks_out else None
-    except (ImageError, ModelError, BackendError, CheckpointError, ValueError) as e:
-        raise UserError(str(e).splitlines()[0]) from None
+    ed = Editor.load(args.model, backend=args.backend, limits=image_limits(args))
+    if args.roi != "all" and args.roi not in ed.rois:
+        raise UserError(f"unknown ROI {args.roi!r} (choose from {', '.join(ed.rois)} or all)")
+    rois = list(ed.rois) if args.roi == "all" else [args.roi]
+    kw = _framing_kwargs(args)
+    results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, **kw)
+    masks = ed.masks(args.image, frame=kw["frame"], faces=kw["faces"]) if args.masks_out else None
     if args.roi == "all":
         from .runtime.images import load_image
         tiles = ([load_image(args.image)] if not args.raw else []) + [np.asarray(r.image) for r in results]
         img = Image.fromarray(np.concatenate(tiles, axis=1))
     else:
         img = results[0].image
-    save = img.convert("RGB") if fmt in ("JPEG",) else img
-    atomic_write(out, lambda tmp: save.save(tmp, format=fmt))
+    files = {out: encode_image(img, fmt, out)}       # everything encoded in memory before anything is written
     if masks is not None:
         d = Path(args.masks_out)
         for roi, m in masks.items():
-            atomic_write(d / f"{roi}.png", lambda tmp, m=m: Image.fromarray(
-                np.round(m * 255).astype(np.uint8)).save(tmp, format="PNG"))
+            files[d / f"{roi}.png"] = encode_image(Image.fromarray(np.round(m * 255).astype(np.uint8)), "PNG",
+                                                   d / f"{roi}.png")
+    for path, data in files.items():
+        try:
+            atomic_write(path, lambda tmp, data=data: Path(tmp).write_bytes(data))
+        except OSError as e:
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     if args.json:
         print(json.dumps({"output": str(out), "rois": rois, "seed": args.seed, "strength": args.strength,
                           "noise": args.noise, "reference": args.reference, "faces": results[0].faces,
@@ -245,6 +250,48 @@ def _edit(args: argparse.Namespace) -> int:
     else:
         print(out)
     return 0
+
+
+def image_limits(args):
+    from .runtime.images import ImageLimits
+    if not args.max_megapixels > 0:
+        raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
+    return ImageLimits(max_pixels=int(args.max_megapixels * 1e6))
+
+
+def check_writable_file(path) -> None:
+    """UserError unless `path` can be written as a file: not a folder, and its nearest existing parent a folder."""
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"cannot write {p}: it is a folder")
+    check_writable_dir(p.parent)
+
+
+def check_writable_dir(path) -> None:
+    """UserError unless `path` is a folder or can be created as one (no file in the way)."""
+    from pathlib import Path
+    p = Path(path).absolute()
+    for q in [p, *p.parents]:
+        if q.exists():
+            if not q.is_dir():
+                raise UserError(f"cannot write into {p}: {q} is a file, not a folder")
+            if not os.access(q, os.W_OK):
+                raise UserError(f"cannot write into {p}: {q} is not writable")
+            return
+
+
+def encode_image(img, fmt: str, path) -> bytes:
+    """A PIL image encoded in `fmt` (RGB for formats without alpha); UserError when the format cannot hold it."""
+    import io
+    buf = io.BytesIO()
+    im = img.convert("RGB") if fmt in ("JPEG",) and img.mode != "RGB" else img
+    try:
+        im.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"cannot write {path} as {fmt}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+                        ) from None
+    return buf.getvalue()
 
 
 def _export_args(p):
@@ -503,7 +550,8 @@ def _edit_batch(args: argparse.Namespace) -> int:
             raise UserError("edit-batch needs Ray Data: pip install 'ssae[serve]' (or run with --local)") from None
     try:
         cfg = BatchConfig(rois=tuple(dict.fromkeys(args.roi)), seeds=tuple(parse_seeds(args.seeds)),
-                          strength=args.strength, **_framing_kwargs(args), model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
+                          strength=args.strength, **_framing_kwargs(args), max_megapixels=args.max_megapixels,
+                          model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
                           cpus_per_worker=args.cpus_per_worker, threads=args.threads, address=args.address,
                           local=args.local)
         report = run_batch(args.input, args.output, cfg, args.errors, progress=print_progress)
@@ -726,8 +774,9 @@ def main(argv: list[str] | None = None) -> int:
     _add, fn = COMMANDS[args.command]
     try:
         return fn(args)
-    except UserError as e:
-        print(f"ssae {args.command}: error: {e}", file=sys.stderr)
+    except SSAEError as e:  # every problem a user can fix: one line, exit 2
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"ssae {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

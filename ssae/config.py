@@ -11,6 +11,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import SSAEError
+
+
+class ConfigError(SSAEError, ValueError):
+    """A model config that cannot be read (unknown or missing keys, bad values)."""
+
+
 #: The five regions of interest, in the order every multi-ROI tensor uses.
 ROIS: tuple[str, ...] = ("hair", "skin", "nose", "eyes", "lips")
 
@@ -119,6 +126,21 @@ class SSAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SSAEConfig":
+        """The config from its dict form (`to_dict`); unknown or missing keys raise `ConfigError`."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be an object, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown model config key {unknown[0]!r}")
+        if "image_size" not in d:
+            raise ConfigError("model config has no image_size")
+        try:
+            return cls._from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad model config: {str(e).splitlines()[0]}") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "SSAEConfig":
         sae = dict(d.get("sae", {}))
         if "injection_layers" in sae:
             sae["injection_layers"] = tuple(sae["injection_layers"])
@@ -130,7 +152,11 @@ class SSAEConfig:
 
     @classmethod
     def from_json(cls, s: str) -> "SSAEConfig":
-        return cls.from_dict(json.loads(s))
+        try:
+            d = json.loads(s)
+        except (TypeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"model config is not JSON: {e}") from None
+        return cls.from_dict(d)
 
 
 def _presets() -> dict[str, SSAEConfig]:

@@ -24,7 +24,7 @@ def load_pretrained(name_or_path: str | os.PathLike | None = None):
     """Load SSAE models ready for the runtime: None = the bundled model; else a bundled name or a checkpoint
     file/folder. Returns an `ssae.models.SSAE` in eval mode with folded inference weights."""
     if name_or_path is None:
-        return load_model(bundled_path(), strict_components=True)
+        return load_model(bundled_path())
     if str(name_or_path) in BUNDLED:
-        return load_model(bundled_path(str(name_or_path)), strict_components=True)
+        return load_model(bundled_path(str(name_or_path)))
     return load_model(name_or_path)

@@ -344,21 +344,44 @@ def test_edit_batch_local_writes_skips_and_lists_unreadable_inputs(tmp_path, tin
     rep = json.loads(r.stdout)
     assert (rep["inputs"], rep["written"], rep["skipped"], rep["failed"]) == (4, 12, 0, 1)
     names = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
-    assert names == sorted([f"{s}_{roi}_seed{k}.png" for s in ("a", "b") for roi in ("hair", "lips") for k in (0, 1)]
-                           + [f"sub/c_{roi}_seed{k}.png" for roi in ("hair", "lips") for k in (0, 1)])
-    assert Image.open(out / "a_hair_seed1.png").size == (250, 250)
-    assert Image.open(out / "sub" / "c_lips_seed0.png").size == (110, 110)
+    job = names[0].rsplit("_", 1)[1][:-4]
+    assert len(job) == 8 and names == sorted(
+        [f"{s}_{roi}_seed{k}_{job}.png" for s in ("a.jpg", "b.png") for roi in ("hair", "lips") for k in (0, 1)]
+        + [f"sub/c.png_{roi}_seed{k}_{job}.png" for roi in ("hair", "lips") for k in (0, 1)])
+    assert Image.open(out / f"a.jpg_hair_seed1_{job}.png").size == (250, 250)
+    assert Image.open(out / "sub" / f"c.png_lips_seed0_{job}.png").size == (110, 110)
     errs = json.loads((out / "edit-batch-errors.json").read_text())
     assert errs["failed"] == 1 and errs["errors"][0]["path"].endswith("broken.jpg")
     assert "corrupt or truncated" in errs["errors"][0]["error"] and "unreadable:" in r.stderr
     assert not list(out.rglob("*.tmp"))
 
-    mtime = (out / "a_hair_seed0.png").stat().st_mtime_ns
-    (out / "b_lips_seed1.png").unlink()                                       # resume: only the missing one
+    mtime = (out / f"a.jpg_hair_seed0_{job}.png").stat().st_mtime_ns
+    (out / f"b.png_lips_seed1_{job}.png").unlink()                            # resume: only the missing one
     r = ssae(*args)
     rep = json.loads(r.stdout)
     assert r.returncode == 1 and (rep["written"], rep["skipped"], rep["failed"]) == (1, 11, 1)
-    assert (out / "b_lips_seed1.png").exists() and (out / "a_hair_seed0.png").stat().st_mtime_ns == mtime
+    assert (out / f"b.png_lips_seed1_{job}.png").exists()
+    assert (out / f"a.jpg_hair_seed0_{job}.png").stat().st_mtime_ns == mtime
+    r = ssae(*args, "--strength", "0.5")                                      # other settings: a job of its own
+    rep = json.loads(r.stdout)
+    assert (rep["written"], rep["skipped"]) == (12, 0) and len(list(out.rglob("*.png"))) == 24
+
+
+def test_edit_batch_names_are_unique_per_input(tmp_path, tiny_export):
+    """Inputs whose stems, extensions or case collide each get their own outputs; a photo without a face and a
+    decompression bomb go to the error list and the job finishes."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in ("a.png", "a.jpg", "a_png.jpg", "b.JPG", "b.jpg"):
+        Image.fromarray(face_rgb(150)).save(src / n, format="PNG" if n.endswith("png") else "JPEG")
+    Image.new("RGB", (80, 60), (20, 90, 200)).save(src / "flat.png")
+    Image.new("1", (14000, 14000)).save(src / "bomb.png")
+    r = ssae("edit-batch", src, out, "--roi", "lips", "--model", tiny_export, "--backend", "onnxruntime", "--local")
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and (rep["inputs"], rep["written"], rep["failed"]) == (7, 5, 2), r.stdout
+    assert len({p.name.lower() for p in out.glob("*.png")}) == 5
+    errs = {Path(e["path"]).name: e["error"] for e in json.loads((out / "edit-batch-errors.json").read_text())["errors"]}
+    assert "no face found" in errs["flat.png"] and "too large to decode" in errs["bomb.png"]
 
 
 def test_edit_batch_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -1,11 +1,14 @@
 """`ssae edit-batch`: edit a folder (or a list) of images with an actor pool of Editors on Ray Data.
 
 For every input image and every (ROI, seed) one PNG is written into the output folder (the input's subfolders
-are kept): `<stem>_<roi>_seed<seed>.png` (`<stem>_<ext>_<roi>_seed<seed>.png` when two inputs in one folder share
-a stem). Writes are atomic (temporary file + rename), so an interrupted job leaves no half-written PNG and a rerun
-skips every output that exists (resumable). Inputs that cannot be read or decoded do not stop the job: they are
-collected with their one-line reason into a JSON error list (default `<output>/edit-batch-errors.json`, rewritten by
-every run).
+are kept): `<file name>_<roi>_seed<seed>_<job>.png`, e.g. `a.png_hair_seed0_1f3c9a2e.png`. The input's full file
+name makes names unique per input (`a.png`, `a.jpg` and `a_png.jpg` never share one; names that differ only in case
+get a hash of their path too, for case-insensitive file systems), and `<job>` is a hash of everything else that
+changes the output (the model's weights, the backend, strength, noise, reference, output, framing). Writes are
+atomic (temporary file + rename), so an interrupted job leaves no half-written PNG, and a rerun of the same job
+skips every output that exists (resumable) while a job with other settings writes its own files. Any per-image
+failure (unreadable file, no face, out of memory, a runtime error) does not stop the job: it is collected with
+its one-line reason into a JSON error list (default `<output>/edit-batch-errors.json`, rewritten by every run).
 
 The driver lists the inputs, drops those whose outputs all exist, and hands the rest to Ray Data
 (`from_items` -> `map_batches` with an actor pool of `EditWorker`s, each loading one Editor and reading its own
@@ -25,12 +28,14 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import SSAEError
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
 ERRORS_NAME = "edit-batch-errors.json"
 MAX_SEEDS = 10_000
 
 
-class BatchError(ValueError):
+class BatchError(SSAEError, ValueError):
     """Bad edit-batch input (one-line reason)."""
 
 
@@ -91,17 +96,39 @@ class Task:
     outputs: tuple[tuple[str, int, str], ...]
 
 
-def plan(files: Sequence[Path], root: Path, out_dir: Path, rois: Sequence[str], seeds: Sequence[int]) -> list[Task]:
-    """Output paths of every input (see the module docstring for the names)."""
+def plan(files: Sequence[Path], root: Path, out_dir: Path, rois: Sequence[str], seeds: Sequence[int],
+         job: str = "") -> list[Task]:
+    """Output paths of every input (see the module docstring for the names); `job` from `job_key`."""
+    import hashlib
     rels = [f.relative_to(root) if f.is_relative_to(root) else Path(f.name) for f in files]
-    stems = Counter((r.parent, r.stem) for r in rels)
+    folded = Counter(str(r).lower() for r in rels)
     tasks = []
     for f, r in zip(files, rels):
-        base = r.stem if stems[(r.parent, r.stem)] == 1 else f"{r.stem}_{r.suffix.lstrip('.').lower()}"
-        outs = tuple((roi, int(s), str(out_dir / r.parent / f"{base}_{roi}_seed{int(s)}.png"))
+        base = r.name
+        if folded[str(r).lower()] > 1:  # differs from another input only in case
+            base += "_" + hashlib.sha1(str(r).encode()).hexdigest()[:6]
+        suffix = f"_{job}" if job else ""
+        outs = tuple((roi, int(s), str(out_dir / r.parent / f"{base}_{roi}_seed{int(s)}{suffix}.png"))
                      for roi in rois for s in seeds)
         tasks.append(Task(str(f), outs))
     return tasks
+
+
+def job_key(cfg: "BatchConfig") -> str:
+    """8 hex digits naming everything but the ROI and seed that changes an output: the model's weights (or its
+    export), the backend, strength, noise, reference (its bytes), output and framing."""
+    import hashlib
+
+    from ..runtime.registry import auto_backend, resolve_model
+    src = resolve_model(cfg.model)
+    h = hashlib.sha256(src.key().encode())
+    if src.kind == "export":
+        h.update((src.path / "manifest.json").read_bytes())
+    backend = auto_backend() if cfg.backend == "auto" else cfg.backend
+    h.update(json.dumps([backend, repr(float(cfg.strength)), cfg.noise, cfg.output, cfg.frame, cfg.faces]).encode())
+    if cfg.reference:
+        h.update(Path(cfg.reference).read_bytes())
+    return h.hexdigest()[:8]
 
 
 @dataclass
@@ -116,6 +143,7 @@ class BatchConfig:
     output: str = "photo"          # photo | raw (see ssae.runtime.editor.OUTPUTS)
     frame: str = "face"            # face | whole
     faces: str = "largest"         # largest | all
+    max_megapixels: float = 40.0   # larger inputs are refused (checked before decoding)
     model: str | None = None
     backend: str = "auto"
     workers: int = 1               # actors in the pool (one Editor each)
@@ -169,6 +197,8 @@ class EditWorker:
         self.cfg = BatchConfig(**{**cfg, "rois": tuple(cfg["rois"]), "seeds": tuple(cfg["seeds"])})
         self.editor = load_editor(EngineConfig(self.cfg.model, self.cfg.backend, self.cfg.threads, 256.0))
         self.editor.cache_size = 1  # each image is edited once
+        from ..runtime.images import ImageLimits
+        self.editor.limits = ImageLimits(max_pixels=int(self.cfg.max_megapixels * 1e6))
 
     def one(self, path: str, outputs: list) -> tuple[int, int, str]:
         from ..fileio import atomic_write
@@ -179,25 +209,30 @@ class EditWorker:
         if not todo:
             return 0, skipped, ""
         try:
-            rgb = load_image(path)
+            rgb = load_image(path, self.editor.limits)
         except ImageError as e:
             return 0, skipped, str(e).splitlines()[0]
         except OSError as e:
             return 0, skipped, f"cannot read {path}: {e.strerror or e}"
+        except MemoryError:
+            return 0, skipped, f"cannot read {path}: out of memory"
         rois = list(dict.fromkeys(r for r, _, _ in todo))
         seeds = list(dict.fromkeys(s for _, s, _ in todo))
         c = self.cfg
+        written = 0
         try:
             results = self.editor.edit_many(rgb, rois, seeds, strength=c.strength, noise=c.noise,
                                             reference=c.reference, output=c.output, frame=c.frame, faces=c.faces)
-        except ValueError as e:
-            return 0, skipped, f"cannot edit {path}: {str(e).splitlines()[0]}"
-        by_key = {(r.roi, r.seed): r.image for r in results}
-        written = 0
-        for roi, s, out in todo:
-            img = by_key[(roi, s)]
-            atomic_write(out, lambda tmp, img=img: img.save(tmp, format="PNG"))
-            written += 1
+            by_key = {(r.roi, r.seed): r.image for r in results}
+            for roi, s, out in todo:
+                img = by_key[(roi, s)]
+                atomic_write(out, lambda tmp, img=img: img.save(tmp, format="PNG"))
+                written += 1
+        except MemoryError:
+            return written, skipped, f"cannot edit {path}: out of memory"
+        except Exception as e:  # noqa: BLE001 - any per-image failure goes to the error list; the job goes on
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return written, skipped, f"cannot edit {path}: {why}"
         return written, skipped, ""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -255,7 +290,7 @@ def run_batch(src: str | os.PathLike, out_dir: str | os.PathLike, cfg: BatchConf
     files, root = list_inputs(src)
     if Path(src).is_dir() and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
         raise BatchError("the output folder must be outside the input folder (its PNGs would be read as inputs)")
-    tasks = plan(files, root, out, cfg.rois, cfg.seeds)
+    tasks = plan(files, root, out, cfg.rois, cfg.seeds, job_key(cfg))
     report = BatchReport(inputs=len(tasks))
     rows = []
     for t in tasks:

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import SSAEError
+
 RETRY_STATUS = (500, 502, 503, 504)
 
 
-class ServeError(RuntimeError):
+class ServeError(SSAEError, RuntimeError):
     """The server refused a request (status, one-line message), or could not be reached after every retry
     (status None)."""
 

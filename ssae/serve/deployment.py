@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
+from ..errors import SSAEError
 from .api import TOKEN_ENV, Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response
 from .engine import EditOutcome, Engine, EngineConfig
 
@@ -32,7 +33,7 @@ APP_BUILDER = "ssae.serve.deployment:app_builder"
 DEPLOYMENT_NAME = "SSAEEditor"
 
 
-class ServeConfigError(ValueError):
+class ServeConfigError(SSAEError, ValueError):
     """A serving option or config file is unusable (one-line reason)."""
 
 

@@ -44,6 +44,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..errors import SSAEError
+
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
 NAME_TO_TRITON = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "int32": "TYPE_INT32",
@@ -56,7 +58,7 @@ SKIP_STAGES = ("sae_decoder_edit_plugin",)
 EDIT_STAGES = ("sae_decoder_edit", "sae_decoder_edit_pixel")
 
 
-class TritonError(ValueError):
+class TritonError(SSAEError, ValueError):
     """The export or engine folder cannot be turned into a repository, or a repository is invalid (one line)."""
 
 
