@@ -465,6 +465,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .serve.engine import prepare_model
 
     token = os.environ.get(TOKEN_ENV) or None
+    from .serve.local import warn_if_open
+    if warn_if_open(cfg.host, token):
+        print(f"ssae serve: WARNING: listening on {cfg.host} without a token: anyone who reaches it can use the "
+              f"model (set {TOKEN_ENV})", file=sys.stderr, flush=True)
     if args.address is None:
         try:  # ONNX backends: export a checkpoint once here, not once per replica
             cfg.model = prepare_model(cfg.model, cfg.backend)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import time
 import os
 import shutil
 import subprocess
@@ -75,6 +76,8 @@ def test_edit_params_are_validated_with_one_line_errors():
         "seed must be in": {"roi": ["hair"], "seed": ["-1"]},
         "noise must be one of": {"roi": ["hair"], "noise": ["perlin"]},
         "output must be one of": {"roi": ["hair"], "output": ["sharp"]},
+        "noise must be one of": {"roi": ["hair"], "noise": [""]},
+        "strength must be in [-10, 10]": {"roi": ["hair"], "strength": ["1e6"]},
         "frame must be one of": {"roi": ["hair"], "frame": [""]},
         "given 2 times": {"roi": ["hair", "lips"]},
         "unknown parameter 'color'": {"roi": ["hair"], "color": ["red"]},
@@ -101,7 +104,7 @@ def test_auth_size_routes_and_error_bodies():
 
     api = Api(ApiConfig(max_image_mb=0.001, token="t"), ROIS)
     auth = {"Authorization": "Bearer t"}
-    assert isinstance(api.parse(Request("GET", "/healthz")), HealthJob)  # health needs no token
+    assert api.parse(Request("GET", "/healthz")).json_body() == {"status": "ok"}  # health needs no token: "up"
     cases = [(Request("GET", "/nothing"), 404), (Request("GET", "/edit", headers=auth), 405),
              (Request("POST", "/edit", {"roi": ["hair"]}, {}, png(face_rgb(16))), 401),
              (Request("POST", "/edit", {"roi": ["hair"]}, auth, b"x" * 2000), 413),
@@ -116,9 +119,16 @@ def test_auth_size_routes_and_error_bodies():
     job = api.parse(Request.from_target("POST", "/edit?roi=nose&seed=3", auth, png(face_rgb(16))))
     assert isinstance(job, EditJob) and job.params.roi == "nose" and job.rgb.shape == (16, 16, 3)
     assert isinstance(api.parse(Request("POST", "/masks/", headers=auth, body=png(face_rgb(16)))), MasksJob)
-    assert api.render_failure(ValueError("bad\nsecond line")).json_body() == {"error": "bad"}
-    r = api.render_failure(RuntimeError("boom"))
-    assert r.status == 500 and r.json_body()["error"] == "internal error: RuntimeError: boom"
+    from ssae.errors import ParamError
+    from ssae.runtime.images import ImageError
+    assert api.render_failure(ParamError("bad\nsecond line")).json_body() == {"error": "bad"}
+    assert api.render_failure(ImageError("no face found in the photo")).status == 400
+    for exc in (RuntimeError("boom"), ValueError("/srv/models/x.onnx: shape mismatch"), MemoryError()):
+        r = api.render_failure(exc)                      # server faults: 500, no detail, no path
+        assert r.status == 500 and r.json_body()["error"] == "internal error (logged on the server)"
+    # /healthz: without the token only "up"; with it, the details
+    assert api.parse(Request("GET", "/healthz")).json_body() == {"status": "ok"}
+    assert isinstance(api.parse(Request("GET", "/healthz", headers=auth)), HealthJob)
     h = timing_headers({"sae_encoder": 1.23456, "total": 5.0}, batch_size=3)
     assert h["Server-Timing"] == "sae_encoder;dur=1.235, total;dur=5.0" and h["X-SSAE-Batch-Size"] == "3"
     assert json.loads(h["X-SSAE-Timings"]) == {"sae_encoder": 1.235, "total": 5.0}
@@ -257,6 +267,8 @@ def test_http_api_status_codes_and_the_server_keeps_serving(local_server, editor
     status, _, body = raw(url, "POST", "/edit?roi=hair&seed=4", face)      # still serving
     assert status == 200 and Image.open(io.BytesIO(body)).size == (250, 250)
     status, _, body = raw(url, "GET", "/healthz", token=None)
+    assert status == 200 and json.loads(body) == {"status": "ok"}         # without the token: only "up"
+    status, _, body = raw(url, "GET", "/healthz")
     h = json.loads(body)
     assert status == 200 and h["status"] == "ok" and h["rois"] == list(ROIS)
     assert h["cache"]["misses"] == 1 and h["cache"]["hits"] >= 1
@@ -301,7 +313,7 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def test_client_retries_5xx_and_connection_errors():
+def test_client_retries_only_503_and_connection_failures_within_a_deadline():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     srv.seen, srv.fail = 0, 2
     t = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -321,6 +333,92 @@ def test_client_retries_5xx_and_connection_errors():
     with pytest.raises(ServeError) as ei:
         c.healthz()
     assert ei.value.status is None and c.retried == 2
+    c = Client(url, retries=50, backoff=0.2, backoff_max=0.2, deadline=0.5)  # the deadline stops the retries
+    t0 = time.monotonic()
+    with pytest.raises(ServeError):
+        c.healthz()
+    assert time.monotonic() - t0 < 2 and c.retried <= 4
+
+
+class _Status(BaseHTTPRequestHandler):
+    """Answers every GET with the server's `status` (and, for 3xx, a Location), recording Authorization."""
+
+    def do_GET(self):
+        self.server.seen.append(self.headers.get("Authorization"))
+        st = self.server.status
+        body = json.dumps({"status": "ok"} if st == 200 else {"error": "no"}).encode()
+        self.send_response(st)
+        if 300 <= st < 400:
+            self.send_header("Location", self.server.location)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def _status_server(status, location=""):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    srv.status, srv.location, srv.seen = status, location, []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def test_client_does_not_retry_500_and_keeps_the_token_on_its_host():
+    bad = _status_server(500)
+    other = _status_server(200)                           # "another host": another port
+    same = _status_server(200)
+    try:
+        c = Client(f"http://127.0.0.1:{bad.server_address[1]}", token="t0k", retries=3, backoff=0.01)
+        with pytest.raises(ServeError) as ei:
+            c.healthz()
+        assert ei.value.status == 500 and c.retried == 0 and len(bad.seen) == 1
+        away = _status_server(302, f"http://127.0.0.1:{other.server_address[1]}/healthz")
+        home = _status_server(307, f"http://127.0.0.1:{same.server_address[1]}/healthz")
+        assert Client(f"http://127.0.0.1:{away.server_address[1]}", token="t0k").healthz() == {"status": "ok"}
+        assert away.seen == ["Bearer t0k"] and other.seen == [None]          # dropped on the way to another host
+        away.shutdown()
+        home.shutdown()
+    finally:
+        for srv in (bad, other, same):
+            srv.shutdown()
+            srv.server_close()
+
+
+def test_local_server_limits_chunked_bodies_and_never_reads_unauthenticated_ones(editor_factory):
+    import http.client
+    from ssae.serve.engine import Engine
+    from ssae.serve.local import LocalServer, warn_if_open
+    eng = Engine(editor_factory(), cache_mb=16)
+    with LocalServer(eng, ApiConfig(max_image_mb=0.01, token="s3cret")) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+
+        def chunked(headers, chunks):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            conn.putrequest("POST", "/edit?roi=hair")
+            for k, v in {"Transfer-Encoding": "chunked", **headers}.items():
+                conn.putheader(k, v)
+            conn.endheaders()
+            try:
+                for c in chunks:
+                    conn.send(b"%x\r\n%s\r\n" % (len(c), c))
+                conn.send(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            r = conn.getresponse()
+            out = (r.status, json.loads(r.read()))
+            conn.close()
+            return out
+
+        status, body = chunked({"Authorization": "Bearer s3cret"}, [b"x" * 4000] * 5)   # 20 kB > 10 kB
+        assert status == 413 and "exceeds the limit" in body["error"]
+        status, body = chunked({}, [b"x" * 100])                                            # no token: 401 first
+        assert status == 401
+        status, body = chunked({"Authorization": "Bearer s3cret"}, [png(face_rgb(60))[:100]])
+        assert status == 400                                                               # read, then refused
+    assert warn_if_open("0.0.0.0", None) and not warn_if_open("0.0.0.0", "t") and not warn_if_open("127.0.0.1", None)
 
 
 # ------------------------------------------------------------------------------------------------ edit-batch
@@ -408,7 +506,7 @@ def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
     files, root = list_inputs(lst)
     assert [f.name for f in files] == ["a.jpg", "a.png", "missing.png"] and root == (tmp_path / "x").resolve()
     outs = [o for t in plan(files, root, tmp_path / "o", ["hair"], [0]) for *_, o in t.outputs]
-    assert [Path(o).name for o in outs] == ["a_jpg_hair_seed0.png", "a_png_hair_seed0.png", "missing_hair_seed0.png"]
+    assert [Path(o).name for o in outs] == ["a.jpg_hair_seed0.png", "a.png_hair_seed0.png", "missing.png_hair_seed0.png"]
 
 
 # ------------------------------------------------------------------------------------------------ serve config

@@ -38,6 +38,8 @@ TOKEN_ENV = "SSAE_TOKEN"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
 MAX_SEED = 2**63 - 1
+#: Accepted edit strengths: |strength| <= MAX_STRENGTH (beyond about 3 the unit-norm texture code is swamped).
+MAX_STRENGTH = 10.0
 
 
 class ApiError(Exception):
@@ -198,7 +200,10 @@ def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -
     strength = _converted(query, "strength", float, 1.0, "a number")
     if not math.isfinite(strength):
         raise ApiError(400, f"strength must be a finite number, got {_one(query, 'strength')!r}")
-    noise = _one(query, "noise") or "region"
+    if abs(strength) > MAX_STRENGTH:
+        raise ApiError(400, f"strength must be in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {strength:g}")
+    noise = _one(query, "noise")
+    noise = "region" if noise is None else noise
     if noise not in NOISE_MODES:
         raise ApiError(400, f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
     choice = {}
@@ -274,8 +279,8 @@ class Api:
         return path.lstrip("/")
 
     def precheck(self, req: Request, declared_length: int | None = None) -> str:
-        """Checks that need no body (route, auth, declared size): lets a server refuse before reading the body.
-        Returns the route name; raises ApiError."""
+        """Checks that need no body (route, auth, declared size): lets a server refuse before reading the body
+        (an unauthenticated body is never read). Returns the route name; raises ApiError."""
         name = self.route(req)
         if name != "healthz":
             check_auth(req.headers, self.config.token)
@@ -283,12 +288,20 @@ class Api:
                 check_size(declared_length, self.config.max_body_bytes)
         return name
 
+    def authorized(self, req: Request) -> bool:
+        """Whether the request may see more than "the server is up" (no token set, or the right one sent)."""
+        try:
+            check_auth(req.headers, self.config.token)
+            return True
+        except ApiError:
+            return False
+
     def parse(self, req: Request) -> Job | Response:
         """A job to run, or the error Response to send."""
         try:
             name = self.precheck(req)
             if name == "healthz":
-                return HealthJob()
+                return HealthJob() if self.authorized(req) else Response.json(200, {"status": "ok"})
             check_size(len(req.body), self.config.max_body_bytes)
             if name == "edit":
                 params = parse_edit_params(req.query, self.rois)
@@ -316,12 +329,18 @@ class Api:
 
     @staticmethod
     def render_failure(exc: BaseException) -> Response:
-        """The response for an exception raised while running a job: 400 for a problem with the request that
-        only the model could detect (ValueError, e.g. pixel noise on a model without that graph), 500 otherwise.
-        One line, no traceback."""
+        """The response for an exception raised while running a job: 400 for a problem with the request that only
+        the model could detect (`is_client_error`: a bad image, no face, a parameter the model refuses), 500 for
+        anything else, with no detail (the server logs it: see `handle`). One line, no traceback, no path."""
         if isinstance(exc, ApiError):
             return Response.error(exc.status, exc.message)
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if isinstance(exc, ValueError):
-            return Response.error(400, msg)
-        return Response.error(500, f"internal error: {type(exc).__name__}: {msg}")
+        if is_client_error(exc):
+            return Response.error(400, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return Response.error(500, "internal error (logged on the server)")
+
+
+def is_client_error(exc: BaseException) -> bool:
+    """A failure caused by the request (answered 400), not by the server (500, logged)."""
+    from ..errors import ParamError
+    from ..runtime.images import ImageError
+    return isinstance(exc, (ApiError, ImageError, ParamError))

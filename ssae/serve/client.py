@@ -9,9 +9,12 @@ masks = c.masks("face.jpg")                                # {"hair": H x W floa
 c.healthz()                                                # {"status": "ok", "cache": {...}, ...}
 ```
 
-Connection failures and 5xx answers are retried (`retries` times, exponential backoff with jitter, capped at
-`backoff_max` seconds): edits are deterministic, so a retried request gives the same image. 4xx answers raise
-`ServeError` at once with the server's one-line message.
+Only failures that cost the server nothing are retried: connection failures (refused, reset before an answer) and
+503 (no replica free), up to `retries` times with exponential backoff and jitter (capped at `backoff_max`
+seconds) and never past `deadline` seconds from the first attempt; edits are deterministic, so a retried request
+gives the same image. Other answers (4xx, 500 and other 5xx) and read timeouts raise `ServeError` at once: a
+server that failed or is still working on the request is not sent it again. Redirects to another host drop the
+Authorization header.
 """
 from __future__ import annotations
 
@@ -32,7 +35,24 @@ from PIL import Image
 
 from ..errors import SSAEError
 
-RETRY_STATUS = (500, 502, 503, 504)
+RETRY_STATUS = (503,)
+
+
+class _SameHostAuth(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never carry the Authorization header to another scheme, host or port."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            a, b = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url)
+            if (a.scheme, a.hostname, a.port) != (b.scheme, b.hostname, b.port):
+                for k in [k for k in new.headers if k.lower() == "authorization"]:
+                    del new.headers[k]
+                new.unredirected_hdrs.pop("Authorization", None)
+        return new
+
+
+_OPENER = urllib.request.build_opener(_SameHostAuth)
 
 
 class ServeError(SSAEError, RuntimeError):
@@ -67,16 +87,17 @@ class Client:
     """Client of one `ssae serve` endpoint."""
 
     def __init__(self, url: str, token: str | None = None, timeout: float = 120.0, retries: int = 5,
-                 backoff: float = 0.2, backoff_max: float = 5.0):
+                 backoff: float = 0.2, backoff_max: float = 5.0, deadline: float = 60.0):
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.deadline = deadline
         self.last_timings: dict[str, float] = {}
         self.last_headers: dict[str, str] = {}
-        self.retried = 0  # requests re-sent so far (connection errors and 5xx)
+        self.retried = 0  # requests re-sent so far (connection failures and 503)
 
     # ------------------------------------------------------------------------------------------ API
     def edit(self, image: Any, roi: str = "hair", seed: int = 0, strength: float = 1.0, noise: str = "region",
@@ -106,22 +127,27 @@ class Client:
         except json.JSONDecodeError:
             self.last_timings = {}
 
-    def _sleep(self, attempt: int) -> None:
-        delay = min(self.backoff_max, self.backoff * (2 ** attempt))
-        time.sleep(delay * (0.5 + random.random() / 2))
+    def _delay(self, attempt: int) -> float:
+        return min(self.backoff_max, self.backoff * (2 ** attempt)) * (0.5 + random.random() / 2)
 
     def _request(self, method: str, target: str, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
         headers = {"Content-Type": "application/octet-stream"} if body is not None else {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         last, last_status = "", None
+        t0 = time.monotonic()
+        attempts = 0
         for attempt in range(self.retries + 1):
             if attempt:
+                delay = self._delay(attempt - 1)
+                if time.monotonic() - t0 + delay > self.deadline:
+                    break
                 self.retried += 1
-                self._sleep(attempt - 1)
+                time.sleep(delay)
+            attempts += 1
             req = urllib.request.Request(self.url + target, data=body, method=method, headers=headers)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                with _OPENER.open(req, timeout=self.timeout) as r:
                     hdrs = {k.lower(): v for k, v in r.headers.items()}
                     self.last_headers = hdrs
                     return r.status, hdrs, r.read()
@@ -132,12 +158,17 @@ class Client:
                     last, last_status = f"{e.code}: {msg}", e.code
                     continue
                 raise ServeError(e.code, msg) from None
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, socket.timeout,
-                    TimeoutError) as e:
+            except (socket.timeout, TimeoutError) as e:   # the server may still be working on it: no retry
+                raise ServeError(None, f"{method} {self.url}{target.split('?')[0]} timed out after "
+                                       f"{self.timeout:g} s") from None
+            except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
                 reason = getattr(e, "reason", e)
+                if isinstance(reason, (socket.timeout, TimeoutError)):
+                    raise ServeError(None, f"{method} {self.url}{target.split('?')[0]} timed out after "
+                                           f"{self.timeout:g} s") from None
                 last, last_status = f"{type(reason).__name__}: {reason}", None
                 continue
-        raise ServeError(last_status, f"{method} {self.url}{target.split('?')[0]} failed after {self.retries + 1} "
+        raise ServeError(last_status, f"{method} {self.url}{target.split('?')[0]} failed after {attempts} "
                                f"attempts: {last}")
 
 

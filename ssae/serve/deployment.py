@@ -24,7 +24,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..errors import SSAEError
-from .api import TOKEN_ENV, Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response
+from .api import (TOKEN_ENV, Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response, check_size,
+                  is_client_error)
 from .engine import EditOutcome, Engine, EngineConfig
 
 log = logging.getLogger("ssae.serve")
@@ -256,7 +257,7 @@ def deployment_class():
                     raise out
                 return await asyncio.to_thread(self.api.render_edit, out.image, out.timings, out.batch_size)
             except Exception as e:  # noqa: BLE001 - one-line JSON for the client, the traceback in the log
-                if not isinstance(e, (ApiError, ValueError)):
+                if not is_client_error(e):
                     log.exception("request %s %s failed", req.method, req.path)
                 return self.api.render_failure(e)
 
@@ -270,7 +271,11 @@ def deployment_class():
             try:
                 declared = request.headers.get("content-length")
                 self.api.precheck(req, int(declared) if declared and declared.isdigit() else None)
-                req.body = await request.body()
+                body, limit = bytearray(), self.api.config.max_body_bytes
+                async for chunk in request.stream():  # the limit holds while reading (chunked bodies too)
+                    body += chunk
+                    check_size(len(body), limit)
+                req.body = bytes(body)
                 resp = await self.run(req)
             except ApiError as e:
                 resp = Response.error(e.status, e.message)

@@ -14,11 +14,13 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .api import Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response
+from .api import (Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response, check_size,
+                  is_client_error)
 from .engine import EditOutcome, Engine
 
 log = logging.getLogger("ssae.serve")
 DRAIN_LIMIT = 1 << 30  # refused bodies up to this size are read and dropped before answering
+SOCKET_TIMEOUT_S = 30.0
 
 
 def handle(api: Api, engine: Engine, req: Request) -> Response:
@@ -37,7 +39,7 @@ def handle(api: Api, engine: Engine, req: Request) -> Response:
             raise out
         return api.render_edit(out.image, out.timings, out.batch_size)
     except Exception as e:  # noqa: BLE001 - reported as JSON, logged here
-        if not isinstance(e, (ApiError, ValueError)):
+        if not is_client_error(e):
             log.exception("request %s %s failed", req.method, req.path)
         return api.render_failure(e)
 
@@ -45,10 +47,12 @@ def handle(api: Api, engine: Engine, req: Request) -> Response:
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S  # a client that stops sending (or never sends) frees its thread
 
     def _serve(self) -> None:
         api, engine = self.server.api, self.server.engine
         req = Request.from_target(self.command, self.path, dict(self.headers.items()))
+        chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -56,13 +60,35 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if length < 0:
                 raise ApiError(400, "invalid Content-Length header")
-            api.precheck(req, declared_length=length)  # refuse before reading a body it would refuse anyway
+            # route, token and declared size before any byte of the body is read
+            api.precheck(req, declared_length=None if chunked else length)
+            req.body = self._read_chunked(api.config.max_body_bytes) if chunked else (
+                self.rfile.read(length) if length else b"")
         except ApiError as e:
-            self._drain(length)
+            if chunked:
+                self.close_connection = True  # the rest of a refused chunked body is not read
+            else:
+                self._drain(length)
             self._send(Response.error(e.status, e.message))
             return
-        req.body = self.rfile.read(length) if length else b""
         self._send(handle(api, engine, req))
+
+    def _read_chunked(self, limit: int) -> bytes:
+        """A chunked request body, refused (413) as soon as it exceeds `limit`."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(1024)
+            try:
+                n = int(line.split(b";")[0].strip() or b"x", 16)
+            except ValueError:
+                raise ApiError(400, "malformed chunked body") from None
+            if n == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                return bytes(body)
+            check_size(len(body) + n, limit)
+            body += self.rfile.read(n)
+            self.rfile.readline(8)
 
     def _drain(self, length: int) -> None:
         """Read and drop a refused body (a client still sending it would otherwise see a reset connection instead
@@ -101,12 +127,27 @@ class _Server(ThreadingHTTPServer):
         self.api, self.engine = api, engine
 
 
+def warn_if_open(host: str, token: str | None) -> bool:
+    """Log a warning (and return True) when a server binds beyond loopback without a token."""
+    import ipaddress
+    try:
+        loop = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loop = False
+    if not loop and not token:
+        log.warning("ssae serve: listening on %s WITHOUT a token: anyone who reaches this address can use the "
+                    "model; set SSAE_TOKEN", host or "all interfaces")
+        return True
+    return False
+
+
 class LocalServer:
     """The API on `host:port` in a background thread (port 0: a free port). A context manager."""
 
     def __init__(self, engine: Engine, config: ApiConfig | None = None, host: str = "127.0.0.1", port: int = 0):
         self.engine = engine
         self.api = Api(config or ApiConfig(), engine.rois)
+        warn_if_open(host, self.api.config.token)
         self._srv = _Server((host, port), self.api, engine)
         self._thread: threading.Thread | None = None
 
