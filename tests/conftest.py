@@ -84,6 +84,15 @@ def tiny_export(tmp_path_factory, tiny_model):
     return out
 
 
+#: A small LFW Part Labels fixture shipped with the tests (32 faces, labels, derived masks; tests/fixtures).
+LFW_MINI = Path(__file__).resolve().parent / "fixtures" / "lfw_mini"
+
+
 @pytest.fixture(scope="session")
-def face_path(shared_dir):
-    return shared_dir / "data" / "lfw_parts" / "images" / "AJ_Cook_0001.jpg"
+def lfw_mini() -> Path:
+    return LFW_MINI
+
+
+@pytest.fixture(scope="session")
+def face_path():
+    return LFW_MINI / "images" / "AJ_Cook_0001.jpg"

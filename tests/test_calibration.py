@@ -19,8 +19,8 @@ from ssae.runtime.onnx_backends import OrtBackend
 
 
 @pytest.fixture(scope="module")
-def cset(shared_dir):
-    return CalibrationSet.from_lfw(shared_dir / "data" / "lfw_parts", 32, count=12)
+def cset(lfw_mini):
+    return CalibrationSet.from_lfw(lfw_mini, 32, count=12)
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +29,10 @@ def faces(cset):
 
 
 @pytest.fixture(scope="module")
-def test_faces(shared_dir):
+def test_faces(lfw_mini):
     from ssae.data.layouts import LFWParts
     from ssae.data.memory import MemoryDataset
-    ds = LFWParts(shared_dir / "data" / "lfw_parts", "test", 32)
+    ds = LFWParts(lfw_mini, "test", 32)
     ds.names = ds.names[:3]
     return MemoryDataset.load(ds)
 
@@ -193,9 +193,9 @@ def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(ti
 def test_int8_report_against_fp32_on_labelled_faces(tiny_export, int8_export, test_faces):
     r = compare_variant(OrtBackend(tiny_export), OrtBackend(int8_export), test_faces.images, test_faces.masks,
                         test_faces.labelled)
-    assert r["psnr_db"] >= 25.0 and r["ssim"] > 0.8 and r["speedup_vs_fp32"] > 0
+    assert r["psnr_db"] >= 25.0 and r["ssim"] > 0.8
     assert set(r["iou_delta"]) == {"hair", "skin", "nose", "eyes", "lips"}
-    assert r["iou_delta"]["hair"] is not None and abs(r["iou_delta"]["hair"]) <= 1.0
+    assert r["iou_delta"]["hair"] is not None and abs(r["iou_delta"]["hair"]) <= 0.05  # 25 dB apart: same masks
     assert r["iou_delta"]["nose"] is None  # no derived labels given: no IoU for nose
     md = markdown_report({"precisions": {"int8": {"onnxruntime": r}}})
     assert "| int8 | onnxruntime |" in md and "IoU Δ hair" in md
@@ -260,10 +260,10 @@ def test_int8_quantizes_the_subpixel_decoder_and_times_every_graph(tiny_export, 
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def test_calibrate_cli_writes_plans_graphs_and_report(tmp_path, tiny_export, shared_dir):
+def test_calibrate_cli_writes_plans_graphs_and_report(tmp_path, tiny_export, lfw_mini):
     out = tmp_path / "c"
     r = subprocess.run([sys.executable, "-m", "ssae.cli", "calibrate", "--precision", "int8", "fp16", "bf16",
-                        "--model", str(tiny_export), "--lfw", str(shared_dir / "data" / "lfw_parts"),
+                        "--model", str(tiny_export), "--lfw", str(lfw_mini),
                         "--count", "6", "--report-images", "2", "--no-search", "--out", str(out)],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr
@@ -272,7 +272,7 @@ def test_calibrate_cli_writes_plans_graphs_and_report(tmp_path, tiny_export, sha
         s = rep[prec]
         assert s["backend"] is not None, prec
         assert s["psnr_db"] > 20 and set(s["iou_delta"]) == {"hair", "skin", "nose", "eyes", "lips"}
-        assert set(s["locality_ratio"]) == set(s["iou_delta"]) and s["speedup_vs_fp32"] > 0
+        assert set(s["locality_ratio"]) == set(s["iou_delta"])
     assert rep["fp16"]["backend"] == "simulated" and rep["fp16"]["psnr_db"] > 40
     assert rep["int8_calibration"]["format"] == "QDQ" and rep["calibration_set"]["count"] == 6
     assert CalibrationSet.load(out / "calibration_set.npz").provenance["split"] == "train"

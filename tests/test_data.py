@@ -45,8 +45,8 @@ def test_celebamask_hq_release_layout(celeba_release):
     assert s.masks[ROIS.index("hair")].mean() > 0.05 and s.masks[ROIS.index("skin")].mean() > 0.05
 
 
-def test_lfw_parts_with_derived_masks(tmp_path, shared_dir):
-    lfw = shared_dir / "data" / "lfw_parts"
+def test_lfw_parts_with_derived_masks(tmp_path, lfw_mini):
+    lfw = lfw_mini
     name = (lfw / "train.txt").read_text().split()[0]
     derived = tmp_path / "derived"
     for roi in ("nose", "eyes", "lips"):
@@ -56,7 +56,7 @@ def test_lfw_parts_with_derived_masks(tmp_path, shared_dir):
         Image.fromarray(m).save(derived / roi / f"{name}.png")
     plain = LFWParts(lfw, "train", 250)
     withd = LFWParts(lfw, "train", 250, derived)
-    assert len(plain) == 1500 and len(LFWParts(lfw, "test", 64)) == len((lfw / "test.txt").read_text().split())
+    assert len(plain) == 24 and len(LFWParts(lfw, "test", 64)) == len((lfw / "test.txt").read_text().split())
     a, b = plain[0], withd[0]
     label = np.asarray(Image.open(lfw / "labels" / f"{name}.png"))
     assert np.array_equal(a.masks[0] > 0.5, label == 2)             # hair
@@ -102,8 +102,8 @@ def test_square_fit_roundtrip(h, w):
     assert np.abs(m - (img[..., 0] > 0)).mean() < 0.08
 
 
-def test_memory_dataset_batches_and_sampler(tmp_path, shared_dir):
-    ds = LFWParts(shared_dir / "data" / "lfw_parts", "val", 32)
+def test_memory_dataset_batches_and_sampler(tmp_path, lfw_mini):
+    ds = LFWParts(lfw_mini, "train", 32)
     ds.names = ds.names[:10]
     mem = MemoryDataset.load(ds, cache=tmp_path)
     assert list(tmp_path.glob("*.npz")) and MemoryDataset.load(ds, cache=tmp_path).names == mem.names

@@ -18,10 +18,10 @@ from ssae.train.smpn import SMPNTrainer
 
 
 @pytest.fixture(scope="module")
-def face_folder(tmp_path_factory, shared_dir):
+def face_folder(tmp_path_factory, lfw_mini):
     """24 real LFW faces in the plain folder layout with hair and skin masks."""
     root = tmp_path_factory.mktemp("faces")
-    lfw = shared_dir / "data" / "lfw_parts"
+    lfw = lfw_mini
     (root / "images").mkdir()
     for roi in ("hair", "skin"):
         (root / "masks" / roi).mkdir(parents=True)
