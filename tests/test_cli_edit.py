@@ -131,3 +131,65 @@ def test_eval_photos_reports_what_users_get_back(tmp_path, tiny_export):
     assert {row["roi"] for row in q["rows"]} == {"hair", "lips"}
     r = ssae("eval", "--photos", tmp_path / "missing", "--model", tiny_export)
     assert r.returncode == 2 and "photo folder not found" in r.stderr
+
+
+def _resave(src, dst, meta=None, keep=None):
+    """A copy of a safetensors checkpoint with other metadata and/or only the tensors whose names start with keep."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(src), framework="pt") as f:
+        m = dict(f.metadata())
+    t = load_file(str(src))
+    if keep:
+        t = {k: v for k, v in t.items() if k.startswith(keep)}
+    save_file(t, str(dst), metadata=m if meta is None else meta(m))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["no_config", "nested_key", "top_key", "partial", "no_stages", "escape",
+                                  "parent_is_file", "xbm", "masks_into_file"])
+def test_every_failure_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_ckpt, tiny_export, face_path, case):
+    out = tmp_path / "o.png"
+    model = tiny_ckpt
+    extra = []
+    if case in ("no_config", "nested_key", "top_key"):
+        def meta(m, case=case):
+            cfg = json.loads(m["config"])
+            if case == "no_config":
+                m.pop("config")
+            elif case == "nested_key":
+                cfg["sae"]["no_such_option"] = 1
+            else:
+                cfg["colour"] = "blue"
+            if case != "no_config":
+                m["config"] = json.dumps(cfg)
+            return m
+        model = _resave(tiny_ckpt, tmp_path / "m.safetensors", meta)
+    elif case == "partial":
+        model = _resave(tiny_ckpt, tmp_path / "sae.safetensors", keep="sae.")
+    elif case in ("no_stages", "escape"):
+        model = tmp_path / "export"
+        shutil.copytree(tiny_export, model)
+        man = json.loads((model / "manifest.json").read_text())
+        if case == "no_stages":
+            man.pop("stages")
+        else:
+            man["stages"]["sae_encoder"]["file"] = "../../etc/passwd"
+        (model / "manifest.json").write_text(json.dumps(man))
+    elif case == "parent_is_file":
+        (tmp_path / "afile").write_text("x")
+        out = tmp_path / "afile" / "o.png"
+    elif case == "xbm":
+        out = tmp_path / "o.xbm"
+    elif case == "masks_into_file":
+        (tmp_path / "m").write_text("x")
+        extra = ["--masks-out", tmp_path / "m"]
+    backend = "torch" if model.suffix == ".safetensors" else "onnxruntime"
+    r = ssae("edit", face_path, "--model", model, "--backend", backend, "-o", out, *extra)
+    want = {"no_config": "no model config", "nested_key": "no_such_option", "top_key": "unknown model config key",
+            "partial": "lacks the rb, smpn component", "no_stages": "has no stages",
+            "escape": "outside the export folder", "parent_is_file": "is a file, not a folder",
+            "xbm": "cannot write", "masks_into_file": "is a file, not a folder"}[case]
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and want in lines[0], r.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.png")) and not list(tmp_path.rglob(".*.tmp"))
