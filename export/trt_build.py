@@ -137,6 +137,7 @@ class EngineKey:
     precision: str
     profile: tuple = ()        # ((input, (min...), (opt...), (max...)), ...) sorted by input name
     plugin: str = "none"       # "aot" | "jit" | "none"
+    kernel: str = ""           # AOT: sha256 of the baked PTX and the nvcc that made it; "" otherwise
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -147,7 +148,7 @@ class EngineKey:
     def from_dict(cls, d: dict) -> "EngineKey":
         prof = tuple(sorted((n, tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for n, v in d["profile"].items()))
         return cls(d["onnx_sha256"], d["tensorrt"], d["gpu"], d["compute_capability"], d["precision"], prof,
-                   d.get("plugin", "none"))
+                   d.get("plugin", "none"), d.get("kernel", ""))
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
@@ -156,9 +157,25 @@ class EngineKey:
         return {"tensorrt": self.tensorrt, "gpu": self.gpu, "compute_capability": self.compute_capability}
 
 
-def make_key(onnx_sha256: str, env: dict, precision: str, shapes: dict, plugin: str = "none") -> EngineKey:
+def make_key(onnx_sha256: str, env: dict, precision: str, shapes: dict, plugin: str = "none",
+             kernel: str = "") -> EngineKey:
     prof = tuple(sorted((n, tuple(v[0]), tuple(v[1]), tuple(v[2])) for n, v in shapes.items()))
-    return EngineKey(onnx_sha256, env["tensorrt"], env["gpu"], env["compute_capability"], precision, prof, plugin)
+    return EngineKey(onnx_sha256, env["tensorrt"], env["gpu"], env["compute_capability"], precision, prof, plugin,
+                     kernel)
+
+
+def kernel_digest(plugin: str) -> str:
+    """What an engine of plugin mode `plugin` bakes in of the fused kernel: for AOT, sha256 of its PTX and of the
+    nvcc version that compiled it (so a kernel or compiler change rebuilds the engine); "" otherwise (a JIT plugin
+    runs the kernel compiled at run time; the standard graph has none)."""
+    if plugin != "aot":
+        return ""
+    from ..kernels import cuda as kcuda
+    from ..kernels import trt_plugin
+    h = hashlib.sha256(trt_plugin.kernel_ptx())
+    nvcc = kcuda.find_nvcc()
+    h.update((kcuda.nvcc_version(nvcc) if nvcc else "no nvcc").encode())
+    return h.hexdigest()
 
 
 def engine_file_name(stage: str, key: EngineKey) -> str:
@@ -314,19 +331,30 @@ class BuildOptions:
     verbose: bool = False
 
 
-def resolve_plugin_mode(requested: str) -> str:
-    """"aot" | "jit" | "none" for this machine: the plugin needs tensorrt.plugin and, for AOT, the kernel's PTX."""
+def plugin_modes(requested: str, available: dict | None = None) -> list[str]:
+    """The plugin modes the edit stage's engine is tried with, in order: "auto" -> AOT, then JIT (those
+    available here), then "none" (the standard-op graph), each next one used when the one before cannot be built;
+    "aot" / "jit" -> that mode only (TensorRTUnavailable when it is not available); "off" -> "none".
+    `available`: {"aot": bool, "jit": bool} (default: `trt_plugin.availability()`)."""
     if requested not in PLUGIN_MODES:
         raise ValueError(f"plugin must be one of {', '.join(PLUGIN_MODES)}")
     if requested == "off":
-        return "none"
-    from ..kernels import trt_plugin
-    ok, why = trt_plugin.availability()
+        return ["none"]
+    why = {}
+    if available is None:
+        from ..kernels import trt_plugin
+        available, why = trt_plugin.availability()
     if requested == "auto":
-        return "aot" if ok["aot"] else ("jit" if ok["jit"] else "none")
-    if not ok[requested]:
-        raise TensorRTUnavailable(f"the {requested.upper()} plugin is not available here: {why[requested]}")
-    return requested
+        return [m for m in ("aot", "jit") if available.get(m)] + ["none"]
+    if not available.get(requested):
+        raise TensorRTUnavailable(f"the {requested.upper()} plugin is not available here: "
+                                  f"{why.get(requested) or 'not available'}")
+    return [requested]
+
+
+def resolve_plugin_mode(requested: str) -> str:
+    """The first mode `plugin_modes` would try."""
+    return plugin_modes(requested)[0]
 
 
 def _model_bytes(path: Path, plugin_mode: str) -> bytes:
@@ -454,53 +482,83 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
     man = read_manifest(onnx_dir)
     precision = man.get("precision", "fp32")
     size = int(man["model_config"]["image_size"])
-    plugin_mode = resolve_plugin_mode(opts.plugin) if "sae_decoder_edit_plugin" in man["stages"] else "none"
-    if plugin_mode != "none":
+    modes = plugin_modes(opts.plugin) if "sae_decoder_edit_plugin" in man["stages"] else ["none"]
+    if modes[0] != "none":
         from ..kernels import trt_plugin
-        trt_plugin.register_plugin()  # before parsing: the ONNX parser looks the creator up by name/namespace
+        try:
+            trt_plugin.register_plugin()  # before parsing: the ONNX parser looks the creator up by name/namespace
+        except trt_plugin.PluginUnavailable as e:
+            if opts.plugin != "auto":
+                raise
+            log(f"plugin unavailable ({e}); building the standard graph")
+            modes = ["none"]
     max_batch = min(opts.max_batch, int(man.get("max_batch", opts.max_batch)))
 
-    jobs = []  # (stage, graph name, onnx path, manifest entry, plugin mode)
+    jobs = []  # (stage, [(graph name, onnx path, manifest entry, plugin mode), ...] in the order to try)
     for stage, e in man["stages"].items():
         if e.get("plugin") or e.get("cpu_only") or (opts.stages and stage not in opts.stages):
             continue
-        if stage == "sae_decoder_edit" and plugin_mode != "none":
+        standard = (stage, onnx_dir / e["file"], e, "none")
+        if stage == "sae_decoder_edit" and modes[0] != "none":
             pe = man["stages"]["sae_decoder_edit_plugin"]
-            jobs.append((stage, "sae_decoder_edit_plugin", onnx_dir / pe["file"], pe, plugin_mode))
+            jobs.append((stage, [("sae_decoder_edit_plugin", onnx_dir / pe["file"], pe, m) if m != "none"
+                                 else standard for m in modes]))
         else:
-            jobs.append((stage, stage, onnx_dir / e["file"], e, "none"))
+            jobs.append((stage, [standard]))
     if not opts.stages or GLUE_ROI_MASK in opts.stages:
         glue = out / "glue" / f"{GLUE_ROI_MASK}.onnx"
         import onnx
         gm = roi_mask_graph(len(man["rois"]), size)
         atomic_write(glue, lambda tmp: onnx.save(gm, tmp))
-        jobs.append((GLUE_ROI_MASK, GLUE_ROI_MASK, glue, roi_mask_spec(len(man["rois"]), size), "none"))
+        jobs.append((GLUE_ROI_MASK, [(GLUE_ROI_MASK, glue, roi_mask_spec(len(man["rois"]), size), "none")]))
 
     timing = out / timing_cache_name(env)
-    engines = {}
-    for stage, graph, path, entry, mode in jobs:
+    engines, attempts = {}, {}
+
+    def plan_of(graph, path, entry, mode):
         shapes = profile_shapes(entry["inputs"], max_batch, opts.opt_batch, size,
                                 max_channels=entry.get("max_channels"))
-        sha = _sha256(path)
-        key = make_key(sha, env, precision, shapes, mode)
-        fname = engine_file_name(stage, key)
+        key = make_key(_sha256(path), env, precision, shapes, mode, kernel_digest(mode))
+        return shapes, key, engine_file_name(stage, key)
+
+    def is_cached(fname, key) -> bool:
         f, side_path = out / fname, out / (fname + ".json")
-        cached = False
-        if f.exists() and side_path.exists() and not opts.rebuild:
-            try:
-                side = json.loads(side_path.read_text())
-                cached = side.get("digest") == key.digest() and side.get("engine_sha256") == _sha256(f)
-            except (OSError, json.JSONDecodeError):
-                cached = False
-        if cached:
+        if opts.rebuild or not (f.exists() and side_path.exists()):
+            return False
+        try:
+            side = json.loads(side_path.read_text())
+            return side.get("digest") == key.digest() and side.get("engine_sha256") == _sha256(f)
+        except (OSError, json.JSONDecodeError):
+            return False
+
+    for stage, candidates in jobs:
+        plans = [(c, *plan_of(*c)) for c in candidates]
+        hit = next((p for p in plans if is_cached(p[3], p[2])), None)
+        if hit is not None:
+            (graph, path, entry, mode), shapes, key, fname = hit
             if progress:
                 progress(f"{stage}: cached {fname}")
         else:
-            if progress:
-                progress(f"{stage}: building from {path.name} ({mode if mode != 'none' else precision})")
-            t0 = time.perf_counter()
-            blob = build_engine(_model_bytes(path, mode), shapes, timing, opts, mode, name=path.name)
+            tried = []
+            for k, ((graph, path, entry, mode), shapes, key, fname) in enumerate(plans):
+                if progress:
+                    progress(f"{stage}: building from {path.name} ({mode if mode != 'none' else precision})")
+                t0 = time.perf_counter()
+                try:
+                    blob = build_engine(_model_bytes(path, mode), shapes, timing, opts, mode, name=path.name)
+                    break
+                except Exception as e:  # noqa: BLE001 - TensorRT and the plugin raise many types
+                    from ..kernels.trt_plugin import PluginUnavailable
+                    if k + 1 == len(plans):
+                        if isinstance(e, (BuildError, PluginUnavailable)):
+                            raise BuildError(f"{stage}: {str(e).splitlines()[0]}") from None
+                        raise
+                    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    tried.append({"plugin": mode, "error": why})
+                    log(f"{stage}: the {mode} build failed ({why}); trying {plans[k + 1][0][3]}")
+            attempts[stage] = tried
             secs = time.perf_counter() - t0
+            f, side_path = out / fname, out / (fname + ".json")
             atomic_write(f, lambda tmp: Path(tmp).write_bytes(blob))
             layers = inspect_engine(blob)
             atomic_write(out / (fname[: -len(".engine")] + ".layers.json"),
@@ -508,16 +566,18 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
             side = {"format": SIDECAR_FORMAT, "stage": stage, "graph": graph, "onnx_file": str(path),
                     "key": key.to_dict(), "digest": key.digest(), "engine_sha256": _sha256(f),
                     "engine_bytes": len(blob), "build_seconds": round(secs, 2),
-                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "plugin": mode,
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "plugin": mode, "failed_first": tried,
                     "inputs": entry["inputs"], "outputs": entry["outputs"]}
             atomic_write(side_path, lambda tmp: Path(tmp).write_text(json.dumps(side, indent=1)))
         engines[stage] = {"file": fname, "graph": graph, "plugin": mode, "precision": precision,
                           "profile": {n: [list(a), list(b), list(c)] for n, (a, b, c) in shapes.items()}}
+        if attempts.get(stage):
+            engines[stage]["failed_first"] = attempts[stage]
     index = {"format": INDEX_FORMAT, "environment": env, "precision": precision, "source_export": str(src),
              "onnx_dir": os.path.relpath(onnx_dir, out) if onnx_dir != src else str(src),
              "source_sha256": {n: e["sha256"] for n, e in srcm["stages"].items()},
              "plan_digest": plan.digest() if plan else None, "max_batch": max_batch, "opt_batch": opts.opt_batch,
-             "plugin": plugin_mode, "manifest": man,
+             "plugin": engines.get("sae_decoder_edit", {}).get("plugin", modes[0]), "manifest": man,
              "engines": engines}
     if opts.stages:  # a partial build keeps the other stages' entries
         try:

@@ -4,7 +4,7 @@ Three parts, in this order:
 
 1. The launch ABI (stable: the TensorRT plugin `kernels/trt_plugin.py` launches the same PTX with it): entry-point
    names, the exact parameter list, grid/block sizes and parameter packing, as pure Python.
-2. Build: `compile_ptx` / `compile_cubin` call nvcc (warnings are errors; no --use_fast_math: the in-kernel noise
+2. Build: `compile_ptx` / `compile_cubin` call nvcc (warnings are errors in the CPU tests' strict builds only; no --use_fast_math: the in-kernel noise
    needs IEEE float64 math) and cache the result under `ssae.fileio.default_cache_dir()/kernels/<sha>/`.
 3. Load and launch on a GPU machine: the module is loaded through cuda-bindings (`cuda.bindings.driver`) or, without
    it, CuPy (`cupy.RawModule`), and the kernel runs on torch's current CUDA stream with torch tensors' pointers
@@ -255,12 +255,12 @@ def _kernel_cache_dir() -> Path:
     return default_cache_dir() / "kernels"
 
 
-def compile_kernel(kind: str, arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = True,
+def compile_kernel(kind: str, arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = False,
                    timeout: float = 600.0) -> Path:
     """Compile masked_modconv.cu to PTX or a cubin for `arch` (cached); with out_dir, also copied there.
 
-    strict: warnings are errors (the CI build; the run-time loader builds with strict=False so that a newer
-    nvcc's new warnings do not stop the kernel). Returns the path of the result. Raises KernelBuildError when
+    strict: warnings are errors (the CPU test suite asks for it; every shipped build, the run-time loader and
+    the TensorRT plugin's PTX, uses strict=False so that a newer nvcc's new warnings do not stop the kernel). Returns the path of the result. Raises KernelBuildError when
     nvcc is missing or fails."""
     nvcc = find_nvcc()
     if nvcc is None:
@@ -286,12 +286,12 @@ def compile_kernel(kind: str, arch: str | int, out_dir: str | os.PathLike | None
     return dest
 
 
-def compile_ptx(arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = True) -> Path:
+def compile_ptx(arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
     """PTX of masked_modconv.cu for compute capability `arch` (e.g. "sm_80"); see compile_kernel."""
     return compile_kernel("ptx", arch, out_dir, strict)
 
 
-def compile_cubin(arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = True) -> Path:
+def compile_cubin(arch: str | int, out_dir: str | os.PathLike | None = None, strict: bool = False) -> Path:
     """A cubin of masked_modconv.cu for `arch`; see compile_kernel."""
     return compile_kernel("cubin", arch, out_dir, strict)
 

@@ -96,6 +96,12 @@ class _Chain:
     eager_reason: str = ""                          # why no CUDA graph (capture failed), "" when captured
 
 
+def trt_plugin_errors():
+    """The plugin's error type (a build that needs the plugin can raise it)."""
+    from ..kernels.trt_plugin import PluginUnavailable
+    return PluginUnavailable
+
+
 class TensorRTBackend(Backend):
     """TensorRT engines of an export (see the module docstring)."""
 
@@ -134,7 +140,7 @@ class TensorRTBackend(Backend):
                 trt_build.build_engines(src, edir, plan=plan, opts=trt_build.BuildOptions(
                     precision=precision, max_batch=max_batch), device=device,
                     progress=None if quiet else trt_build.log)
-            except (trt_build.TensorRTUnavailable, trt_build.BuildError, ValueError) as e:
+            except (trt_build.TensorRTUnavailable, trt_build.BuildError, trt_plugin_errors(), ValueError) as e:
                 raise BackendError(str(e).splitlines()[0]) from None
         try:
             index = trt_build.verify_engines(edir, self.env)

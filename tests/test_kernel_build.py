@@ -36,7 +36,7 @@ def ptx_dir(tmp_path_factory) -> dict[str, Path]:
     """PTX for every supported arch (nvcc calls run two at a time), into a fresh folder via the cache."""
     out = tmp_path_factory.mktemp("ptx")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        paths = list(pool.map(lambda a: kc.compile_ptx(a, out), kc.SUPPORTED_ARCHS))
+        paths = list(pool.map(lambda a: kc.compile_ptx(a, out, strict=True), kc.SUPPORTED_ARCHS))
     return dict(zip(kc.SUPPORTED_ARCHS, paths))
 
 
@@ -71,16 +71,16 @@ def test_warnings_are_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(kc, "SOURCE", src)
     monkeypatch.setenv("SSAE_CACHE", str(tmp_path / "cache"))
     with pytest.raises(kc.KernelBuildError, match="unused"):
-        kc.compile_ptx("sm_80")
+        kc.compile_ptx("sm_80", strict=True)
 
 
 @needs_nvcc
 def test_compile_is_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("SSAE_CACHE", str(tmp_path))
-    first = kc.compile_ptx("sm_80")
+    first = kc.compile_ptx("sm_80", strict=True)
     assert first.is_relative_to(tmp_path / "kernels")
     mtime = first.stat().st_mtime_ns
-    assert kc.compile_ptx("80") == first and first.stat().st_mtime_ns == mtime
+    assert kc.compile_ptx("80", strict=True) == first and first.stat().st_mtime_ns == mtime
     assert "--use_fast_math" not in kc.nvcc_flags("ptx", "80") and "-Werror" in kc.nvcc_flags("cubin", "80")
     assert "-Werror" not in kc.nvcc_flags("cubin", "90", strict=False)  # run-time builds on GPU machines
 
