@@ -52,7 +52,9 @@ setup(
         "serve": ["ray[serve,data]==2.60.0", "tritonclient[grpc]>=2.50,<3"],
         # Ray is not in dev (about 750 MB); the README's test command and CI install the serve extra too, and the
         # Ray tests skip with a reason where it is missing
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "tritonclient[grpc]>=2.50,<3"],
+        # tensorrt-cu13-bindings: TensorRT's pure-Python tensorrt.plugin (its native core is not needed), which
+        # tests/test_trt_plugin_api.py runs the plugin against
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "tritonclient[grpc]>=2.50,<3", "tensorrt-cu13-bindings==11.4.0.106"],
     },
     entry_points={"console_scripts": ["ssae=ssae.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "Topic :: Scientific/Engineering :: Image Processing"],

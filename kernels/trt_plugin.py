@@ -226,7 +226,7 @@ def _define(trt, trtp) -> None:
         b, cin, h, w = (x.shape_expr[i] for i in range(4))
         cout = weight.shape_expr[0]
         xi_b = noise.shape_expr[0]
-        if xi_b.is_constant() and xi_b.constant_value() == 1:
+        if xi_b.is_constant and xi_b.constant_value() == 1:  # is_constant: a property in tensorrt.plugin 11.4
             stride = 0  # one xi map shared by the batch
         else:
             stride = h * w
