@@ -12,14 +12,12 @@ alternating between configurations.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ssae.profiling.bench import machine_info
+from ssae.profiling.bench import machine_info, save_json
 from ssae.pretrained import ASSETS
 from ssae.runtime import BackendError, Editor
 
@@ -101,8 +99,7 @@ def main(argv=None) -> int:
             print_table(res)
             out["results"].append(res)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        save_json(out, args.json)
         print(f"\nwrote {args.json}")
     return 0
 

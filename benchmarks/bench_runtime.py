@@ -22,7 +22,6 @@ edit realistic regions (hair: large, lips: small).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 
 from ssae.export.onnx_export import example_inputs
 from ssae.export.stages import stage_specs
-from ssae.profiling.bench import machine_info
+from ssae.profiling.bench import machine_info, save_json
 from ssae.profiling.stats import time_call
 from ssae.models.official import OfficialEncoder, OfficialGenerator, use_native_blur
 from ssae.runtime.backend import BackendError
@@ -196,8 +195,7 @@ def main(argv=None) -> int:
         print_table(res)
         out["results"].append(res)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        save_json(out, args.json)
         print(f"\nwrote {args.json}")
     return 0
 

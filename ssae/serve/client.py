@@ -158,7 +158,7 @@ class Client:
                     last, last_status = f"{e.code}: {msg}", e.code
                     continue
                 raise ServeError(e.code, msg) from None
-            except (socket.timeout, TimeoutError) as e:   # the server may still be working on it: no retry
+            except (socket.timeout, TimeoutError):   # the server may still be working on it: no retry
                 raise ServeError(None, f"{method} {self.url}{target.split('?')[0]} timed out after "
                                        f"{self.timeout:g} s") from None
             except (urllib.error.URLError, http.client.HTTPException, ConnectionError) as e:
