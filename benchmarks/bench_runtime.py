@@ -15,7 +15,9 @@ an optimisation the official code does not have), timed in the same run.
 Backends with the sparse re-edit graph also time their other re-edit path (sparse tiles vs the crop window) in
 the same run, so the choice each backend makes by default (`Backend.sparse_reedit`) is checked here.
 Edits use the bundled SMPN's masks of the example face (resized to the model size), so random-weight models
-edit realistic regions (hair: large, lips: small).
+edit realistic regions (hair: large, lips: small), and the hair mask with two specks in opposite corners (its
+bounding box fills the frame, its area does not). Full edits include the framing (detection, crop) and the paste
+back of the change; see bench_framing.py for their share.
 
     python benchmarks/bench_runtime.py [--models lfw128 paper256] [--repeats 7] [--json out.json]
 """
@@ -96,6 +98,10 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
     face = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
         Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg").convert("RGB").resize((size, size)))
     masks = real_masks(size)
+    # the hair mask plus two 2 px specks in opposite corners: its bounding box fills the frame, its area does not
+    wide = masks["hair"].copy()
+    wide[:2, :2] = wide[-2:, -2:] = 1.0
+    masks["hair_wide"] = wide
     editors = {b: Editor(be, _manifest_of(be)) for b, be in runners.items()}
     # the other re-edit path (sparse tiles vs the crop window), timed in the same run for the ratio
     alt = {b: Editor(be, _manifest_of(be), sparse=not ed.sparse) for b, ed in editors.items()
@@ -104,7 +110,8 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         for roi in ("hair", "lips"):
             ed.edit(face, roi=roi, seed=0, mask=masks[roi])
             ed.edit(face, roi=roi, seed=1, mask=masks[roi])
-    edit_keys = ("full_edit", "cached_reedit_hair", "cached_reedit_lips", "alt_reedit_hair", "alt_reedit_lips")
+    edit_keys = ("full_edit", "cached_reedit_hair", "cached_reedit_lips", "cached_reedit_hair_wide",
+                 "alt_reedit_hair", "alt_reedit_lips", "alt_reedit_hair_wide")
     times = {b: {s: [] for s in STAGES + edit_keys} for b in runners}
     times["official"] = {"encoder": [], "decoder": []}
     times["official_depthwise"] = {"encoder": [], "decoder": []}
@@ -119,14 +126,15 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
             ed = editors[b]
             ed.clear_cache()
             times[b]["full_edit"].append(time_call(lambda: ed.edit(face, roi="hair", seed=k + 2)))
-            for roi in ("hair", "lips"):  # untimed: each ROI's unedited RB result, which re-edits reuse
-                ed.edit(face, roi=roi, seed=0, mask=masks[roi])
-            for roi in ("hair", "lips"):
-                times[b][f"cached_reedit_{roi}"].append(
-                    time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
+            for name in ("hair", "lips", "hair_wide"):  # untimed: each mask's unedited RB result, which re-edits reuse
+                ed.edit(face, roi=name.split("_")[0], seed=0, mask=masks[name])
+            for name in ("hair", "lips", "hair_wide"):
+                roi = name.split("_")[0]
+                times[b][f"cached_reedit_{name}"].append(
+                    time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[name])))
                 if b in alt:
-                    times[b][f"alt_reedit_{roi}"].append(
-                        time_call(lambda: alt[b].edit(face, roi=roi, seed=k + 2, mask=masks[roi])))
+                    times[b][f"alt_reedit_{name}"].append(
+                        time_call(lambda: alt[b].edit(face, roi=roi, seed=k + 2, mask=masks[name])))
     med = {b: {s: float(np.median(v)) for s, v in d.items() if v} for b, d in times.items()}
     mins = {b: {s: float(np.min(v)) for s, v in d.items() if v} for b, d in times.items()}
     def goal_ratios(m: dict, official: str) -> dict:
@@ -134,7 +142,8 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         encoder + decoder for the full edit."""
         dec, enc = med[official]["decoder"], med[official]["encoder"]
         return {"cached_reedit_hair": dec / m["cached_reedit_hair"],
-                "cached_reedit_lips": dec / m["cached_reedit_lips"], "full_edit": (enc + dec) / m["full_edit"]}
+                "cached_reedit_lips": dec / m["cached_reedit_lips"],
+                "cached_reedit_hair_wide": dec / m["cached_reedit_hair_wide"], "full_edit": (enc + dec) / m["full_edit"]}
 
     rows = {}
     for b in runners:
@@ -143,6 +152,8 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         rows[b] = {"stages_ms": {s: m[s] for s in STAGES}, "stages_min_ms": mins[b],
                    "full_edit_ms": m["full_edit"], "cached_reedit_hair_ms": m["cached_reedit_hair"],
                    "cached_reedit_lips_ms": m["cached_reedit_lips"],
+                   "cached_reedit_hair_wide_ms": m["cached_reedit_hair_wide"],
+                   "cached_reedit_hair_wide_speedup_vs_official_decoder": off["cached_reedit_hair_wide"],
                    "cached_reedit_hair_speedup_vs_official_decoder": off["cached_reedit_hair"],
                    "cached_reedit_lips_speedup_vs_official_decoder": off["cached_reedit_lips"],
                    "full_edit_speedup_vs_official_encode_decode": off["full_edit"],
@@ -150,7 +161,8 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
                    "reedit_path": "sparse" if editors[b].sparse else "window"}
         if b in alt:
             rows[b].update({"alt_reedit_path": "sparse" if alt[b].sparse else "window",
-                            "alt_reedit_hair_ms": m["alt_reedit_hair"], "alt_reedit_lips_ms": m["alt_reedit_lips"]})
+                            "alt_reedit_hair_ms": m["alt_reedit_hair"], "alt_reedit_lips_ms": m["alt_reedit_lips"],
+                            "alt_reedit_hair_wide_ms": m["alt_reedit_hair_wide"]})
     return {"model": name, "image_size": size, "repeats": repeats, "official_ms": med["official"],
             "official_depthwise_ms": med["official_depthwise"], "backends": rows}
 
@@ -159,18 +171,19 @@ def print_table(res: dict) -> None:
     print(f"\n{res['model']} ({res['image_size']} px), median of {res['repeats']} runs, ms; official (as on a CPU) "
           f"encoder {res['official_ms']['encoder']:.1f}, decoder {res['official_ms']['decoder']:.1f}")
     head = ["backend"] + [s.replace("sae_", "") for s in STAGES] + [
-        "full edit", "re-edit hair", "re-edit lips", "full x", "hair x", "lips x", "re-edit path",
-        "other path: hair / lips"]
+        "full edit", "re-edit hair", "re-edit lips", "re-edit hair, box fills the frame", "full x", "hair x",
+        "lips x", "wide hair x", "re-edit path", "other path: hair / lips / wide hair"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for b, r in res["backends"].items():
-        other = (f"{r['alt_reedit_path']}: {r['alt_reedit_hair_ms']:.1f} / {r['alt_reedit_lips_ms']:.1f}"
-                 if "alt_reedit_path" in r else "-")
+        other = (f"{r['alt_reedit_path']}: {r['alt_reedit_hair_ms']:.1f} / {r['alt_reedit_lips_ms']:.1f} / "
+                 f"{r['alt_reedit_hair_wide_ms']:.1f}" if "alt_reedit_path" in r else "-")
         cells = [b] + [f"{r['stages_ms'][s]:.1f}" for s in STAGES] + [
             f"{r['full_edit_ms']:.1f}", f"{r['cached_reedit_hair_ms']:.1f}", f"{r['cached_reedit_lips_ms']:.1f}",
-            f"{r['full_edit_speedup_vs_official_encode_decode']:.1f}",
+            f"{r['cached_reedit_hair_wide_ms']:.1f}", f"{r['full_edit_speedup_vs_official_encode_decode']:.1f}",
             f"{r['cached_reedit_hair_speedup_vs_official_decoder']:.1f}",
-            f"{r['cached_reedit_lips_speedup_vs_official_decoder']:.1f}", r["reedit_path"], other]
+            f"{r['cached_reedit_lips_speedup_vs_official_decoder']:.1f}",
+            f"{r['cached_reedit_hair_wide_speedup_vs_official_decoder']:.1f}", r["reedit_path"], other]
         print("| " + " | ".join(cells) + " |")
     dw = res["official_depthwise_ms"]
     print(f"\nagainst the official networks with each blur as one depthwise conv (faster than the official code): "

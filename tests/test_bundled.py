@@ -93,3 +93,29 @@ def test_main_job_command_edits_the_example_face(tmp_path):
     assert img.size == src.size
     diff = np.abs(np.asarray(img).astype(int) - np.asarray(src.convert("RGB")))
     assert diff.mean() > 1 and (diff.max(-1) == 0).mean() > 0.3   # the hair changed, the rest is the photo
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_same_request_same_bytes_on_every_path(shared_dir, backend):
+    """The bundled model on real test photos: a first edit, a cached re-edit, `edit_many` and `edit_requests` of
+    the same request give the same bytes (each ROI, two seeds)."""
+    from ssae.runtime import BackendError, EditParams, EditRequest, Editor
+    names = (shared_dir / "data" / "lfw_parts" / "test.txt").read_text().split()[40:46]
+    photos = [shared_dir / "data" / "lfw_parts" / "images" / f"{n}.jpg" for n in names]
+    try:
+        warm = Editor.load(backend=backend)
+    except BackendError as e:
+        pytest.skip(str(e))
+    for p in photos:
+        fresh = {}
+        for roi in warm.rois:
+            for seed in (1, 2):
+                ed = Editor(warm.backend, warm.backend.manifest)          # an empty cache: a first edit
+                fresh[roi, seed] = np.asarray(ed.edit(p, roi=roi, seed=seed).image)
+        many = warm.edit_many(p, list(warm.rois), [1, 2])
+        reqs = warm.edit_requests([EditRequest(p, EditParams(roi, seed)) for roi in warm.rois for seed in (1, 2)])
+        for res in many + reqs:
+            assert np.array_equal(np.asarray(res.image), fresh[res.roi, res.seed]), (p.name, res.roi, res.seed)
+        for roi in warm.rois:                                              # cached re-edits, in another order
+            again = warm.edit(p, roi=roi, seed=2)
+            assert np.array_equal(np.asarray(again.image), fresh[roi, 2]), (p.name, roi)
