@@ -9,7 +9,8 @@
 # Every step runs under a time limit, its exit status is recorded, and a failure does not stop the rest.
 # Results (benchmarks/results/*gpu*.json, and one gpu_check_logs.tar.gz with the logs, junit XML and the step
 # summary) are copied into $OUT when it is set.
-# Exit status: 0 when every step passed, 1 otherwise.
+# The summary table lists each step (ok, FAIL, TIMEOUT, SKIP) and TensorRT apart: ABSENT when its tests were skipped
+# because TensorRT is not installed, which is not a pass. Exit status: 0 when every step passed, 1 otherwise.
 #
 #   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 330)
 set -u
@@ -77,6 +78,22 @@ fi
 
 step pytest-gpu "$PY" -m pytest -m "gpu or tensorrt" tests/gpu -rs -q -p no:cacheprovider \
     --junitxml="$LOGDIR/pytest-gpu.xml"
+# TensorRT's part of the summary: "absent" (its tests skipped: not installed) is not "passed"
+JUNIT_PY='
+import sys, xml.etree.ElementTree as ET
+cases = [c for c in ET.parse(sys.argv[1]).getroot().iter("testcase") if "tensorrt" in c.get("classname", "")]
+skipped = [c.find("skipped") for c in cases if c.find("skipped") is not None]
+failed = [c for c in cases if c.find("failure") is not None or c.find("error") is not None]
+why = skipped[0].get("message", "")[:70] if skipped else ""
+if not cases:
+    print("ABSENT tensorrt             (no TensorRT test collected)")
+elif len(skipped) == len(cases):
+    print("ABSENT tensorrt             (%d tests skipped: %s)" % (len(cases), why))
+else:
+    print("%s tensorrt             (%d passed, %d failed, %d skipped)" % (
+        "FAIL " if failed else "ok   ", len(cases) - len(skipped) - len(failed), len(failed), len(skipped)))
+'
+[ -f "$LOGDIR/pytest-gpu.xml" ] && "$PY" -c "$JUNIT_PY" "$LOGDIR/pytest-gpu.xml" | tee -a "$SUMMARY"
 step bench_kernel_gpu "$PY" benchmarks/bench_kernel_gpu.py
 for bench in benchmarks/bench_*_gpu.py; do
     [ -e "$bench" ] || continue
