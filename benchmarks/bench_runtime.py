@@ -126,15 +126,15 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
             ed = editors[b]
             ed.clear_cache()
             times[b]["full_edit"].append(time_call(lambda: ed.edit(face, roi="hair", seed=k + 2)))
-            for name in ("hair", "lips", "hair_wide"):  # untimed: each mask's unedited RB result, which re-edits reuse
-                ed.edit(face, roi=name.split("_")[0], seed=0, mask=masks[name])
-            for name in ("hair", "lips", "hair_wide"):
-                roi = name.split("_")[0]
-                times[b][f"cached_reedit_{name}"].append(
-                    time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[name])))
+            for case in ("hair", "lips", "hair_wide"):  # untimed: each mask's unedited RB result, which re-edits reuse
+                ed.edit(face, roi=case.split("_")[0], seed=0, mask=masks[case])
+            for case in ("hair", "lips", "hair_wide"):
+                roi = case.split("_")[0]
+                times[b][f"cached_reedit_{case}"].append(
+                    time_call(lambda: ed.edit(face, roi=roi, seed=k + 2, mask=masks[case])))
                 if b in alt:
-                    times[b][f"alt_reedit_{name}"].append(
-                        time_call(lambda: alt[b].edit(face, roi=roi, seed=k + 2, mask=masks[name])))
+                    times[b][f"alt_reedit_{case}"].append(
+                        time_call(lambda: alt[b].edit(face, roi=roi, seed=k + 2, mask=masks[case])))
     med = {b: {s: float(np.median(v)) for s, v in d.items() if v} for b, d in times.items()}
     mins = {b: {s: float(np.min(v)) for s, v in d.items() if v} for b, d in times.items()}
     def goal_ratios(m: dict, official: str) -> dict:
