@@ -63,16 +63,23 @@ class FaceNotFoundError(ImageError):
 @dataclass
 class EditResult:
     """One edit. output="photo": `image` (PIL) and `mask` (float32 in [0, 1]) at the photo's size; output="raw":
-    both at the model's crop size. `faces`: the photo box (x0, y0, x1, y1) of each crop edited; `timings`: ms."""
+    both at the model's crop size. `faces`: the photo box (x0, y0, x1, y1) of each crop edited; `timings`: ms.
+    The photo-size mask is pasted when first read (most callers only want the image)."""
 
     image: Image.Image
-    mask: np.ndarray
     roi: str
     seed: int
     strength: float
     noise: str
     timings: dict[str, float] = field(default_factory=dict)
     faces: list[tuple[int, int, int, int]] = field(default_factory=list)
+    _mask: object = field(default=None, repr=False)   # the mask, or a function that makes it
+
+    @property
+    def mask(self) -> np.ndarray:
+        if callable(self._mask):
+            self._mask = self._mask()
+        return self._mask
 
 
 @dataclass(frozen=True)
@@ -473,7 +480,7 @@ class Editor:
         """One edit of a framed photo: every selected crop edited and its change pasted (or the raw crop)."""
         crops = ph.crops[: None if p.faces == "all" else 1]
         image = ph.rgb
-        photo_mask = np.zeros(ph.rgb.shape[:2], np.float32) if p.output == "photo" else None
+        pasted: list[tuple[FaceCrop, np.ndarray]] = []   # (crop, mask) of each face, for the photo-size mask
         raw = None
         for enc in crops:
             if user_mask is not None:
@@ -497,18 +504,17 @@ class Editor:
                 change = np.zeros((self.size, self.size, 3), np.float32)
                 diff = (refined[0] - base[0])[:, oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
                 change[oy0:oy1, ox0:ox1] = diff.transpose(1, 2, 0) * np.float32(127.5)
-                image, pasted = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER), m[0, 0])
-            else:
-                pasted = enc.crop.paste_mask(m[0, 0])
-            np.maximum(photo_mask, pasted, out=photo_mask)
+                image = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER))
+            pasted.append((enc.crop, m[0, 0]))
             timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
         total = (time.perf_counter() - t0) * 1e3
         boxes = [c.crop.photo_box() for c in crops]
         if raw is not None:
-            return EditResult(Image.fromarray(raw[0]), raw[1], p.roi, p.seed, float(p.strength), p.noise,
-                              dict(timings, total=total), boxes)
-        return EditResult(Image.fromarray(image), photo_mask, p.roi, p.seed, float(p.strength), p.noise,
-                          dict(timings, total=total), boxes)
+            return EditResult(Image.fromarray(raw[0]), p.roi, p.seed, float(p.strength), p.noise,
+                              dict(timings, total=total), boxes, raw[1])
+        shape = ph.rgb.shape[:2]
+        return EditResult(Image.fromarray(image), p.roi, p.seed, float(p.strength), p.noise,
+                          dict(timings, total=total), boxes, lambda: _union_mask(shape, pasted))
 
     def _raw(self, enc: _Encoded, roi: str, mask: np.ndarray, parts, timings) -> np.ndarray:
         """The model's refined output of the whole crop (uint8 (S, S, 3)): the RB of the unedited output with the
@@ -544,6 +550,14 @@ class Editor:
             feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}
             feeds[f"smpn_{r}"] = {"image": enc.x}
         return {s: f for s, f in feeds.items() if s in stages}
+
+
+def _union_mask(shape, pasted) -> np.ndarray:
+    """The photo-size mask of every edited face: the union (maximum) of each crop's mask pasted back."""
+    out = np.zeros(shape, np.float32)
+    for crop, m in pasted:
+        np.maximum(out, crop.paste_mask(m), out=out)
+    return out
 
 
 def _quantise(m: np.ndarray) -> np.ndarray:

@@ -159,52 +159,47 @@ class FaceCrop:
             small = small.resize((sw * k, sh * k), Image.BILINEAR)
         return np.asarray(small)[:bh, :bw]
 
-    def _warp_planes(self, planes, box) -> list[np.ndarray]:
-        """Up to three [0, 1] crop planes warped together (8-bit levels, one RGB warp; each channel is warped on
-        its own, so a plane's result does not depend on the others). uint8 arrays of the box's size."""
-        stack = np.zeros((self.size, self.size, 3), np.uint8)
+    def _warp_planes(self, planes, box) -> np.ndarray:
+        """Up to four crop planes of 8-bit levels (uint8 (size, size) each) warped together as one 4-channel
+        image ("RGBa": PIL interpolates each channel on its own, with no alpha premultiplication), so a plane's
+        result does not depend on the others. uint8 (box height, box width, 4)."""
+        stack = np.zeros((self.size, self.size, 4), np.uint8)
         for k, p in enumerate(planes):
-            stack[..., k] = np.round(np.clip(p, 0, 1) * 255)
-        warped = self._warp_back(Image.fromarray(stack, "RGB"), box)
-        return [warped[..., k] for k in range(len(planes))]
+            stack[..., k] = p
+        return self._warp_back(Image.fromarray(stack, "RGBa"), box)
 
     def paste_mask(self, mask: np.ndarray) -> np.ndarray:
         """float crop mask (size, size) in [0, 1] -> float32 photo mask (H, W) (zero outside the crop; 8-bit
-        levels, as the model's masks). The same warp `paste_change` applies to its masks."""
+        levels, as the model's masks). The warp `paste_change` applies to its soft mask."""
         out = np.zeros((self.height, self.width), np.float32)
         box = self._support_box(mask)
         if box is not None:
             x0, y0, x1, y1 = box
-            out[y0:y1, x0:x1] = self._warp_planes([mask], box)[0] * np.float32(1 / 255)
+            out[y0:y1, x0:x1] = self._warp_planes([_levels(mask)], box)[..., 0] * np.float32(1 / 255)
         return out
 
-    def paste_change(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray,
-                     mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The photo with a crop-resolution change added under a soft crop mask, and `mask` (when given) pasted at
-        the photo's resolution: (round(rgb + soft * change) clipped to [0, 255], photo mask or None).
+    def paste_change(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray) -> np.ndarray:
+        """The photo with a crop-resolution change added under a soft crop mask, at the photo's resolution:
+        round(rgb + soft * change), clipped to [0, 255].
 
-        rgb: uint8 (H, W, 3); change: float32 (size, size, 3) in 8-bit levels; soft, mask: float32 (size, size) in
-        [0, 1], mask inside soft's support. Every photo pixel where the pasted soft mask (`paste_mask(soft)`) is 0
-        keeps the input's value, bit for bit. New arrays. The change is warped as 8-bit codes on a per-edit scale
-        (max |change| / 127: at most half a level of error for changes up to 127 levels); soft and mask share one
-        8-bit warp."""
+        rgb: uint8 (H, W, 3); change: float32 (size, size, 3) in 8-bit levels; soft: float32 (size, size) in
+        [0, 1]. Every photo pixel where the pasted soft mask (`paste_mask(soft)`) is 0 keeps the input's value,
+        bit for bit. A new array. The change is warped as 8-bit codes on a per-edit scale (max |change| / 127: at
+        most half a level of error for changes up to 127 levels), together with the soft mask: one warp."""
         out = rgb.copy()
-        pasted = None if mask is None else np.zeros((self.height, self.width), np.float32)
         box = self._support_box(soft)
         if box is None:
-            return out, pasted
+            return out
         x0, y0, x1, y1 = box
-        planes = self._warp_planes([soft] if mask is None else [soft, mask], box)
-        w = planes[0]
-        if mask is not None:
-            pasted[y0:y1, x0:x1] = planes[1] * np.float32(1 / 255)
+        scale = max(float(np.abs(change).max()) / 127.0, 1e-6)
+        codes = np.clip(np.round(change / scale) + 128, 1, 255).astype(np.uint8)
+        warped = self._warp_planes([codes[..., 0], codes[..., 1], codes[..., 2], _levels(soft)], box)
+        w = warped[..., 3]
         rows, cols = np.nonzero(w.any(axis=1))[0], np.nonzero(w.any(axis=0))[0]
         if not len(rows):
-            return out, pasted
+            return out
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        scale = max(float(np.abs(change).max()) / 127.0, 1e-6)
-        code = Image.fromarray(np.clip(np.round(change / scale) + 128, 1, 255).astype(np.uint8), "RGB")
-        d = self._warp_back(code, (x0 + c0, y0 + r0, x0 + c1, y0 + r1)).astype(np.float32)
+        d = warped[r0:r1, c0:c1, :3].astype(np.float32)
         d -= 128.0
         d *= w[r0:r1, c0:c1, None] * np.float32(scale / 255.0)
         patch = out[y0 + r0: y0 + r1, x0 + c0: x0 + c1]
@@ -212,12 +207,12 @@ class FaceCrop:
         np.rint(d, out=d)
         np.clip(d, 0, 255, out=d)
         patch[...] = d
-        return out, pasted
+        return out
 
 
-def _u8(m: np.ndarray) -> Image.Image:
-    """A [0, 1] float plane as an 8-bit PIL image."""
-    return Image.fromarray(np.round(np.clip(m, 0, 1) * 255).astype(np.uint8), "L")
+def _levels(m: np.ndarray) -> np.ndarray:
+    """A [0, 1] float plane in 8-bit levels."""
+    return np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)
 
 
 def feather(mask: np.ndarray, radius: float) -> np.ndarray:

@@ -574,7 +574,7 @@ def finish(edited: np.ndarray, crops: list, masks: np.ndarray | None = None,
                                        .transpose(1, 2, 0)))
             continue
         change = (edited[k] - unedited[k]).transpose(1, 2, 0) * np.float32(127.5)
-        out.append(Image.fromarray(crop.paste_change(rgb, change, feather(masks[k, 0], FEATHER))[0]))
+        out.append(Image.fromarray(crop.paste_change(rgb, change, feather(masks[k, 0], FEATHER))))
     return out
 
 
