@@ -35,13 +35,18 @@ def test_celebamask_hq_release_layout(celeba_release):
     s = ds[0]
     assert s.image.shape == (64, 64, 3) and s.image.dtype == np.uint8
     assert s.masks.shape == (5, 64, 64) and s.labelled.all()
+    img, photo_masks = ds.photo(0)                       # the photo at its own size, masks resized to it
+    assert img.shape == (1024, 1024, 3) and all(m.shape == (1024, 1024) for m in photo_masks.values())
+    from ssae.face import frame_training_image
+    crop = frame_training_image(img, 64)                 # the sample is the face crop of the framing
+    assert np.array_equal(s.image, crop.cut_rgb(img))
     label = np.asarray(Image.open(src / "0.png"))
     names = ("background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
              "mouth", "u_lip", "l_lip", "hair")
     for r, roi in enumerate(ROIS):
         want = np.isin(label, [names.index(p) for p in CELEBA_PARTS[roi]]).astype(np.float32)
-        small = np.asarray(Image.fromarray(want, mode="F").resize((64, 64), Image.BOX))
-        assert np.abs(s.masks[r] - small).max() < 0.05, roi
+        big = np.asarray(Image.fromarray(want, mode="F").resize((1024, 1024), Image.BILINEAR))
+        assert np.abs(s.masks[r] - crop.cut_mask(big)).max() < 0.05, roi
     assert s.masks[ROIS.index("hair")].mean() > 0.05 and s.masks[ROIS.index("skin")].mean() > 0.05
 
 
@@ -57,14 +62,18 @@ def test_lfw_parts_with_derived_masks(tmp_path, lfw_mini):
     plain = LFWParts(lfw, "train", 250)
     withd = LFWParts(lfw, "train", 250, derived)
     assert len(plain) == 24 and len(LFWParts(lfw, "test", 64)) == len((lfw / "test.txt").read_text().split())
-    a, b = plain[0], withd[0]
+    (img, a), (_, b) = plain.photo(0), withd.photo(0)                 # at the photo's resolution
     label = np.asarray(Image.open(lfw / "labels" / f"{name}.png"))
-    assert np.array_equal(a.masks[0] > 0.5, label == 2)             # hair
-    assert np.array_equal(a.masks[1] > 0.5, label == 1)             # skin
-    assert list(a.labelled) == [True, True, False, False, False]
-    assert b.labelled.all()
-    assert b.masks[1][100:150, 100:150].max() == 0                  # skin minus nose/eyes/lips
-    assert np.array_equal(b.masks[1] > 0.5, (label == 1) & (np.asarray(Image.open(derived / "nose" / f"{name}.png")) == 0))
+    assert img.shape == (250, 250, 3)
+    assert np.array_equal(a["hair"] > 0.5, label == 2) and np.array_equal(a["skin"] > 0.5, label == 1)
+    assert a["nose"] is None and all(b[r] is not None for r in ("nose", "eyes", "lips"))
+    assert b["skin"][100:150, 100:150].max() == 0                    # skin minus nose/eyes/lips
+    assert np.array_equal(b["skin"] > 0.5, (label == 1) & (np.asarray(Image.open(derived / "nose" / f"{name}.png")) == 0))
+    sa, sb = plain[0], withd[0]                                     # the samples: the same, framed
+    assert list(sa.labelled) == [True, True, False, False, False] and sb.labelled.all()
+    from ssae.face import frame_training_image
+    crop = frame_training_image(img, 250)
+    assert np.abs(sa.masks[0] - crop.cut_mask(a["hair"])).max() < 1e-5 and np.array_equal(sa.image, crop.cut_rgb(img))
 
 
 def test_folder_layout_and_unlabelled_folder(tmp_path):

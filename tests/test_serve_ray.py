@@ -109,6 +109,8 @@ def test_ray_serve_http_api_status_codes(served, tiny_export):
     url, cfg = served
     face = FACE.read_bytes()
     status, headers, body = raw(url, "GET", "/healthz", token=None)
+    assert status == 200 and json.loads(body) == {"status": "ok"}            # without the token: only "up"
+    status, headers, body = raw(url, "GET", "/healthz")
     h = json.loads(body)
     assert status == 200 and h["status"] == "ok" and h["replica"].startswith("SERVE_REPLICA::ssae#SSAEEditor#")
     status, headers, body = raw(url, "POST", "/edit?roi=hair&seed=3&strength=1.0", face)
@@ -179,12 +181,13 @@ def test_edit_batch_on_ray_data(ray_local, tiny_export, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _faces(src)
     cfg = BatchConfig(rois=("hair",), seeds=(0, 1, 2), model=str(tiny_export), backend="onnxruntime", workers=2,
-                      batch_size=1, cpus_per_worker=0.5, threads=1)
+                      batch_size=1, cpus_per_worker=0.5, threads=1, frame="whole")   # small thumbnails: no face
+    from ssae.serve.batch import job_key
     seen = []
     rep = run_batch(src, out, cfg, progress=lambda d, n, r: seen.append(d))
     assert (rep.inputs, rep.written, rep.skipped, rep.failed) == (4, 9, 0, 1)
     assert seen[-1] == 4 and rep.errors[0]["path"].endswith("broken.png")
-    assert Image.open(out / "c_hair_seed2.png").size == (20, 28)
+    assert Image.open(out / f"c.png_hair_seed2_{job_key(cfg)}.png").size == (20, 28)
     errs = json.loads((out / "edit-batch-errors.json").read_text())
     assert errs["failed"] == 1 and "broken.png" in errs["errors"][0]["path"]
     rep = run_batch(src, out, cfg)                                             # resumable: nothing left to write
