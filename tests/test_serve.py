@@ -681,3 +681,45 @@ def test_export_format_triton_cli(tiny_export, tmp_path, capsys):
                       (("--format", "triton", tmp_path / "r4", "--model", tmp_path / "nothing"), "model not found")]:
         rc, out, err = cli(capsys, "export", *args)
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_edit_batch_collects_any_per_image_failure(tmp_path, tiny_export, monkeypatch):
+    """Out of memory or a runtime error on one photo goes to the error list; the other photos are written."""
+    from ssae.runtime.editor import Editor
+    from ssae.serve.batch import BatchConfig, run_batch
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for n in ("a", "b", "c"):
+        Image.fromarray(face_rgb(150)).save(src / f"{n}.png")
+    real = Editor.edit_many
+    calls = iter([MemoryError(), RuntimeError("kernel exploded"), None])
+
+    def flaky(self, *a, **kw):
+        e = next(calls)
+        if e is not None:
+            raise e
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Editor, "edit_many", flaky)
+    rep = run_batch(src, out, BatchConfig(rois=("lips",), model=str(tiny_export), backend="onnxruntime", local=True))
+    assert (rep.inputs, rep.written, rep.failed) == (3, 1, 2)
+    whys = sorted(e["error"] for e in rep.errors)
+    assert "out of memory" in whys[0] and "kernel exploded" in whys[1]
+
+
+def test_local_server_drops_a_client_that_stops_sending(editor_factory, monkeypatch):
+    import socket as socketlib
+    from ssae.serve import local
+    from ssae.serve.engine import Engine
+    monkeypatch.setattr(local._Handler, "timeout", 0.5)
+    with local.LocalServer(Engine(editor_factory(), cache_mb=16)) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        s = socketlib.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(b"POST /edit?roi=hair HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")  # then silence
+        t0 = time.monotonic()
+        try:
+            data = s.recv(1000)
+        except ConnectionResetError:
+            data = b""
+        s.close()
+        assert time.monotonic() - t0 < 5 and b"200 OK" not in data   # closed by the server, not answered
