@@ -11,6 +11,7 @@ a 640 px one does and allocates at most a quarter of the photo's size.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,7 @@ def _session(name: str):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1          # three tiny networks: one thread beats a pool's wake-ups
+    opts.intra_op_num_threads = 2 if (os.cpu_count() or 1) > 1 else 1  # small networks: a pool of two at most
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
@@ -100,19 +101,18 @@ def _regress(boxes: np.ndarray, reg: np.ndarray, plus_one: bool = True) -> np.nd
 
 
 def _crops(img: np.ndarray, boxes: np.ndarray, side: int) -> np.ndarray:
-    """Integer boxes (inclusive corners) cut with zero padding and resized to side x side: (N, side, side, 3)."""
+    """Integer boxes (inclusive corners) cut with zero padding and resized to side x side: (N, side, side, 3).
+    One zero-padded copy of the (detection-size) image; each box is one PIL resize of a region of it."""
     h, w = img.shape[:2]
-    out = np.empty((len(boxes), side, side, 3), np.float32)
-    for k, (x0, y0, x1, y1) in enumerate(boxes.astype(np.int64)):
-        bw, bh = max(1, x1 - x0 + 1), max(1, y1 - y0 + 1)
-        tile = np.zeros((bh, bw, 3), np.uint8)
-        sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1 + 1), min(h, y1 + 1)
-        if sx1 > sx0 and sy1 > sy0:
-            tile[sy0 - y0: sy1 - y0, sx0 - x0: sx1 - x0] = img[sy0:sy1, sx0:sx1]
-        im = Image.fromarray(tile)
-        out[k] = np.asarray(im.resize((side, side), Image.BOX if min(bw, bh) > side else Image.BILINEAR),
-                            np.float32)
-    return out
+    b = boxes.astype(np.int64)
+    pad = int(max(0, -b[:, :2].min(), (b[:, 2] - w + 1).max(), (b[:, 3] - h + 1).max())) if len(b) else 0
+    src = Image.fromarray(np.pad(img, ((pad, pad), (pad, pad), (0, 0))) if pad else img)
+    out = np.empty((len(b), side, side, 3), np.uint8)
+    for k, (x0, y0, x1, y1) in enumerate(b + pad):
+        small = min(x1 - x0 + 1, y1 - y0 + 1) > side
+        out[k] = np.asarray(src.resize((side, side), Image.BOX if small else Image.BILINEAR,
+                                       box=(x0, y0, max(x1 + 1, x0 + 1), max(y1 + 1, y0 + 1))))
+    return out.astype(np.float32)
 
 
 def _net_input(x: np.ndarray) -> np.ndarray:
