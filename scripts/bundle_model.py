@@ -107,8 +107,9 @@ def write_card(metrics: dict, runs: dict, sae_note: str = "", limitations: str =
 
 The model `ssae.load_pretrained()` and `ssae edit` use by default: SSAE at 128 x 128 px, trained from scratch on
 this project's development machine (2 CPU cores, Intel Xeon with AVX-512 VNNI and AMX, bf16 autocast), on real
-faces from Labeled Faces in the Wild, each cut by the same face framing edits use (`ssae.face`: MTCNN landmarks,
-a similarity crop to the mean LFW landmark positions). It is a small CPU model for out-of-the-box edits, not the
+faces from Labeled Faces in the Wild; its last stage of every component was trained on crops cut by the same face
+framing edits use (`ssae.face`: MTCNN landmarks, a similarity crop to the mean LFW landmark positions; on LFW photos
+the earlier square-padded framing was within a few pixels of it). It is a small CPU model for out-of-the-box edits, not the
 paper's CelebAMask-HQ model: its own output is soft, so edits paste its change onto the photo (the photo keeps its
 detail), and they recolour a region rather than change its fine texture.
 
