@@ -50,7 +50,7 @@ class DetectorConfig:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     short_side: int = 400
     max_side: int = 640
-    scale_step: float = 0.709
+    scale_step: float = 0.5
 
 
 def _session(name: str):
