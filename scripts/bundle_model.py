@@ -93,6 +93,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def stage_steps(summary: dict) -> str:
+    """"2500 steps, then 800" for a component trained in stages."""
+    steps = [str(st["steps"]) for st in summary.get("stages") or [summary]]
+    return " steps, then ".join(steps) + " steps"
+
+
 def write_card(metrics: dict, runs: dict, sae_note: str = "", limitations: str = "") -> None:
     iou, loc, ch = metrics["smpn_iou"], metrics["locality_ratio"], metrics["change_inside_8bit"]
     rec = metrics["reconstruction"]
@@ -127,8 +133,9 @@ detail), and they recolour a region rather than change its fine texture.
 {comp}
 
 SAE: {sae_note or "Park et al.'s objective (L1, non-saturating GAN on reconstructions and swaps, patch co-occurrence GAN, lazy R1; Adam 0.002, betas (0, 0.99)) after an L1-only warm-up."}
-SMPN: BCE (Eq. 3) + soft Dice, AdamW, cosine schedule. RB: Eq. 5 (L1 outside the ROI + ROI discriminator), on
-edits of the bundled SAE.
+SMPN: BCE (Eq. 3) + soft Dice, AdamW, cosine schedule ({stage_steps(runs["smpn"])}). RB: Eq. 5 (L1 outside the
+ROI + ROI discriminator), on edits of the bundled SAE ({stage_steps(runs["rb"])}). Stages and their compute
+minutes: `training.json`.
 
 ## Metrics (LFW test split)
 At the photos' own resolution (250 px), through face detection, the crop and the paste back (`ssae edit`'s
