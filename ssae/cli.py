@@ -142,11 +142,12 @@ def _grid_args(p):
 
 @command("grid", _grid_args)
 def _grid(args: argparse.Namespace) -> int:
-    """Picture: faces x (input, predicted masks, one edit per ROI)."""
+    """Picture in model space: face crops x (crop, predicted masks, one edit per ROI)."""
     import numpy as np
 
     from .data.layouts import read_rgb
-    from .data.transforms import SquareFit, to_model_tensor
+    from .data.transforms import to_model_tensor
+    from .face import frame_training_image
     from .fileio import atomic_write
     from .figures import edit_grid
     from .pretrained import load_pretrained
@@ -159,7 +160,7 @@ def _grid(args: argparse.Namespace) -> int:
             img = read_rgb(p)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
             raise UserError(f"cannot read image {p}: {e}") from None
-        imgs.append(SquareFit(img.shape[0], img.shape[1], s).forward_rgb(img))
+        imgs.append(frame_training_image(img, s).cut_rgb(img))   # the face crop (else the whole frame)
     grid = edit_grid(model, to_model_tensor(np.stack(imgs)), seed=args.seed, strength=args.strength)
     atomic_write(args.output, lambda tmp: grid.save(tmp, format="PNG"))
     print(args.output)
