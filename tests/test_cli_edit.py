@@ -193,3 +193,11 @@ def test_every_failure_is_one_line_exit_2_and_writes_nothing(tmp_path, tiny_ckpt
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert r.returncode == 2 and len(lines) == 1 and want in lines[0], r.stderr
     assert not out.exists() and not list(tmp_path.glob("*.png")) and not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_grid_writes_the_model_space_picture(tmp_path, tiny_ckpt, face_path):
+    out = tmp_path / "grid.png"
+    r = ssae("grid", face_path, face_path, "--model", tiny_ckpt, "-o", out)
+    assert r.returncode == 0, r.stderr
+    w, h = Image.open(out).size
+    assert h >= 2 * 32 and w >= 7 * 32          # two face crops x (crop, masks, five edits) at the tiny model's size
