@@ -52,8 +52,16 @@ OUTPUTS = ("photo", "raw")
 FRAMES = ("face", "whole")
 #: faces="largest": the largest face found; "all": every face found.
 FACES = ("largest", "all")
+#: The choices of an edit's string parameters (`choice_problem` checks them for every caller).
+CHOICES = {"noise": NOISE_MODES, "output": OUTPUTS, "frame": FRAMES, "faces": FACES}
 #: Feathering of the region mask for the paste, in crop pixels (Gaussian sigma).
 FEATHER = 1.5
+
+
+def choice_problem(name: str, value) -> str | None:
+    """None when `value` is one of the choices of edit parameter `name` (`CHOICES`), else the one-line reason."""
+    ok = CHOICES[name]
+    return None if value in ok else f"{name} must be one of {', '.join(ok)}, got {value!r}"
 
 
 class FaceNotFoundError(ImageError):
@@ -119,7 +127,7 @@ class _Encoded:
     skip: np.ndarray | None = None
     rows: tuple | None = None        # (h, skip) as row tables for the sparse tail (`kernels.sparse_tail.to_rows`)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
-    base_refined: dict = field(default_factory=dict)  # (roi, mask hash[, "full"]) -> RB of `base` on the window
+    base_refined: dict = field(default_factory=dict)  # (roi, mask hash, window) or (roi, "chain") -> RB of `base`
 
 
 @dataclass
@@ -393,14 +401,19 @@ class Editor:
             raise ParamError(f"strength must be a finite number, got {strength}")
         if noise not in NOISE_MODES:
             raise ParamError(f"unknown noise mode {noise!r} (region or pixel)")
-        for name, v, ok in (("output", output, OUTPUTS), ("frame", frame, FRAMES), ("faces", faces, FACES)):
-            if v not in ok:
-                raise ParamError(f"unknown {name} {v!r} (choose from {', '.join(ok)})")
+        self._check_choices(output=output, frame=frame, faces=faces)
         if reference is not None and noise != "region":
             raise ParamError("a reference edit takes the reference's texture code for the whole region: "
                              "use noise='region'")
         if output == "raw" and faces == "all":
             raise ParamError("output='raw' returns one crop: use faces='largest'")
+
+    @staticmethod
+    def _check_choices(**values) -> None:
+        for name, v in values.items():
+            why = choice_problem(name, v)
+            if why:
+                raise ParamError(why)
 
     def _roi_index(self, roi: str) -> int:
         if roi not in self.rois:
@@ -418,7 +431,7 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- API
     def masks(self, image, frame: str = "face", faces: str = "largest") -> dict[str, np.ndarray]:
         """Soft masks (float32 in [0, 1]) per ROI at the photo's size (faces="all": the union over faces)."""
-        self._check_params(self.rois[0], 1.0, "region", "photo", frame, faces)
+        self._check_choices(frame=frame, faces=faces)
         ph = self._photo(image, frame, {})
         out = {r: np.zeros(ph.rgb.shape[:2], np.float32) for r in self.rois}
         for enc in ph.crops[: None if faces == "all" else 1]:
@@ -482,14 +495,13 @@ class Editor:
         image = ph.rgb
         pasted: list[tuple[FaceCrop, np.ndarray]] = []   # (crop, mask) of each face, for the photo-size mask
         raw = None
+        chained = self.backend.chains_on_device and user_mask is None and ref_texture is None and p.noise == "region"
         for enc in crops:
             if user_mask is not None:
                 m = self._user_mask(user_mask, ph.rgb, enc)
             else:
                 self._predict_masks(enc, [p.roi], timings)
                 m = enc.masks.get(p.roi)
-            chained = (self.backend.chains_on_device and user_mask is None and ref_texture is None
-                       and p.noise == "region")
             if chained:
                 parts = self._edit_chained(enc, p.roi, p.seed, p.strength, timings)
                 m = enc.masks[p.roi]

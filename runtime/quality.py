@@ -20,22 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..data.layouts import IMAGE_EXTS
+from ..face.framing import gaussian_blur
 from .editor import Editor, FaceNotFoundError
 from .images import load_image
 
 PSNR_CAP = 99.0
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def _gauss(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a 2-D float array (edges replicated)."""
-    r = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(np.float32)
-    p = np.pad(a, r, mode="edge")
-    out = sum(k[i] * p[i: i + a.shape[0], r: r + a.shape[1]] for i in range(2 * r + 1))
-    p = np.pad(out, ((0, 0), (r, r)), mode="edge")
-    return sum(k[j] * p[:, j: j + a.shape[1]] for j in range(2 * r + 1))
 
 
 def _dilate(m: np.ndarray, radius: int) -> np.ndarray:
@@ -66,7 +56,7 @@ def photo_metrics(src: np.ndarray, out: np.ndarray, mask: np.ndarray) -> dict[st
     if region.sum() >= 16:
         sigma = max(1.0, side / 256)
         ga, gb = a.mean(-1), b.mean(-1)
-        ha, hb = (ga - _gauss(ga, sigma))[region], (gb - _gauss(gb, sigma))[region]
+        ha, hb = (ga - gaussian_blur(ga, sigma, "edge"))[region], (gb - gaussian_blur(gb, sigma, "edge"))[region]
         ha, hb = ha - ha.mean(), hb - hb.mean()
         den = float(np.sqrt((ha ** 2).sum() * (hb ** 2).sum()))
         res["detail"] = float((ha * hb).sum() / den) if den > 0 else 1.0

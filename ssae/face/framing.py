@@ -215,18 +215,24 @@ def _levels(m: np.ndarray) -> np.ndarray:
     return np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)
 
 
+def gaussian_blur(a: np.ndarray, sigma: float, mode: str = "constant") -> np.ndarray:
+    """Separable Gaussian blur (sigma in pixels, 3 sigma support) of a 2-D float array; beyond its edges the
+    array is padded with `mode` (numpy.pad: "constant" for zeros, "edge" to replicate)."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k = (k / k.sum()).astype(np.float32)
+    p = np.pad(a, ((r, r), (0, 0)), mode=mode)
+    out = sum(k[i] * p[i: i + a.shape[0]] for i in range(2 * r + 1))
+    p = np.pad(out, ((0, 0), (r, r)), mode=mode)
+    return sum(k[j] * p[:, j: j + a.shape[1]] for j in range(2 * r + 1))
+
+
 def feather(mask: np.ndarray, radius: float) -> np.ndarray:
     """A soft crop mask for compositing: the mask, blurred by a Gaussian of `radius` crop pixels, never below the
     mask itself (so the region is fully edited) and exactly 0 where the blur is below half an 8-bit level."""
     m = np.clip(np.asarray(mask, np.float32), 0, 1)
     if radius <= 0:
         return m
-    r = int(np.ceil(3 * radius))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / radius) ** 2)
-    k = (k / k.sum()).astype(np.float32)
-    p = np.pad(m, r)
-    blur = sum(k[i] * p[i: i + m.shape[0]] for i in range(2 * r + 1))
-    blur = sum(k[j] * blur[:, j: j + m.shape[1]] for j in range(2 * r + 1))
-    soft = np.maximum(blur, m)
+    soft = np.maximum(gaussian_blur(m, radius), m)
     soft[soft < 0.5 / 255] = 0.0
     return soft

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.images import ImageError, load_image
-from ..runtime.editor import FACES, FRAMES, NOISE_MODES, OUTPUTS, EditParams
+from ..runtime.editor import EditParams, choice_problem
 
 #: Environment variable holding the bearer token a server requires (unset or empty: no authentication).
 TOKEN_ENV = "SSAE_TOKEN"
@@ -202,18 +202,14 @@ def parse_edit_params(query: Mapping[str, Sequence[str]], rois: Sequence[str]) -
         raise ApiError(400, f"strength must be a finite number, got {_one(query, 'strength')!r}")
     if abs(strength) > MAX_STRENGTH:
         raise ApiError(400, f"strength must be in [-{MAX_STRENGTH:g}, {MAX_STRENGTH:g}], got {strength:g}")
-    noise = _one(query, "noise")
-    noise = "region" if noise is None else noise
-    if noise not in NOISE_MODES:
-        raise ApiError(400, f"noise must be one of {', '.join(NOISE_MODES)}, got {noise!r}")
     choice = {}
-    for name, default, ok in (("output", "photo", OUTPUTS), ("frame", "face", FRAMES), ("faces", "largest", FACES)):
+    for name, default in (("noise", "region"), ("output", "photo"), ("frame", "face"), ("faces", "largest")):
         v = _one(query, name)
-        v = default if v is None else v
-        if v not in ok:
-            raise ApiError(400, f"{name} must be one of {', '.join(ok)}, got {v!r}")
-        choice[name] = v
-    return EditParams(roi, seed, strength, noise, **choice)
+        choice[name] = default if v is None else v
+        why = choice_problem(name, choice[name])
+        if why:
+            raise ApiError(400, why)
+    return EditParams(roi, seed, strength, **choice)
 
 
 def decode_image(body: bytes) -> np.ndarray:

@@ -154,13 +154,13 @@ class BatchConfig:
     local: bool = False            # no Ray: run the worker in this process
 
     def validate(self) -> "BatchConfig":
-        from ..runtime.editor import FACES, FRAMES, NOISE_MODES, OUTPUTS
+        from ..runtime.editor import choice_problem
         if not self.rois or not self.seeds:
             raise BatchError("need at least one ROI and one seed")
-        for name, v, ok in (("noise", self.noise, NOISE_MODES), ("output", self.output, OUTPUTS),
-                            ("frame", self.frame, FRAMES), ("faces", self.faces, FACES)):
-            if v not in ok:
-                raise BatchError(f"{name} must be one of {', '.join(ok)}")
+        for name in ("noise", "output", "frame", "faces"):
+            why = choice_problem(name, getattr(self, name))
+            if why:
+                raise BatchError(why)
         if self.reference is not None and not os.path.isfile(self.reference):
             raise BatchError(f"reference image not found: {self.reference}")
         if not np.isfinite(self.strength):
