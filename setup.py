@@ -11,18 +11,16 @@ from setuptools import setup
 ROOT = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "ssae" / "__init__.py").read_text()).group(1)
 
-PACKAGE_DIRS = {
-    "ssae": "ssae",
-    "ssae.models": "ssae/models",
-    "ssae.data": "ssae/data",
-    "ssae.train": "ssae/train",
-    "ssae.profiling": "ssae/profiling",
-    "ssae.serve": "ssae/serve",
-    "ssae.export": "export",
-    "ssae.runtime": "runtime",
-    "ssae.kernels": "kernels",
-    "ssae.calibration": "calibration",
-}
+#: Package folder of every package: the core `ssae/` and the root folders mapped into its namespace.
+ROOT_FOLDERS = {"ssae": "ssae", "ssae.kernels": "kernels", "ssae.export": "export", "ssae.runtime": "runtime",
+                "ssae.calibration": "calibration"}
+PACKAGE_DIRS = {}
+for _pkg, _folder in ROOT_FOLDERS.items():
+    for _init in sorted((ROOT / _folder).rglob("__init__.py")):
+        _rel = _init.parent.relative_to(ROOT / _folder).parts
+        if _pkg == "ssae" and _rel and _rel[0] in ("kernels", "export", "runtime", "calibration"):
+            continue
+        PACKAGE_DIRS[".".join((_pkg, *_rel))] = "/".join((_folder, *_rel))
 
 setup(
     name="ssae",

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ssae.face import shared_detector
-from ssae.profiling.bench import machine_info
+from ssae.runtime.profiling.bench import machine_info
 from ssae.runtime import Editor
 from ssae.runtime.images import load_image
 

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from ssae.profiling.bench import machine_info, save_json
+from ssae.runtime.profiling.bench import machine_info, save_json
 from ssae.pretrained import ASSETS
 from ssae.runtime import BackendError, Editor
 

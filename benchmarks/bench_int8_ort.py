@@ -32,7 +32,7 @@ def bench_folder(folder: Path, repeats: int) -> dict:
     from PIL import Image
 
     from ssae.calibration.int8 import stage_feeds
-    from ssae.profiling.stats import time_call
+    from ssae.runtime.profiling.stats import time_call
     from ssae.runtime.onnx_backends import OrtBackend
 
     cpu = ["CPUExecutionProvider"]
@@ -74,7 +74,7 @@ def bench_folder(folder: Path, repeats: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from ssae.profiling.bench import machine_info
+    from ssae.runtime.profiling.bench import machine_info
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("folders", nargs="+", type=Path)

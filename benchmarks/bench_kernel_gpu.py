@@ -1,7 +1,7 @@
 """The fused masked modulated conv kernel vs the unfused torch formulation, on a CUDA GPU.
 
 Shape: the injection layer of the paper's 256 px model (`paper256`: the last 3x3 StyledConv before ToRGB, read
-from the generator), batch 1 and 4, FP32 and FP16. "unfused" is `kernels/reference.py:masked_modconv` run on CUDA
+from the generator), batch 1 and 4, FP32 and FP16. "unfused" is `ssae/models/injection.py:masked_modconv` run on CUDA
 tensors: cuDNN conv (cudnn.benchmark on) plus the elementwise style/noise/activation ops, as the torch backend
 runs the layer; for FP32 TF32 is off (the fused kernel computes in true FP32), with a TF32 row for context.
 Pixel mode: fused (noise generated in the kernel) vs the Philox kernel writing z + the unfused reference.
@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_gpu import captured, timed_ms  # noqa: E402
 
 from ssae.kernels import cuda as kc
-from ssae.kernels import philox, reference
-from ssae.profiling.bench import source_revision
+from ssae import philox
+from ssae.models import injection as reference
+from ssae.runtime.profiling.bench import source_revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CUDA = torch.device("cuda")
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
                   torch=torch.__version__, cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                   python=platform.python_version(),
                   layer=shape, loader=type(kc.load_module()).__name__, reps=args.reps,
-                  note="unfused = kernels/reference.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "
+                  note="unfused = ssae/models/injection.py on CUDA (cuDNN conv + elementwise); FP32 without TF32 "
                        "(unfused_tf32: with)", results=rows)
     print(f"{props.name} (sm_{props.major}{props.minor}), layer {shape['layer']}: Cin {shape['cin']}, "
           f"Cout {shape['cout']}, {shape['h']}x{shape['w']}; median ms of {args.reps}")

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.edits, args.roi)))
         return 0
 
-    from ssae.profiling.bench import machine_info
+    from ssae.runtime.profiling.bench import machine_info
     from ssae.runtime.registry import export_dir_for, resolve_model
 
     folders = [str(export_dir_for(resolve_model(args.model)))] + [str(f) for f in args.int8]

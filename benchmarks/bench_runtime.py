@@ -33,8 +33,8 @@ import torch
 
 from ssae.export.onnx_export import example_inputs
 from ssae.export.stages import stage_specs
-from ssae.profiling.bench import machine_info, save_json
-from ssae.profiling.stats import time_call
+from ssae.runtime.profiling.bench import machine_info, save_json
+from ssae.runtime.profiling.stats import time_call
 from ssae.models.official import OfficialEncoder, OfficialGenerator, use_native_blur
 from ssae.runtime.backend import BackendError
 from ssae.runtime.registry import create_backend, load_torch_model, resolve_model

@@ -4,7 +4,7 @@ For each model (default: the paper's 256 px config with random weights, and the 
 - "device chain": the stage modules (`export/stages.py`) chained on the GPU with tensors that never leave it:
   full edit = single-ROI SMPN -> SAE encoder -> decoder prefix -> edit tail -> RB; re-edit = edit tail -> RB on
   the cached prefix outputs. Variants: fp32 / fp16 weights and activations, the injection layer unfused
-  (cuDNN conv + elementwise, `kernels/reference.py`) or fused (`masked_modconv.cu`), launched eagerly or replayed
+  (cuDNN conv + elementwise, `ssae/models/injection.py`) or fused (`masked_modconv.cu`), launched eagerly or replayed
   from one captured CUDA graph. fp32 runs without TF32. The fused output is checked against the unfused one.
 - "Editor": `Editor.edit` through `TorchBackend(device="cuda")` in fp32 and fp16 (`torch-fp16`), full edit (empty
   cache) and cached re-edit, with single region edits handed to the backend's device chain (CUDA graphs; the
@@ -34,7 +34,7 @@ import torch
 
 from ssae.export.stages import build_stages, stage_specs
 from ssae.kernels import cuda as kc
-from ssae.profiling.bench import source_revision
+from ssae.runtime.profiling.bench import source_revision
 from ssae.kernels.ops import use_fused_op
 from ssae.runtime.registry import load_torch_model, resolve_model
 

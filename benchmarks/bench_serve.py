@@ -2,7 +2,7 @@
 dynamic batching on and off, and a run in which a replica is killed mid-run (Serve restarts it; clients retry).
 
 Each configuration sends a fixed number of edit requests from N concurrent clients (threads, each with its own
-`ssae.serve.Client`) and stops at that count or at its time limit, whichever comes first; the script then shuts
+`ssae.runtime.serve.Client`) and stops at that count or at its time limit, whichever comes first; the script then shuts
 Ray down by itself. The workload re-edits a small pool of distinct faces (derived from the bundled example face:
 crops, flips, sizes) with new seeds and alternating ROIs, as users re-editing their photographs do: after the first
 request per face and replica, the encode cache serves SMPN, encoder and decoder prefix.
@@ -61,7 +61,7 @@ def percentile(xs: list[float], q: float) -> float | None:
 
 
 def wait_for_replicas(n: int, app: str, timeout: float = 180.0) -> None:
-    from ssae.serve.deployment import replica_actor_names
+    from ssae.runtime.serve.deployment import replica_actor_names
     t0 = time.time()
     while len(replica_actor_names(app)) != n:
         if time.time() - t0 > timeout:
@@ -73,8 +73,8 @@ def run_load(url: str, token: str | None, faces: list[bytes], requests: int, cli
              kill_after: int | None = None, app: str = "ssae") -> dict:
     """Send `requests` edits from `clients` threads (or until `time_limit`); optionally kill a replica once
     `kill_after` requests have completed."""
-    from ssae.serve import Client, ServeError
-    from ssae.serve.deployment import kill_replica, replica_actor_names
+    from ssae.runtime.serve import Client, ServeError
+    from ssae.runtime.serve.deployment import kill_replica, replica_actor_names
 
     lock = threading.Lock()
     state = {"next": 0, "done": 0, "failed": 0}
@@ -172,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     from ray import serve
 
     from ssae.fileio import atomic_write
-    from ssae.profiling.bench import machine_info
-    from ssae.serve.deployment import ServeConfig, build_app
-    from ssae.serve.engine import prepare_model
+    from ssae.runtime.profiling.bench import machine_info
+    from ssae.runtime.serve.deployment import ServeConfig, build_app
+    from ssae.runtime.serve.engine import prepare_model
 
     # the whole script stops by itself: a watchdog ends it if something hangs (e.g. replicas never placed)
     total = args.total_limit or 5 * (args.time_limit * 2 + 240)

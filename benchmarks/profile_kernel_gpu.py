@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel_gpu import injection_layer_shape, make_inputs  # noqa: E402
 
 from ssae.kernels import cuda as kc  # noqa: E402
-from ssae.kernels import philox  # noqa: E402
+from ssae import philox  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..metrics import iou_counts, psnr, ssim
+from ssae.metrics import iou_counts, psnr, ssim
 
 ROI_SEED = 0
 
@@ -83,7 +83,7 @@ def compare_variant(reference, variant, images: np.ndarray, labels: np.ndarray, 
 
     images: (N, S, S, 3) uint8 at the model size; labels: (N, R, S, S) uint8 (x255); labelled: (N, R) bool.
     """
-    from ..runtime.editor import Editor
+    from ssae.runtime.editor import Editor
 
     e_ref, e_var = Editor(reference, _manifest(reference)), Editor(variant, _manifest(variant))
     rois = e_ref.rois
@@ -121,7 +121,7 @@ def compare_variant(reference, variant, images: np.ndarray, labels: np.ndarray, 
 
 
 def _manifest(backend) -> dict:
-    from ..runtime.editor import _manifest_of
+    from ssae.runtime.editor import _manifest_of
     return _manifest_of(backend)
 
 

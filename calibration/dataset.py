@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SSAEError
-from ..fileio import atomic_write
+from ssae.errors import SSAEError
+from ssae.fileio import atomic_write
 
 FORMAT = "ssae-calibration-set/1"
 
@@ -55,7 +55,7 @@ class CalibrationSet:
     @classmethod
     def from_dataset(cls, ds, count: int, source: str) -> "CalibrationSet":
         """The first `count` samples (in the loader's sorted order) of a `ssae.data` loader."""
-        from ..data.memory import MemoryDataset
+        from ssae.data.memory import MemoryDataset
 
         if count < 1:
             raise CalibrationSetError("a calibration set needs at least one image")
@@ -71,13 +71,13 @@ class CalibrationSet:
     @classmethod
     def from_lfw(cls, root: str | os.PathLike, size: int, count: int = 200, split: str = "train") -> "CalibrationSet":
         """LFW Part Labels faces (default: the train split; the test split is for evaluation only)."""
-        from ..data.layouts import LFWParts
+        from ssae.data.layouts import LFWParts
         return cls.from_dataset(LFWParts(root, split, size), count, str(root))
 
     @classmethod
     def from_folder(cls, root: str | os.PathLike, size: int, count: int = 200) -> "CalibrationSet":
         """Any folder of face images (recursively), fitted to the model size like the runtime does."""
-        from ..data.layouts import ImageFolder
+        from ssae.data.layouts import ImageFolder
         ds = ImageFolder(root, size)
         if not ds.names:
             raise CalibrationSetError(f"no images found under {root}")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.precision_plan import PrecisionPlan
+from ssae.export.precision_plan import PrecisionPlan
 
 FP16_MAX = 65504.0
 ROUND_SUFFIX = "__unrounded"
@@ -236,7 +236,7 @@ def make_plan(export_dir: str | os.PathLike, feeds: dict[str, list[dict[str, np.
     """A precision plan for every runnable graph of an fp32 export (`feeds`: calibration feeds per stage)."""
     import onnx
 
-    from ..export.onnx_export import read_manifest
+    from ssae.export.onnx_export import read_manifest
 
     src = Path(export_dir)
     man = read_manifest(src)
@@ -269,8 +269,8 @@ def write_simulated_export(export_dir: str | os.PathLike, out_dir: str | os.Path
 
     import onnx
 
-    from ..export.onnx_export import MANIFEST, read_manifest, sha256_file
-    from ..fileio import atomic_write
+    from ssae.export.onnx_export import MANIFEST, read_manifest, sha256_file
+    from ssae.fileio import atomic_write
 
     src, out = Path(export_dir), Path(out_dir)
     man = read_manifest(src)

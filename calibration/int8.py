@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.onnx_export import read_manifest, sha256_file
-from ..fileio import atomic_write
+from ssae.export.onnx_export import read_manifest, sha256_file
+from ssae.fileio import atomic_write
 
 METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("s8", "u8")
@@ -100,8 +100,8 @@ def data_reader(feeds: list[dict[str, np.ndarray]]):
 def stage_feeds(export_dir: str | os.PathLike, images: np.ndarray, roi: str = "hair", seed: int = 0) -> dict:
     """Calibration feeds of every stage from uint8 images (N, S, S, 3): each stage gets the fp32 outputs of the
     stages before it (one feed per image; `Editor.stage_feeds`)."""
-    from ..runtime.editor import Editor
-    from ..runtime.onnx_backends import OrtBackend
+    from ssae.runtime.editor import Editor
+    from ssae.runtime.onnx_backends import OrtBackend
 
     be = OrtBackend(export_dir)
     ed = Editor(be, be.manifest, cache_size=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.onnx_export import read_manifest
+from ssae.export.onnx_export import read_manifest
 from .int8 import Int8Config, quantize_export
 
 
@@ -34,9 +34,9 @@ def edit_psnr(fp32_dir, quant_dir, images: np.ndarray, roi: str = "hair") -> flo
     """Mean PSNR (dB) of full edits (new image, one seed per face) with the quantized export against fp32, on ORT."""
     import torch
 
-    from ..metrics import psnr
-    from ..runtime.editor import Editor
-    from ..runtime.onnx_backends import OrtBackend
+    from ssae.metrics import psnr
+    from ssae.runtime.editor import Editor
+    from ssae.runtime.onnx_backends import OrtBackend
 
     a, b = OrtBackend(fp32_dir), OrtBackend(quant_dir)
     ea, eb = Editor(a, a.manifest, cache_size=1), Editor(b, b.manifest, cache_size=1)

@@ -19,8 +19,8 @@ def stage_speeds(fp32_dir: str | os.PathLike, quant_dir: str | os.PathLike, feed
                  threads: int = 0) -> dict[str, dict[str, float]]:
     """{stage: {"fp32_ms", "int8_ms", "speedup"}} for every stage the quantized export holds in int8, each timed on
     its first feed on the runtime's ONNX Runtime CPU backend, fp32 and int8 alternating (one warm-up run each)."""
-    from ..profiling.stats import time_call
-    from ..runtime.onnx_backends import OrtBackend
+    from ssae.runtime.profiling.stats import time_call
+    from ssae.runtime.onnx_backends import OrtBackend
 
     cpu = ["CPUExecutionProvider"]
     fp, q = OrtBackend(fp32_dir, providers=cpu, threads=threads), OrtBackend(quant_dir, providers=cpu, threads=threads)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ssae.fileio import atomic_write
 from .dataset import CalibrationSet
 
 PRECISIONS = ("fp16", "bf16", "int8")
@@ -59,8 +59,8 @@ class TestSet:
 
 def _sets(cfg: CalibrateConfig, size: int, log) -> tuple[CalibrationSet, TestSet]:
     """The calibration set and the test faces (LFW: its test split, labelled; a folder: its last images)."""
-    from ..data.layouts import LFWParts
-    from ..data.memory import MemoryDataset
+    from ssae.data.layouts import LFWParts
+    from ssae.data.memory import MemoryDataset
 
     if cfg.calibration_set:
         cs = CalibrationSet.load(cfg.calibration_set)
@@ -91,8 +91,8 @@ def _sets(cfg: CalibrateConfig, size: int, log) -> tuple[CalibrationSet, TestSet
 
 
 def _report_rows(fp32_dir: Path, variants, ts: TestSet, log) -> dict:
-    from ..runtime.backend import BackendError
-    from ..runtime.onnx_backends import OrtBackend
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.onnx_backends import OrtBackend
     from .accuracy import compare_variant
 
     ref = OrtBackend(fp32_dir)
@@ -120,9 +120,9 @@ def _summary(rows: dict, order) -> dict:
 
 def calibrate(cfg: CalibrateConfig, log=None) -> dict:
     """Run the whole calibration; returns the report (also written as report.json / report.md)."""
-    from ..export.onnx_export import read_manifest
-    from ..profiling.bench import machine_info
-    from ..runtime.registry import export_dir_for, load_torch_model, resolve_model
+    from ssae.export.onnx_export import read_manifest
+    from ssae.runtime.profiling.bench import machine_info
+    from ssae.runtime.registry import export_dir_for, load_torch_model, resolve_model
     from .accuracy import Variant, markdown_report
     from .int8 import stage_feeds
 
@@ -173,7 +173,7 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
                 if b == "simulated":
                     variants.append(_onnx_variant(prec, b, sim_dir))
                 elif prec == "fp16" and b == "onnxruntime":
-                    from ..export import fp16
+                    from ssae.export import fp16
                     fp16.write_export(fp32_dir, out / "fp16", plan=plan, precision="fp16")
                     variants.append(_onnx_variant(prec, b, out / "fp16"))
                 elif prec == "bf16" and b == "openvino":
@@ -225,17 +225,17 @@ def _onnx_variant(prec: str, backend: str, folder: Path):
     from .accuracy import Variant
     if backend == "openvino":
         return Variant(prec, backend, lambda: _openvino(folder, "fp32"))  # int8 kernels come from the QDQ graph
-    from ..runtime.onnx_backends import OrtBackend
+    from ssae.runtime.onnx_backends import OrtBackend
     return Variant(prec, backend, lambda: OrtBackend(folder))
 
 
 def _openvino(folder, precision: str):
-    from ..runtime.onnx_backends import OpenVINOBackend
+    from ssae.runtime.onnx_backends import OpenVINOBackend
     return OpenVINOBackend(folder, precision=precision)
 
 
 def _torch_bf16(model):
-    from ..runtime.torch_backend import TorchBackend
+    from ssae.runtime.torch_backend import TorchBackend
     return TorchBackend(model, "cpu", "bf16")
 
 

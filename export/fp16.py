@@ -33,7 +33,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..fileio import atomic_write
+from ssae.fileio import atomic_write
 from .precision_plan import PrecisionPlan
 
 FP32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}  # (op type, input index): ONNX defines only tensor(float)
@@ -333,7 +333,7 @@ def check_model(model) -> None:
     """onnx.checker full check + strict shape inference with type checking (raises on failure)."""
     import onnx
 
-    from ..kernels import ops as fused_ops
+    from ssae.kernels import ops as fused_ops
     if any(n.domain == fused_ops.PLUGIN_NAMESPACE for n in model.graph.node):
         fused_ops.onnx_schema()  # the custom node's schema (float or float16)
     onnx.checker.check_model(model, full_check=True)

@@ -21,10 +21,10 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..errors import SSAEError
-from ..fileio import atomic_write, read_json
-from ..kernels import ops as fused_ops
-from ..models.ssae_model import SSAE
+from ssae.errors import SSAEError
+from ssae.fileio import atomic_write, read_json
+from ssae.kernels import ops as fused_ops
+from ssae.models.ssae_model import SSAE
 from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
 
 MANIFEST = "manifest.json"

@@ -18,8 +18,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import SSAEError
-from ..fileio import atomic_write, read_json
+from ssae.errors import SSAEError
+from ssae.fileio import atomic_write, read_json
 
 FORMAT = "ssae-precision-plan/1"
 PRECISIONS = ("fp16", "bf16")

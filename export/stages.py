@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..kernels import sparse_tail
-from ..models.ops import SQRT2, l2_normalize
-from ..models.sae import LayerEdit, StyleEdit
-from ..models.ssae_model import SSAE
+from ssae.kernels import sparse_tail
+from ssae.models.ops import SQRT2, l2_normalize
+from ssae.models.sae import LayerEdit, StyleEdit
+from ssae.models.ssae_model import SSAE
 
 NOISE_SEED = 0
 
@@ -94,7 +94,7 @@ class DecoderEditStage(nn.Module):
     """h, skip, texture, mask (B,1,H,W), noise, strength (B,) [, xi (1,1,H,W)] -> image (B,3,H,W).
 
     Region mode: noise is the texture-code direction n (B, D). Pixel mode: noise is z (B, H, W, Cin) for the
-    (single) injection layer, drawn by the caller from the seed with `ssae.kernels.philox`.
+    (single) injection layer, drawn by the caller from the seed with `ssae.philox`.
     When the generator's tail is local (`Generator.tail_is_local`, the default), the tail's noise-injection map
     `xi` is an input and H, W may be any crop of the full image: the runtime re-edits only the ROI's window.
     """

@@ -38,8 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..errors import SSAEError
-from ..fileio import atomic_write, read_json
+from ssae.errors import SSAEError
+from ssae.fileio import atomic_write, read_json
 from .precision_plan import PrecisionPlan
 
 INDEX = "tensorrt.json"
@@ -170,8 +170,8 @@ def kernel_digest(plugin: str) -> str:
     runs the kernel compiled at run time; the standard graph has none)."""
     if plugin != "aot":
         return ""
-    from ..kernels import cuda as kcuda
-    from ..kernels import trt_plugin
+    from ssae.kernels import cuda as kcuda
+    from ssae.kernels import trt_plugin
     h = hashlib.sha256(trt_plugin.kernel_ptx())
     nvcc = kcuda.find_nvcc()
     h.update((kcuda.nvcc_version(nvcc) if nvcc else "no nvcc").encode())
@@ -342,7 +342,7 @@ def plugin_modes(requested: str, available: dict | None = None) -> list[str]:
         return ["none"]
     why = {}
     if available is None:
-        from ..kernels import trt_plugin
+        from ssae.kernels import trt_plugin
         available, why = trt_plugin.availability()
     if requested == "auto":
         return [m for m in ("aot", "jit") if available.get(m)] + ["none"]
@@ -365,7 +365,7 @@ def _model_bytes(path: Path, plugin_mode: str) -> bytes:
     import onnx
     from onnx import helper
 
-    from ..kernels import ops as fused_ops
+    from ssae.kernels import ops as fused_ops
     m = onnx.load(str(path))
     for n in m.graph.node:
         if n.domain == fused_ops.PLUGIN_NAMESPACE and n.op_type == fused_ops.PLUGIN_NAME:
@@ -484,7 +484,7 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
     size = int(man["model_config"]["image_size"])
     modes = plugin_modes(opts.plugin) if "sae_decoder_edit_plugin" in man["stages"] else ["none"]
     if modes[0] != "none":
-        from ..kernels import trt_plugin
+        from ssae.kernels import trt_plugin
         try:
             trt_plugin.register_plugin()  # before parsing: the ONNX parser looks the creator up by name/namespace
         except trt_plugin.PluginUnavailable as e:
@@ -548,7 +548,7 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
                     blob = build_engine(_model_bytes(path, mode), shapes, timing, opts, mode, name=path.name)
                     break
                 except Exception as e:  # noqa: BLE001 - TensorRT and the plugin raise many types
-                    from ..kernels.trt_plugin import PluginUnavailable
+                    from ssae.kernels.trt_plugin import PluginUnavailable
                     if k + 1 == len(plans):
                         if isinstance(e, (BuildError, PluginUnavailable)):
                             raise BuildError(f"{stage}: {str(e).splitlines()[0]}") from None

@@ -28,7 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 # ==================================================================================================== 1. launch ABI
 
@@ -128,7 +128,7 @@ def to_int32(v: int) -> int:
 
 
 def seed_words(seed: int) -> tuple[int, int]:
-    """A seed in [0, 2**64) as (lo, hi) int32 bit patterns: the Philox key (kernels/philox.py)."""
+    """A seed in [0, 2**64) as (lo, hi) int32 bit patterns: the Philox key (ssae/philox.py)."""
     seed = int(seed)
     if not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")

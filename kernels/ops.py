@@ -1,7 +1,7 @@
 """The fused masked modulated convolution as a PyTorch custom op (`torch.ops.ssae.masked_modconv`).
 
 One op, several implementations side by side (the layout of NVlabs/stylegan2-ada-pytorch `torch_utils/ops`):
-- reference: `ssae.kernels.reference.masked_modconv` (any device; the CPU implementation);
+- reference: `ssae.models.injection.masked_modconv` (any device; the CPU implementation);
 - CUDA: the fused kernel `masked_modconv.cu`, registered for CUDA tensors when it can be loaded (GPU machines);
 - ONNX: exported as one custom node `ssae::MaskedModConv` (attributes `plugin_namespace`, `plugin_version`) that
   the TensorRT plugin implements; the standard-op decomposition comes from tracing the reference instead.
@@ -11,45 +11,39 @@ default the reference decomposition runs, which every backend (ONNX Runtime, Ope
 
 `ssae::masked_modconv_pixel` is the pixel-noise variant: it takes seeds and the window's place in the full image
 instead of the noise z, which the CUDA kernel generates itself (the CPU implementation draws it with
-`ssae.kernels.philox`). On CUDA tensors both ops run the fused kernel when it can be loaded (`ssae.kernels.cuda`)
+`ssae.philox`). On CUDA tensors both ops run the fused kernel when it can be loaded (`ssae.kernels.cuda`)
 and otherwise fall back to the reference with a one-time warning.
 """
 from __future__ import annotations
 
-import contextlib
-import threading
 import warnings
 
 import torch
 
-from . import philox, reference
+from ssae import philox
+from ssae.models import injection as reference
 
 PLUGIN_NAMESPACE = "ssae"
 PLUGIN_NAME = "MaskedModConv"
 PLUGIN_VERSION = "1"
 
-_state = threading.local()
-
 
 def fused_op_enabled() -> bool:
-    return getattr(_state, "enabled", False)
+    return reference.routed_op() is not None
 
 
-@contextlib.contextmanager
 def use_fused_op(enabled: bool = True):
-    prev = fused_op_enabled()
-    _state.enabled = enabled
-    try:
-        yield
-    finally:
-        _state.enabled = prev
+    """Within the block, the generator's injection layer (region noise mode) runs the custom op
+    `torch.ops.ssae.masked_modconv` (the fused kernel on CUDA, one ONNX node when exported) instead of the
+    reference decomposition."""
+    return reference.route_to(torch.ops.ssae.masked_modconv if enabled else None)
 
 
 @torch.library.custom_op("ssae::masked_modconv", mutates_args=())
 def masked_modconv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, a: torch.Tensor,
                    direction: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor, noise: torch.Tensor,
                    noise_weight: torch.Tensor, activate: bool) -> torch.Tensor:
-    """y = act(conv(x * s(p), weight) + noise_weight * noise + bias), region noise mode (see kernels.reference)."""
+    """y = act(conv(x * s(p), weight) + noise_weight * noise + bias), region noise mode (see ssae.models.injection)."""
     return reference.masked_modconv(x, weight, bias, a, mask, strength, direction=direction, noise=noise,
                                     noise_weight=noise_weight, activate=activate)
 
@@ -95,7 +89,7 @@ def masked_modconv_pixel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """Pixel noise mode: y = act(conv(x * s(p), weight) + noise_weight * noise + bias), s(p) = rmsnorm(a +
     strength * mask(p) * factor z(p)), z(p) the Cin normals of full-image pixel (window_y0 + y, window_x0 + x) of
     stream `pixel_stream` (philox.STREAM_PIXEL + layer index) of sample i's seed (`seeds`: (B,) int64 holding
-    uint64 bit patterns), exactly as `ssae.kernels.philox.pixel_window` draws them."""
+    uint64 bit patterns), exactly as `ssae.philox.pixel_window` draws them."""
     return pixel_reference(x, weight, bias, a, factor, seeds, mask, strength, noise, noise_weight, activate,
                            pixel_stream, window_y0, window_x0, full_width)
 

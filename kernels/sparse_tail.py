@@ -3,7 +3,7 @@
 A re-edit changes the generator's local tail (`Generator.tail_is_local`: the injection conv, the skip merge and the
 1x1 ToRGB) only where the 3x3 conv sees the mask: the mask dilated by one pixel. For hair that is a small part of
 the frame, while its bounding box (what a windowed re-edit computes) is most of it. This module computes
-the masked modulated conv (`ssae.kernels.reference.masked_modconv`, region noise) only on the m x m output tiles
+the masked modulated conv (`ssae.models.injection.masked_modconv`, region noise) only on the m x m output tiles
 that touch the dilated mask, with Winograd's minimal filtering: per tile, (m + 2)^2 products of Cin x Cout
 matrices instead of 9 m^2 (4x fewer multiplies for m = 4, 2.25x for m = 2). Everything is gathers and matrix
 products, which ONNX Runtime's CPU kernels run at GEMM speed.
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .reference import EPS, region_rms_terms
+from ssae.models.injection import EPS, region_rms_terms
 
 #: Output tile sizes with Winograd matrices here. F(4, 3) uses the interpolation points 0, +-1, +-2 (Lavin & Gray
 #: 2016); its float32 error on this layer is ~1e-6 relative (tests/test_sparse_tail.py).
@@ -151,7 +151,7 @@ def scatter_rows(image: np.ndarray, values: np.ndarray, out_idx: np.ndarray) -> 
 def _modulated_patches(rows: torch.Tensor, mask_rows: torch.Tensor, patch_idx: torch.Tensor, a: torch.Tensor,
                        direction: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
     """x(p) * s(p) for every tap of every tile: (k^2, N, Cin). s(p) = rmsnorm(a + t(p) d), t = strength * mask
-    (the closed-form RMS of `kernels.reference.region_inv_rms`)."""
+    (the closed-form RMS of `ssae.models.injection.region_inv_rms`)."""
     k2, n = patch_idx.shape[0], patch_idx.shape[1]
     flat = patch_idx.reshape(-1)
     x = torch.index_select(rows, 0, flat).reshape(k2, n, rows.shape[1])
@@ -196,7 +196,7 @@ def sparse_masked_modconv(rows: torch.Tensor, mask_rows: torch.Tensor, patch_idx
 
 def finish_rows(y: torch.Tensor, bias: torch.Tensor, noise_rows: torch.Tensor | None,
                 noise_weight: torch.Tensor | None, activate: bool = True) -> torch.Tensor:
-    """act(y + w_n * xi + b) for per-tile outputs (m^2, N, Cout) (`kernels.reference.lrelu_bias`, channels last)."""
+    """act(y + w_n * xi + b) for per-tile outputs (m^2, N, Cout) (`ssae.models.injection.lrelu_bias`, channels last)."""
     if noise_rows is not None:
         y = y + noise_weight * noise_rows
     y = y + bias.reshape(1, 1, -1)

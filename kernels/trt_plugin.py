@@ -27,7 +27,7 @@ pointer: exactly the order TensorRT's AOT launcher uses (inputs, extra args, out
 import threading
 from typing import List, Tuple, Union
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 from . import cuda as kcuda
 from . import ops
 

@@ -10,7 +10,7 @@ import abc
 
 import numpy as np
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 
 class BackendError(SSAEError, RuntimeError):

@@ -21,7 +21,7 @@ for research and for model-space metrics, not for users' photos.
 One path per edit: whatever the cache holds, an edit runs the same stages on the same arrays (the tail on the
 window around its mask, or on the tiles touching the mask with the sparse graph; the RB on that window), so the
 same request gives the same bytes as a first edit, a cached re-edit, in `edit_many`, `edit_requests` or served.
-Noise comes from the seed through the counter-based generator (`ssae.kernels.philox`), never from a backend's RNG,
+Noise comes from the seed through the counter-based generator (`ssae.philox`), never from a backend's RNG,
 so the same photo, ROI and seed give the same edit on every backend.
 """
 from __future__ import annotations
@@ -37,10 +37,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..errors import ParamError
-from ..face import FaceCrop, FaceDetector, feather, frame_faces
-from ..kernels import philox, sparse_tail
-from ..profiling.nvtx import nvtx_range
+from ssae.errors import ParamError
+from ssae.face import FaceCrop, FaceDetector, feather, frame_faces
+from ssae import philox
+from ssae.kernels import sparse_tail
+from ssae.runtime.profiling.nvtx import nvtx_range
 from .backend import Backend
 from .images import DEFAULT_LIMITS, ImageError, ImageLimits, load_image
 from .registry import create_backend, resolve_model
@@ -172,7 +173,7 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- cache
     def use_cache(self, cache) -> None:
         """Make `cache` the per-photo cache: any mapping with OrderedDict's `get`, item assignment,
-        `move_to_end`, `popitem`, `len`, `keys` and `clear` (e.g. `ssae.serve.cache.EncodeCache`, which bounds
+        `move_to_end`, `popitem`, `len`, `keys` and `clear` (e.g. `ssae.runtime.serve.cache.EncodeCache`, which bounds
         bytes: the entry-count bound `cache_size` is then off). Entries already cached are carried over."""
         for k in list(self._cache.keys()):
             cache[k] = self._cache[k]
@@ -582,5 +583,5 @@ def _manifest_of(backend: Backend) -> dict:
     m = getattr(backend, "manifest", None)
     if m is not None:
         return m
-    from ..export.stages import model_facts
+    from ssae.export.stages import model_facts
     return model_facts(backend.model)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 class ImageError(SSAEError, ValueError):
     """The input is not a usable image (one-line message naming the problem)."""

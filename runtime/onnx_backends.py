@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export.onnx_export import ExportError, read_manifest
+from ssae.export.onnx_export import ExportError, read_manifest
 from .backend import Backend, BackendError, input_dtype
 from .qdq_u8 import u8_activations
 
@@ -229,7 +229,7 @@ class OpenVINOBackend(_OnnxFolderBackend):
         if device not in self.core.available_devices:
             raise BackendError(f"OpenVINO device {device} not available (have: {', '.join(self.core.available_devices)})")
         self._dev = device
-        from ..info import cpu_flags
+        from ssae.info import cpu_flags
         if precision == "auto":
             precision = "bf16" if (device == "CPU" and "amx_bf16" in cpu_flags()) else "fp32"
         self._precision = precision

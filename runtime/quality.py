@@ -20,8 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.layouts import IMAGE_EXTS
-from ..face.framing import gaussian_blur
+from ssae.data.layouts import IMAGE_EXTS
+from ssae.face.framing import gaussian_blur
 from .editor import Editor, FaceNotFoundError
 from .images import load_image
 

@@ -16,9 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SSAEError
-from ..config import PRESETS
-from ..fileio import default_cache_dir
+from ssae.errors import SSAEError
+from ssae.config import PRESETS
+from ssae.fileio import default_cache_dir
 from .backend import Backend, BackendError
 
 #: The torch backends and their precision.
@@ -40,7 +40,7 @@ class ModelSource:
 
     def key(self) -> str:
         """Content hash identifying the weights (for the export cache)."""
-        from .. import __version__
+        from ssae import __version__
         h = hashlib.sha256(f"ssae-{__version__}|{EXPORT_REVISION}|{self.kind}|{self.preset}".encode())
         if self.path is not None:
             files = sorted(self.path.glob("*.safetensors")) if self.path.is_dir() else [self.path]
@@ -54,14 +54,14 @@ class ModelSource:
 
 def resolve_model(model: str | os.PathLike | None) -> ModelSource:
     if model is None:
-        from ..pretrained import bundled_path
+        from ssae.pretrained import bundled_path
         return ModelSource("checkpoint", bundled_path())
     s = str(model)
     if s in PRESETS and not Path(s).exists():
         return ModelSource("preset", preset=s)
-    from ..pretrained import BUNDLED
+    from ssae.pretrained import BUNDLED
     if s in BUNDLED and not Path(s).exists():
-        from ..pretrained import bundled_path
+        from ssae.pretrained import bundled_path
         return ModelSource("checkpoint", bundled_path(s))
     p = Path(s)
     if not p.exists():
@@ -77,9 +77,9 @@ def load_torch_model(src: ModelSource):
     """The PyTorch SSAE for a checkpoint or preset source."""
     import torch
 
-    from ..checkpoint import CheckpointError, load_model
-    from ..config import preset
-    from ..models.ssae_model import SSAE
+    from ssae.checkpoint import CheckpointError, load_model
+    from ssae.config import preset
+    from ssae.models.ssae_model import SSAE
 
     if src.kind == "export":
         raise BackendError("the torch backend needs checkpoint weights, not an ONNX export folder")
@@ -99,7 +99,7 @@ def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separ
         return src.path
     d = default_cache_dir() / "exports" / (src.key() + ("" if upsample == "separate" else f"-{upsample}"))
     if not (d / "manifest.json").exists():
-        from ..export.onnx_export import export_onnx
+        from ssae.export.onnx_export import export_onnx
         if not quiet:
             print(f"ssae: exporting ONNX graphs once into {d} ...", file=sys.stderr)
         export_onnx(load_torch_model(src), d, upsample=upsample)
@@ -109,7 +109,7 @@ def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separ
 def auto_backend() -> str:
     import torch
 
-    from ..info import cpu_flags
+    from ssae.info import cpu_flags
     if torch.cuda.is_available():
         try:
             import tensorrt  # noqa: F401

@@ -22,7 +22,7 @@ Two ways to use it:
    in; edited image and mask out), through pinned buffers. With `cuda_graphs=True` (default) the whole chain is
    captured once per (ROI, SMPN graph) into a CUDA graph and replayed with one launch; so is the cached re-edit
    (ROI mask -> edit -> RB from the device-resident codes of the last `run_chain`). Batch 1, full image, region
-   noise; noise comes from the seed through `ssae.kernels.philox` exactly as in the Editor.
+   noise; noise comes from the seed through `ssae.philox` exactly as in the Editor.
 
    The device-resident state belongs to the last `run_chain`: any `run()` call reuses the same buffers and
    invalidates it (`run_reedit` then raises until the next `run_chain`).
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..export import trt_build
+from ssae.export import trt_build
 from .backend import Backend, BackendError
 
 FULL, REEDIT = "full", "reedit"
@@ -98,7 +98,7 @@ class _Chain:
 
 def trt_plugin_errors():
     """The plugin's error type (a build that needs the plugin can raise it)."""
-    from ..kernels.trt_plugin import PluginUnavailable
+    from ssae.kernels.trt_plugin import PluginUnavailable
     return PluginUnavailable
 
 
@@ -124,7 +124,7 @@ class TensorRTBackend(Backend):
             src if (src / trt_build.INDEX).exists() else trt_build.default_engine_dir(src, precision))
         stale = False
         if (edir / trt_build.INDEX).exists() and edir != src and (src / "manifest.json").exists():
-            from ..export.onnx_export import ExportError, read_manifest
+            from ssae.export.onnx_export import ExportError, read_manifest
             try:  # engines of an earlier export of this folder (or another plan) are rebuilt, not used
                 stale = not trt_build.index_is_current(trt_build.read_index(edir), read_manifest(src, verify=False),
                                                        plan)
@@ -161,7 +161,7 @@ class TensorRTBackend(Backend):
         self.stream = self._check(self.cudart.cudaStreamCreateWithFlags(self.cudart.cudaStreamNonBlocking),
                                   "cudaStreamCreateWithFlags")
         if any(e.get("plugin") == "jit" for e in index["engines"].values()):
-            from ..kernels import trt_plugin  # JIT plugin engines call back into Python: register before loading
+            from ssae.kernels import trt_plugin  # JIT plugin engines call back into Python: register before loading
             try:
                 trt_plugin.register_plugin()
             except trt_plugin.PluginUnavailable as e:
@@ -181,7 +181,7 @@ class TensorRTBackend(Backend):
         for eng in self._engines.values():
             eng.context.set_device_memory(*self._scratch)
         self._allocate_slots()
-        from ..kernels import philox
+        from ssae import philox
         self._philox = philox
         self._xi = None
         if self.manifest.get("local_tail"):

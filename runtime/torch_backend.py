@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..export.stages import CPU_ONLY_STAGES, build_stages
-from ..kernels.ops import use_fused_op
-from ..models.ssae_model import SSAE
+from ssae.export.stages import CPU_ONLY_STAGES, build_stages
+from ssae.kernels.ops import use_fused_op
+from ssae.models.ssae_model import SSAE
 from .backend import Backend, BackendError, input_dtype
 
 
@@ -81,7 +81,7 @@ class TorchBackend(Backend):
 
     def _specs(self):
         if not hasattr(self, "_spec_cache"):
-            from ..export.stages import stage_specs
+            from ssae.export.stages import stage_specs
             self._spec_cache = stage_specs(self.model)
         return self._spec_cache
 
@@ -101,7 +101,7 @@ class TorchBackend(Backend):
 
     def _device_chain(self):
         if self._chain is None:
-            from ..export.stages import model_facts
+            from ssae.export.stages import model_facts
             from .torch_chain import TorchChain
             self._chain = TorchChain(self._stages, model_facts(self.model), self._device, self._dtype,
                                      torch.bfloat16 if self._precision == "bf16" else None, self.fused_kernel,

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..kernels import philox
-from ..kernels.ops import use_fused_op
+from ssae import philox
+from ssae.kernels.ops import use_fused_op
 from .backend import BackendError
 
 FULL, REEDIT = "full", "reedit"

@@ -25,9 +25,15 @@ def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]):
 @command("info", lambda p: None)
 def _info(args: argparse.Namespace) -> int:
     from .info import format_info, gather
-    from .runtime.registry import auto_backend
+    from ssae.runtime.registry import auto_backend
 
-    print(format_info(gather()))
+    info = gather()
+    try:
+        from ssae.kernels.cuda import unavailable_reason
+        info.fused_kernel = unavailable_reason() or "available"
+    except Exception as e:  # noqa: BLE001 - a report line, never a failure
+        info.fused_kernel = f"cannot check ({type(e).__name__})"
+    print(format_info(info))
     print(f"auto backend: {auto_backend()}")
     return 0
 
@@ -88,9 +94,9 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .fileio import atomic_write
-    from .runtime import BackendError, Editor
-    from .runtime.quality import evaluate_lfw_photos, evaluate_photos, list_photos
-    from .runtime.registry import ModelError
+    from ssae.runtime import BackendError, Editor
+    from ssae.runtime.quality import evaluate_lfw_photos, evaluate_photos, list_photos
+    from ssae.runtime.registry import ModelError
 
     try:
         ed = Editor.load(args.model, backend=args.backend)
@@ -209,7 +215,7 @@ def _edit(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .fileio import atomic_write
-    from .runtime import Editor
+    from ssae.runtime import Editor
 
     out = Path(args.output)
     fmt = Image.registered_extensions().get(out.suffix.lower())
@@ -228,7 +234,7 @@ def _edit(args: argparse.Namespace) -> int:
     results = ed.edit_many(args.image, rois, [args.seed], strength=args.strength, **kw)
     masks = ed.masks(args.image, frame=kw["frame"], faces=kw["faces"]) if args.masks_out else None
     if args.roi == "all":
-        from .runtime.images import load_image
+        from ssae.runtime.images import load_image
         tiles = ([load_image(args.image)] if not args.raw else []) + [np.asarray(r.image) for r in results]
         img = Image.fromarray(np.concatenate(tiles, axis=1))
     else:
@@ -254,7 +260,7 @@ def _edit(args: argparse.Namespace) -> int:
 
 
 def image_limits(args):
-    from .runtime.images import ImageLimits
+    from ssae.runtime.images import ImageLimits
     if not args.max_megapixels > 0:
         raise UserError(f"--max-megapixels must be positive, got {args.max_megapixels}")
     return ImageLimits(max_pixels=int(args.max_megapixels * 1e6))
@@ -322,8 +328,8 @@ def _export(args: argparse.Namespace) -> int:
     """Export every stage to ONNX (dynamo exporter, dynamic batch) with a manifest."""
     import json
 
-    from .export.onnx_export import export_onnx
-    from .runtime.registry import ModelError, load_torch_model, resolve_model
+    from ssae.export.onnx_export import export_onnx
+    from ssae.runtime.registry import ModelError, load_torch_model, resolve_model
 
     if args.out and args.dest and args.out != args.dest:
         raise UserError(f"two output folders given ({args.dest} and --out {args.out})")
@@ -349,10 +355,10 @@ def _export_triton(args: argparse.Namespace) -> int:
     """Triton model repository from an export folder (exported first, into the cache, for a checkpoint)."""
     import json
 
-    from .export.onnx_export import ExportError
-    from .runtime.backend import BackendError
-    from .runtime.registry import ModelError, export_dir_for, resolve_model
-    from .serve.triton import TritonError, TritonOptions, write_repository
+    from ssae.export.onnx_export import ExportError
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.registry import ModelError, export_dir_for, resolve_model
+    from ssae.runtime.serve.triton import TritonError, TritonOptions, write_repository
 
     if args.precision != "fp32" or args.plan:
         raise UserError("--format triton takes an export folder as it is: convert it first "
@@ -373,11 +379,11 @@ def _export_fp16(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from .export import fp16
-    from .export.onnx_export import ExportError, export_onnx
-    from .export.precision_plan import PrecisionPlan, PrecisionPlanError
-    from .runtime.backend import BackendError
-    from .runtime.registry import ModelError, load_torch_model, resolve_model
+    from ssae.export import fp16
+    from ssae.export.onnx_export import ExportError, export_onnx
+    from ssae.export.precision_plan import PrecisionPlan, PrecisionPlanError
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.registry import ModelError, load_torch_model, resolve_model
 
     try:
         plan = PrecisionPlan.load(args.plan) if args.plan else None
@@ -437,9 +443,14 @@ def _serve(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    from .serve.api import TOKEN_ENV
-    from .serve.deployment import ServeConfig, ServeConfigError, parse_autoscale, read_serve_config, \
-        write_serve_config
+    from ssae.runtime.serve.api import TOKEN_ENV
+    from ssae.runtime.serve.deployment import (
+        ServeConfig,
+        ServeConfigError,
+        parse_autoscale,
+        read_serve_config,
+        write_serve_config,
+    )
 
     try:
         cfg = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
@@ -462,11 +473,11 @@ def _serve(args: argparse.Namespace) -> int:
         from ray import serve  # noqa: F401
     except ImportError:
         raise UserError("ssae serve needs Ray Serve: pip install 'ssae[serve]'") from None
-    from .serve.deployment import start
-    from .serve.engine import prepare_model
+    from ssae.runtime.serve.deployment import start
+    from ssae.runtime.serve.engine import prepare_model
 
     token = os.environ.get(TOKEN_ENV) or None
-    from .serve.local import warn_if_open
+    from ssae.runtime.serve.local import warn_if_open
     if warn_if_open(cfg.host, token):
         print(f"ssae serve: WARNING: listening on {cfg.host} without a token: anyone who reaches it can use the "
               f"model (set {TOKEN_ENV})", file=sys.stderr, flush=True)
@@ -540,9 +551,9 @@ def _edit_batch(args: argparse.Namespace) -> int:
     import json
 
     from .config import ROIS
-    from .runtime.backend import BackendError
-    from .runtime.registry import ModelError
-    from .serve.batch import BatchConfig, BatchError, parse_seeds, print_progress, run_batch
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.registry import ModelError
+    from ssae.runtime.serve.batch import BatchConfig, BatchError, parse_seeds, print_progress, run_batch
 
     bad = [r for r in args.roi if r not in ROIS]
     if bad:
@@ -588,11 +599,11 @@ def _build(args: argparse.Namespace) -> int:
     """Build TensorRT engines (FP16, plugin, profiles, timing cache) for every stage of an export."""
     import json
 
-    from .export import trt_build
-    from .export.onnx_export import ExportError
-    from .export.precision_plan import PrecisionPlan, PrecisionPlanError
-    from .runtime.backend import BackendError
-    from .runtime.registry import ModelError, export_dir_for, resolve_model
+    from ssae.export import trt_build
+    from ssae.export.onnx_export import ExportError
+    from ssae.export.precision_plan import PrecisionPlan, PrecisionPlanError
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.registry import ModelError, export_dir_for, resolve_model
 
     try:
         trt_build.require_tensorrt()  # before any export work: say at once what is missing
@@ -631,9 +642,9 @@ def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .fileio import atomic_write
-    from .profiling.bench import BenchConfig, compare, format_table, plot, run_bench, save_json, to_csv
-    from .runtime import BackendError
-    from .runtime.registry import ModelError
+    from ssae.runtime.profiling.bench import BenchConfig, compare, format_table, plot, run_bench, save_json, to_csv
+    from ssae.runtime import BackendError
+    from ssae.runtime.registry import ModelError
 
     baseline = None
     if args.compare:
@@ -685,9 +696,9 @@ def _profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .fileio import atomic_write
-    from .profiling.profile import format_profile, run_profile
-    from .runtime import BackendError
-    from .runtime.registry import ModelError
+    from ssae.runtime.profiling.profile import format_profile, run_profile
+    from ssae.runtime import BackendError
+    from ssae.runtime.registry import ModelError
 
     try:
         res = run_profile(args.model, args.backend, args.stage, args.runs, args.top)
@@ -730,11 +741,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     """Calibrate fp16/bf16 precision plans and INT8 graphs on real faces; report accuracy and speed vs fp32."""
     import json
 
-    from .calibration.dataset import CalibrationSetError
-    from .calibration.run import CalibrateConfig, calibrate
-    from .export.onnx_export import ExportError
-    from .runtime.backend import BackendError
-    from .runtime.registry import ModelError
+    from ssae.calibration.dataset import CalibrationSetError
+    from ssae.calibration.run import CalibrateConfig, calibrate
+    from ssae.export.onnx_export import ExportError
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.registry import ModelError
 
     cfg = CalibrateConfig(out=args.out, precisions=tuple(args.precision), model=args.model,
                           backends=tuple(args.backend or ()), lfw=args.lfw, lfw_derived=args.lfw_derived,

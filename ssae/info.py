@@ -70,11 +70,6 @@ def gather() -> MachineInfo:
     except Exception:  # noqa: BLE001
         pass
     info.tensorrt = info.versions.get("tensorrt")
-    try:
-        from .kernels.cuda import unavailable_reason
-        info.fused_kernel = unavailable_reason() or "available"
-    except Exception as e:  # noqa: BLE001
-        info.fused_kernel = f"cannot check ({type(e).__name__})"
     flags = cpu_flags()
     info.cpu = cpu_model()
     info.isa = {name: name in flags for name in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",

@@ -181,7 +181,7 @@ def test_onnxruntime_runs_s8_graphs_as_u8_bit_identical_with_every_conv_fused(ti
         for k, v in want.items():
             assert np.array_equal(got[k], v) and np.array_equal(as_written[k], v), (stage, k)
     # `ssae profile` times the graph the backend runs: int8 convs only
-    from ssae.profiling.profile import profile_onnxruntime
+    from ssae.runtime.profiling.profile import profile_onnxruntime
     ops = {r["name"] for r in profile_onnxruntime(be, "smpn", feeds["smpn"][0], runs=2, top=100)["by_op"]}
     assert "QLinearConv" in ops and "Conv" not in ops, ops
     assert u8_activations(onnx.load(str(tiny_export / "smpn.onnx"))) == 0  # fp32: nothing to convert

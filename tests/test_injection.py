@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ssae.config import SAEConfig, preset
-from ssae.kernels import philox
-from ssae.kernels.reference import (masked_modconv, modulate_input, pixel_noise_factor, region_inv_rms,
+from ssae import philox
+from ssae.models.injection import (masked_modconv, modulate_input, pixel_noise_factor, region_inv_rms,
                                     style_map)
 from ssae.models.ops import l2_normalize, lrelu_bias
 from ssae.models.sae import StyleEdit, SwappingAutoencoder

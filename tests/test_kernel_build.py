@@ -1,10 +1,10 @@
 """CPU checks of the fused CUDA kernel (`kernels/masked_modconv.cu`) and its launch ABI (`ssae.kernels.cuda`).
 
 - PTX for every supported architecture, warnings as errors, with the expected entry points;
-- the Philox/Box-Muller helpers compiled for the host with nvcc, bit for bit against `kernels/philox.py`;
+- the Philox/Box-Muller helpers compiled for the host with nvcc, bit for bit against `ssae/philox.py`;
 - the whole kernel (both inner paths, both noise modes) run on the host with g++ through a small emulation of the
   CUDA built-ins it uses (one std::thread per CUDA thread, std::barrier for __syncthreads, WMMA as whole-tile
-  matrix ops with CUDA's alignment rules checked) against `kernels/reference.py`;
+  matrix ops with CUDA's alignment rules checked) against `ssae/models/injection.py`;
 - the ABI helpers (grid/block sizes, parameter packing) in pure Python.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from ssae.kernels import cuda as kc
-from ssae.kernels import philox, reference
+from ssae import philox
+from ssae.models import injection as reference
 
 NVCC = kc.find_nvcc()
 GXX = shutil.which("g++")

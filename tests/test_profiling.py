@@ -9,9 +9,9 @@ import sys
 import pytest
 from PIL import Image
 
-from ssae.profiling.bench import (STAGE_KEYS, BenchConfig, compare, format_table, plot, run_bench, to_csv,
+from ssae.runtime.profiling.bench import (STAGE_KEYS, BenchConfig, compare, format_table, plot, run_bench, to_csv,
                                   validate_report)
-from ssae.profiling.profile import format_profile, run_profile
+from ssae.runtime.profiling.profile import format_profile, run_profile
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_source_revision_names_the_checkout_commit(tmp_path):
     """Benchmark results record the commit they measured: git's short hash of HEAD, "-dirty" with changes."""
     from pathlib import Path
 
-    from ssae.profiling.bench import source_revision
+    from ssae.runtime.profiling.bench import source_revision
 
     root = Path(__file__).resolve().parents[1]
     head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)

@@ -282,7 +282,7 @@ class _HostChain(OrtBackend):
         return self._tail(roi, seed, strength)
 
     def _tail(self, roi, seed, strength):
-        from ssae.kernels import philox
+        from ssae import philox
         st, man = self.state, self.manifest
         size = man["model_config"]["image_size"]
         mask = np.round(self.run(f"smpn_{roi}", {"image": st["image"]})["masks"] * 255.0) / np.float32(255.0)

@@ -1,4 +1,4 @@
-"""ssae.serve without Ray: the HTTP API (parsing, errors, auth, limits) end to end on loopback with the
+"""ssae.runtime.serve without Ray: the HTTP API (parsing, errors, auth, limits) end to end on loopback with the
 standard-library server, the client (retries), the encode cache, the batched engine, edit-batch (--local), the
 Serve config file and the Triton model repository. tests/test_serve_ray.py runs the same API on Ray Serve."""
 from __future__ import annotations
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssae.serve import Client, ServeError
-from ssae.serve.api import (Api, ApiConfig, ApiError, EditJob, EditParams, HealthJob, MasksJob, Request, Response,
+from ssae.runtime.serve import Client, ServeError
+from ssae.runtime.serve.api import (Api, ApiConfig, ApiError, EditJob, EditParams, HealthJob, MasksJob, Request, Response,
                             check_auth, check_size, parse_edit_params, timing_headers)
-from ssae.serve.cache import EncodeCache, attach, nbytes_of
+from ssae.runtime.serve.cache import EncodeCache, attach, nbytes_of
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE = ROOT / "ssae" / "assets" / "example_face.jpg"
@@ -174,7 +174,7 @@ def test_second_edit_of_the_same_image_skips_the_encoder(editor_factory):
 
 # ------------------------------------------------------------------------------------------------ engine
 def test_batched_engine_matches_single_edits_and_isolates_failures(editor_factory):
-    from ssae.serve.engine import EditOutcome, Engine
+    from ssae.runtime.serve.engine import EditOutcome, Engine
 
     a, b = face_rgb(), np.ascontiguousarray(face_rgb(140)[:, ::-1])
     jobs = [EditJob(a, EditParams("hair", 1)), EditJob(b, EditParams("lips", 2, 0.7, "region")),
@@ -218,8 +218,8 @@ def test_batched_engine_matches_single_edits_and_isolates_failures(editor_factor
 # ------------------------------------------------------------------------------------------------ HTTP end to end
 @pytest.fixture(scope="module")
 def local_server(editor_factory):
-    from ssae.serve.engine import Engine
-    from ssae.serve.local import LocalServer
+    from ssae.runtime.serve.engine import Engine
+    from ssae.runtime.serve.local import LocalServer
 
     with LocalServer(Engine(editor_factory(), cache_mb=64), ApiConfig(max_image_mb=0.5, token="s3cret")) as srv:
         yield srv
@@ -388,8 +388,8 @@ def test_client_does_not_retry_500_and_keeps_the_token_on_its_host():
 
 def test_local_server_limits_chunked_bodies_and_never_reads_unauthenticated_ones(editor_factory):
     import http.client
-    from ssae.serve.engine import Engine
-    from ssae.serve.local import LocalServer, warn_if_open
+    from ssae.runtime.serve.engine import Engine
+    from ssae.runtime.serve.local import LocalServer, warn_if_open
     eng = Engine(editor_factory(), cache_mb=16)
     with LocalServer(eng, ApiConfig(max_image_mb=0.01, token="s3cret")) as srv:
         port = int(srv.url.rsplit(":", 1)[1])
@@ -494,7 +494,7 @@ def test_edit_batch_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
-    from ssae.serve.batch import list_inputs, parse_seeds, plan
+    from ssae.runtime.serve.batch import list_inputs, parse_seeds, plan
 
     assert parse_seeds("0-3") == [0, 1, 2, 3] and parse_seeds("5,1-2,5") == [5, 1, 2]
     (tmp_path / "x").mkdir()
@@ -510,7 +510,7 @@ def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
 
 # ------------------------------------------------------------------------------------------------ serve config
 def test_serve_config_file_is_written_and_read_back(tmp_path, capsys):
-    from ssae.serve.deployment import APP_BUILDER, DEPLOYMENT_NAME, ServeConfig, read_serve_config
+    from ssae.runtime.serve.deployment import APP_BUILDER, DEPLOYMENT_NAME, ServeConfig, read_serve_config
 
     f = tmp_path / "serve.yaml"
     r = ssae("serve", "--config", f, "--autoscale", "1:3", "--max-batch", "4", "--port", "8123",
@@ -554,7 +554,7 @@ def test_commands_that_need_ray_say_so_without_it(tmp_path):
 @pytest.fixture(scope="module")
 def triton_repo(tmp_path_factory, tiny_export):
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
     out = tmp_path_factory.mktemp("triton") / "repo"
     summary = triton.write_repository(tiny_export, out)
     return out, summary
@@ -564,7 +564,7 @@ def test_triton_repository_configs_parse_and_validate(triton_repo):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
     repo, summary = triton_repo
     assert summary["ensembles"] == [f"ssae_edit_{r}" for r in ROIS]
     assert "sae_decoder_edit_plugin" in summary["skipped"]
@@ -592,7 +592,7 @@ def test_triton_repository_configs_parse_and_validate(triton_repo):
 
 
 def test_triton_validation_catches_broken_wiring(triton_repo, tmp_path):
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
     repo = tmp_path / "repo"
     shutil.copytree(triton_repo[0], repo)
     ens = repo / "ssae_edit_hair" / "config.pbtxt"
@@ -614,7 +614,7 @@ def test_triton_validation_catches_broken_wiring(triton_repo, tmp_path):
 
 
 def test_triton_ensemble_computes_what_the_editor_computes(triton_repo, editor_factory):
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
     repo, summary = triton_repo
     imgs = [face_rgb(), face_rgb(120)]
     for roi, seeds, strength in (("hair", [3, 4], 1.0), ("lips", [0, 9], 1.4)):
@@ -633,7 +633,7 @@ def test_triton_repository_adds_tensorrt_plans_when_engines_exist(tiny_export, t
     pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is not installed")
     from ssae.export import trt_build
     from ssae.export.onnx_export import read_manifest
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
 
     # an engine folder as `ssae build` writes it (the plans are placeholders: no GPU here)
     man = read_manifest(tiny_export)
@@ -671,7 +671,7 @@ def test_export_format_triton_cli(tiny_export, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert "ssae_edit_hair" in info["ensembles"] and (tmp_path / "repo" / "ssae_edit_hair" / "config.pbtxt").exists()
-    from ssae.serve import triton
+    from ssae.runtime.serve import triton
     assert triton.validate_repository(tmp_path / "repo") == []
     for args, msg in [(("--format", "triton", tmp_path / "r2", "--model", tiny_export, "--precision", "fp16"),
                        "convert it first"),
@@ -686,7 +686,7 @@ def test_export_format_triton_cli(tiny_export, tmp_path, capsys):
 def test_edit_batch_collects_any_per_image_failure(tmp_path, tiny_export, monkeypatch):
     """Out of memory or a runtime error on one photo goes to the error list; the other photos are written."""
     from ssae.runtime.editor import Editor
-    from ssae.serve.batch import BatchConfig, run_batch
+    from ssae.runtime.serve.batch import BatchConfig, run_batch
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     for n in ("a", "b", "c"):
@@ -709,8 +709,8 @@ def test_edit_batch_collects_any_per_image_failure(tmp_path, tiny_export, monkey
 
 def test_local_server_drops_a_client_that_stops_sending(editor_factory, monkeypatch):
     import socket as socketlib
-    from ssae.serve import local
-    from ssae.serve.engine import Engine
+    from ssae.runtime.serve import local
+    from ssae.runtime.serve.engine import Engine
     monkeypatch.setattr(local._Handler, "timeout", 0.5)
     with local.LocalServer(Engine(editor_factory(), cache_mb=16)) as srv:
         port = int(srv.url.rsplit(":", 1)[1])

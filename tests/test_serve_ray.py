@@ -23,7 +23,7 @@ ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ssae
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed (pip install 'ssae[serve]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'ssae[serve]')")
 
-from ssae.serve import Client  # noqa: E402
+from ssae.runtime.serve import Client  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FACE = ROOT / "ssae" / "assets" / "example_face.jpg"
@@ -85,7 +85,7 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def served(ray_local, tiny_export):
-    from ssae.serve.deployment import ServeConfig, start
+    from ssae.runtime.serve.deployment import ServeConfig, start
     cfg = ServeConfig(model=str(tiny_export), backend="onnxruntime", port=free_port(), max_batch=8,
                       batch_wait_ms=150, max_image_mb=0.5, cache_mb=64, threads=1, cpus_per_replica=1)
     start(cfg, token=TOKEN)
@@ -157,7 +157,7 @@ def test_ray_serve_batches_concurrent_requests(served, tiny_export):
 
 
 def test_killed_replica_is_restarted_and_clients_retry(served):
-    from ssae.serve.deployment import kill_replica, replica_actor_names
+    from ssae.runtime.serve.deployment import kill_replica, replica_actor_names
     url, _ = served
     c = Client(url, token=TOKEN, retries=30, backoff=0.2, backoff_max=1.0)
     first = c.healthz()["replica"]
@@ -177,12 +177,12 @@ def _faces(folder: Path) -> None:
 
 
 def test_edit_batch_on_ray_data(ray_local, tiny_export, tmp_path):
-    from ssae.serve.batch import BatchConfig, run_batch
+    from ssae.runtime.serve.batch import BatchConfig, run_batch
     src, out = tmp_path / "in", tmp_path / "out"
     _faces(src)
     cfg = BatchConfig(rois=("hair",), seeds=(0, 1, 2), model=str(tiny_export), backend="onnxruntime", workers=2,
                       batch_size=1, cpus_per_worker=0.5, threads=1, frame="whole")   # small thumbnails: no face
-    from ssae.serve.batch import job_key
+    from ssae.runtime.serve.batch import job_key
     seen = []
     rep = run_batch(src, out, cfg, progress=lambda d, n, r: seen.append(d))
     assert (rep.inputs, rep.written, rep.skipped, rep.failed) == (4, 9, 0, 1)
@@ -197,7 +197,7 @@ def test_edit_batch_on_ray_data(ray_local, tiny_export, tmp_path):
 def test_serve_config_and_options_pass_rays_own_validation():
     from ray.serve.schema import ServeDeploySchema
 
-    from ssae.serve.deployment import ServeConfig, deployment_class, serve_config
+    from ssae.runtime.serve.deployment import ServeConfig, deployment_class, serve_config
     for cfg in (ServeConfig(replicas=2), ServeConfig(autoscale=(1, 3), max_batch=4, model="/models/x")):
         doc = serve_config(cfg)
         ServeDeploySchema.model_validate(doc) if hasattr(ServeDeploySchema, "model_validate") else \

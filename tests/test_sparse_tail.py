@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssae.kernels import reference, sparse_tail as st
+from ssae.kernels import sparse_tail as st
+from ssae.models import injection as reference
 
 
 def _soft_mask(h, w, seed=0) -> np.ndarray:
@@ -70,7 +71,7 @@ def test_sparse_conv_matches_the_dense_reference(m):
 
 
 def _sparse_feeds(stage_in: dict, mask: np.ndarray, tile: int, seed: int = 3, strength: float = 1.3) -> dict:
-    from ssae.kernels import philox
+    from ssae import philox
     plan = st.plan_tiles(mask, tile)
     d = stage_in["texture"].shape[1]
     return dict(h_rows=st.to_rows(stage_in["h"]), skip_rows=st.to_rows(stage_in["skip"]),
@@ -81,7 +82,7 @@ def _sparse_feeds(stage_in: dict, mask: np.ndarray, tile: int, seed: int = 3, st
 
 def _dense_inputs(tiny_model, mask: np.ndarray, seed: int = 3, strength: float = 1.3) -> dict:
     from ssae.export.stages import build_stages
-    from ssae.kernels import philox
+    from ssae import philox
     stages = build_stages(tiny_model)
     s = tiny_model.cfg.image_size
     g = torch.Generator().manual_seed(1)

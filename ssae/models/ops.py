@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..kernels.reference import SQRT2, lrelu_bias  # noqa: F401  (one definition, shared with the kernels)
+from .injection import SQRT2, lrelu_bias  # noqa: F401  (one definition, shared with the kernels)
 
 
 def blur_kernel_2d(taps: list[int] | tuple[int, ...], gain: float = 1.0) -> torch.Tensor:

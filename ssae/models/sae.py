@@ -10,7 +10,7 @@ Parameters are stored in the official (equalised learning rate) parametrisation 
 `freeze()` caches the folded constant kernels for inference and export.
 
 SSAE (Tomar et al. 2023, Eq. 1): at the injection layers the texture code becomes spatial,
-S'(p) = S + strength * n(p) * M(p); see `ssae.kernels.reference` for the math.
+S'(p) = S + strength * n(p) * M(p); see `ssae.models.injection` for the math.
 """
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SAEConfig
-from ..kernels import ops as fused_ops
-from ..kernels import philox
-from ..kernels.reference import masked_modconv, modulate_input, pixel_direction_from_noise, pixel_noise_factor
+from .. import philox
+from .injection import masked_modconv, modulate_input, pixel_direction_from_noise, pixel_noise_factor, routed_op
 from .ops import SQRT2, blur2d, blur_kernel_2d, downsample_pad, full_conv_kernels, l2_normalize, lrelu_bias, \
     pixel_shuffle_nhwc, polyphase_kernels, rms_normalize, upsample_pad
 
@@ -251,9 +250,10 @@ class ModConv(nn.Module):
                 nw = self.noise_weight
                 if noise is None:
                     noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
-            if fused_ops.fused_op_enabled() and edit.direction is not None:
-                return torch.ops.ssae.masked_modconv(x, w, self.bias, a, edit.direction, mask,
-                                                     edit.strength.to(x.dtype), noise, nw, self.activate)
+            fast = routed_op()
+            if fast is not None and edit.direction is not None:
+                return fast(x, w, self.bias, a, edit.direction, mask, edit.strength.to(x.dtype), noise, nw,
+                            self.activate)
             return masked_modconv(x, w, self.bias, a, mask, edit.strength, direction=edit.direction,
                                   pixel_noise=edit.pixel_noise, pixel_factor=edit.pixel_factor, noise=noise,
                                   noise_weight=nw, activate=self.activate)
@@ -299,7 +299,7 @@ class StyleEdit:
 
     mask: (B, 1, H, W) soft mask in [0, 1] (any resolution; resized per layer). strength: float or (B,).
     mode: "region" (one n per edit) or "pixel" (independent per pixel). seeds: one integer per batch element;
-    the noise comes from the counter-based generator (`ssae.kernels.philox`), never from a global RNG.
+    the noise comes from the counter-based generator (`ssae.philox`), never from a global RNG.
     `region_noise` (B, style_dim) may be given instead of seeds for region mode.
     """
 

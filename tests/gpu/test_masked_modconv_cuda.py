@@ -3,7 +3,7 @@
 Fresh random inputs, outputs poisoned with NaN before every launch; FP32 within 1e-4 and FP16 within 1e-2
 relative error of the reference (computed in float64 from the same, already rounded, inputs); odd sizes, batch
 > 1, both noise modes, explicit and generated xi, window offsets; strength 0 is the unedited layer; the torch
-custom ops use the kernel on CUDA tensors; the in-kernel noise equals `kernels/philox.py`.
+custom ops use the kernel on CUDA tensors; the in-kernel noise equals `ssae/philox.py`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ssae.kernels import cuda as kc
-from ssae.kernels import philox, reference
+from ssae import philox
+from ssae.models import injection as reference
 
 pytestmark = pytest.mark.gpu
 
@@ -226,7 +227,7 @@ def test_generator_layer_through_the_op_matches_reference():
 def test_device_philox_equals_numpy():
     """The kernel's generator, value for value: the uint32 words are exact, so the float32 normals are equal
     except where float64 sin/cos/log differ by an ulp across libraries right at a float32 rounding boundary
-    (kernels/philox.py); at most 2 in a million such values are allowed, each off by one float32 ulp."""
+    (ssae/philox.py); at most 2 in a million such values are allowed, each off by one float32 ulp."""
     n, start = 1 << 20, 12_345
     for seed, stream in [(0, philox.STREAM_REGION), (2 ** 64 - 1, STREAM_PIX), (123456789, STREAM_XI)]:
         got = kc.philox_normals_cuda(seed, stream, start, n).cpu().numpy()

@@ -120,7 +120,7 @@ def test_inputs_outside_the_profile_are_refused(backend):
 
 
 def _stage_by_stage(be, image, roi, seed, strength):
-    from ssae.kernels import philox
+    from ssae import philox
     s = be.size
     g = int(be.manifest["model_config"]["sae"]["global_code_ch"])
     m = be.run("smpn", {"image": image})["masks"]

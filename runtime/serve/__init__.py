@@ -1,4 +1,4 @@
-"""ssae.serve: serving beyond one process.
+"""ssae.runtime.serve: serving beyond one process.
 
 - `api`: the HTTP API (parsing, validation, JSON errors, auth), independent of any web framework
 - `cache`: the encode cache shared by a replica's requests (LRU, bounded by bytes)

@@ -1,6 +1,6 @@
 """The HTTP API of `ssae serve`, independent of any web framework.
 
-Ray Serve (`ssae.serve.deployment`) and the standard-library test server (`ssae.serve.local`) both turn an HTTP
+Ray Serve (`ssae.runtime.serve.deployment`) and the standard-library test server (`ssae.runtime.serve.local`) both turn an HTTP
 request into a `Request`, call `Api.parse` (authentication, routing, size limit, parameters, image decoding) and
 either return the error `Response` it gives or run the parsed job on an `Engine` and render the result with
 `Api.render_edit` / `Api.render_masks` / `Api.render_health`. Every error is a JSON body `{"error": "..."}` with
@@ -30,8 +30,8 @@ from urllib.parse import parse_qs
 import numpy as np
 from PIL import Image
 
-from ..runtime.images import ImageError, load_image
-from ..runtime.editor import EditParams, choice_problem
+from ssae.runtime.images import ImageError, load_image
+from ssae.runtime.editor import EditParams, choice_problem
 
 #: Environment variable holding the bearer token a server requires (unset or empty: no authentication).
 TOKEN_ENV = "SSAE_TOKEN"
@@ -258,7 +258,7 @@ def timing_headers(timings: Mapping[str, float], batch_size: int | None = None) 
 
 # ------------------------------------------------------------------------------------------------ the API
 class Api:
-    """Parses requests into jobs and renders results; holds no model (see `ssae.serve.engine.Engine`)."""
+    """Parses requests into jobs and renders results; holds no model (see `ssae.runtime.serve.engine.Engine`)."""
 
     def __init__(self, config: ApiConfig, rois: Sequence[str]):
         self.config = config
@@ -337,6 +337,6 @@ class Api:
 
 def is_client_error(exc: BaseException) -> bool:
     """A failure caused by the request (answered 400), not by the server (500, logged)."""
-    from ..errors import ParamError
-    from ..runtime.images import ImageError
+    from ssae.errors import ParamError
+    from ssae.runtime.images import ImageError
     return isinstance(exc, (ApiError, ImageError, ParamError))

@@ -3,7 +3,7 @@
 single-user tool. `ssae serve` runs the same `Api` on Ray Serve.
 
 ```python
-from ssae.serve.local import LocalServer
+from ssae.runtime.serve.local import LocalServer
 with LocalServer(engine, ApiConfig(), port=0) as srv:      # 127.0.0.1, a free port
     Client(srv.url).edit("face.jpg", roi="hair", seed=3)
 ```
@@ -18,7 +18,7 @@ from .api import (Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Reques
                   is_client_error)
 from .engine import EditOutcome, Engine
 
-log = logging.getLogger("ssae.serve")
+log = logging.getLogger("ssae.runtime.serve")
 DRAIN_LIMIT = 1 << 30  # refused bodies up to this size are read and dropped before answering
 SOCKET_TIMEOUT_S = 30.0
 

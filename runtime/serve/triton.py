@@ -16,7 +16,7 @@ with the Editor).
 
 What the client does (the Editor does it on the host; `prepare_inputs` / `finish` here do it for a Triton client):
 - fits the image to the model size (pad to square, resize) and scales it to [-1, 1]: input `image` (3, S, S);
-- draws the edit noise from the seed with the counter-based generator (`ssae.kernels.philox`): input `noise`
+- draws the edit noise from the seed with the counter-based generator (`ssae.philox`): input `noise`
   (global_code_ch,) of region mode. Noise stays on the client so an edit is a pure function of (image, seed) on
   every server; a Philox graph in ONNX would need integer ops the backends do not all support;
 - `strength` (1,).
@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
@@ -201,7 +201,7 @@ def config_text(spec: ModelSpec, opts: TritonOptions) -> str:
 # ------------------------------------------------------------------------------------------------ the repository
 def find_engine_dir(export_dir: Path, explicit: str | os.PathLike | None) -> Path | None:
     """The TensorRT engine folder to add (explicit, else the export's tensorrt-fp16/-fp32/-int8 with an index)."""
-    from ..export.trt_build import INDEX
+    from ssae.export.trt_build import INDEX
     if explicit is not None:
         d = Path(explicit)
         if not (d / INDEX).exists():
@@ -223,7 +223,7 @@ def _onnx_model_spec(name: str, model, opts: TritonOptions) -> ModelSpec:
 def _write_model(repo: Path, spec: ModelSpec, opts: TritonOptions, model=None, plan: Path | None = None) -> None:
     import onnx
 
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
     d = repo / spec.name
     (d / "1").mkdir(parents=True, exist_ok=True)
     if model is not None:
@@ -267,9 +267,9 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """Write the model repository; returns a summary {"models": [...], "ensembles": [...], "skipped": {...}}."""
     import onnx
 
-    from ..export import trt_build
-    from ..export.onnx_export import ExportError, read_manifest
-    from ..kernels import philox
+    from ssae.export import trt_build
+    from ssae.export.onnx_export import ExportError, read_manifest
+    from ssae import philox
 
     opts = (opts or TritonOptions()).validate()
     src = Path(export_dir)
@@ -351,7 +351,7 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
                "models": sorted(n for n, s in models.items() if s.platform != "ensemble"),
                "tensorrt_models": sorted(trt_models), "ensembles": ensembles, "skipped": skipped,
                "engine_dir": str(engine_dir) if engine_dir else None}
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
     atomic_write(repo / "ssae_repository.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)))
     return summary
 
@@ -361,7 +361,7 @@ def _add_engines(repo: Path, engine_dir: Path, src: Path, man: dict, models: dic
     """TensorRT plan models for the engines whose every input and output has a batch dimension."""
     import onnx
 
-    from ..export import trt_build
+    from ssae.export import trt_build
     try:
         index = trt_build.read_index(engine_dir)
     except trt_build.EngineMismatch as e:
@@ -539,9 +539,9 @@ def prepare_inputs(images: Sequence[Any], seeds: Sequence[int], strength: float 
     """What a Triton client sends to `ssae_edit_<roi>`: {"image": (B,3,S,S), "noise": (B,D), "strength": (B,1)}
     (float32), cut around each photo's largest face as `Editor.edit` does, and (crop, photo) pairs for `finish`.
     Images: anything `ssae.runtime.load_image` takes; a photo without a face raises ValueError."""
-    from ..face import frame_faces
-    from ..kernels import philox
-    from ..runtime.images import load_image
+    from ssae.face import frame_faces
+    from ssae import philox
+    from ssae.runtime.images import load_image
 
     if len(images) != len(seeds):
         raise ValueError("one seed per image")
@@ -565,8 +565,8 @@ def finish(edited: np.ndarray, crops: list, masks: np.ndarray | None = None,
     change pasted onto each photo under its feathered mask, as `Editor.edit` does; without: the raw crops."""
     from PIL import Image
 
-    from ..face import feather
-    from ..runtime.editor import FEATHER
+    from ssae.face import feather
+    from ssae.runtime.editor import FEATHER
     out = []
     for k, (crop, rgb) in enumerate(crops):
         if masks is None or unedited is None:

@@ -1,7 +1,7 @@
 """A Python client for `ssae serve` (standard library HTTP; retries with backoff).
 
 ```python
-from ssae.serve import Client
+from ssae.runtime.serve import Client
 c = Client("http://127.0.0.1:8000", token=None)     # token: sent as Authorization: Bearer <token>
 img = c.edit("face.jpg", roi="hair", seed=3, strength=1.0)   # PIL image at the input's size
 c.last_timings                                             # ms per stage, from the response headers
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 RETRY_STATUS = (503,)
 
@@ -74,7 +74,7 @@ def image_body(image: Any) -> bytes:
         with open(image, "rb") as f:
             return f.read()
     if isinstance(image, np.ndarray):
-        from ..runtime.images import load_image
+        from ssae.runtime.images import load_image
         image = Image.fromarray(load_image(image))
     if isinstance(image, Image.Image):
         buf = io.BytesIO()

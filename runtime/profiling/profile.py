@@ -71,14 +71,14 @@ def profile_torch(backend, stage: str, inputs: dict, runs: int, top: int) -> dic
 
 
 def run_profile(model, backend_name: str, stage: str, runs: int = 10, top: int = 15) -> dict:
-    from ..runtime.backend import BackendError
-    from ..runtime.editor import Editor, _manifest_of
-    from ..runtime.registry import create_backend, resolve_model
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.editor import Editor, _manifest_of
+    from ssae.runtime.registry import create_backend, resolve_model
     be = create_backend(backend_name, resolve_model(model))
     ed = Editor(be, _manifest_of(be))
     if stage not in be.stages():
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(be.stages())})")
-    from ..pretrained import ASSETS
+    from ssae.pretrained import ASSETS
     inputs = ed.stage_feeds(ASSETS / "example_face.jpg")[stage]
     if be.name.startswith("onnxruntime"):
         res = profile_onnxruntime(be, stage, inputs, runs, top)

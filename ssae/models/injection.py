@@ -25,13 +25,37 @@ Noise modes:
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-8
 SQRT2 = math.sqrt(2.0)
+
+#: A fast implementation of region-mode `masked_modconv` that the generator's injection layer calls instead of the
+#: reference (same arguments as the custom op `torch.ops.ssae.masked_modconv`), per thread; None: the reference.
+#: `ssae.kernels.ops.use_fused_op` installs the custom op here, so the core models never import the kernels.
+_route = threading.local()
+
+
+def routed_op() -> Callable | None:
+    """The fast injection op installed for this thread (`route_to`), or None."""
+    return getattr(_route, "op", None)
+
+
+@contextlib.contextmanager
+def route_to(op: Callable | None) -> Iterator[None]:
+    """Within the block, region-mode injection layers of this thread call `op` instead of the reference."""
+    prev = routed_op()
+    _route.op = op
+    try:
+        yield
+    finally:
+        _route.op = prev
 
 
 def lrelu_bias(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..runtime.editor import Editor, EditRequest
+from ssae.runtime.editor import Editor, EditRequest
 from .api import EditJob
 from .cache import EncodeCache, attach
 
@@ -48,12 +48,12 @@ class EngineConfig:
 
 def load_editor(cfg: EngineConfig) -> Editor:
     """The Editor of a replica (ONNX Runtime and torch honour `threads`)."""
-    from ..runtime.editor import _manifest_of
-    from ..runtime.registry import TORCH_PRECISIONS, create_backend, export_dir_for, resolve_model
+    from ssae.runtime.editor import _manifest_of
+    from ssae.runtime.registry import TORCH_PRECISIONS, create_backend, export_dir_for, resolve_model
 
     src = resolve_model(cfg.model)
     if cfg.backend == "onnxruntime" and cfg.threads:
-        from ..runtime.onnx_backends import OrtBackend
+        from ssae.runtime.onnx_backends import OrtBackend
         be = OrtBackend(export_dir_for(src), threads=cfg.threads)
     else:
         if cfg.threads and cfg.backend in TORCH_PRECISIONS:
@@ -66,7 +66,7 @@ def load_editor(cfg: EngineConfig) -> Editor:
 def prepare_model(model: str | None, backend: str) -> str | None:
     """For ONNX backends, export a checkpoint once here (workers then share the export folder instead of each
     exporting it); the model argument unchanged otherwise."""
-    from ..runtime.registry import TORCH_PRECISIONS, auto_backend, export_dir_for, resolve_model
+    from ssae.runtime.registry import TORCH_PRECISIONS, auto_backend, export_dir_for, resolve_model
     name = auto_backend() if backend == "auto" else backend
     if name in TORCH_PRECISIONS:
         return model

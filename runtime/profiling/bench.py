@@ -41,8 +41,8 @@ class BenchConfig:
 
 
 def _example_image(path: str | None) -> np.ndarray:
-    from ..pretrained import ASSETS
-    from ..runtime.images import load_image
+    from ssae.pretrained import ASSETS
+    from ssae.runtime.images import load_image
     return load_image(path or (ASSETS / "example_face.jpg"))
 
 
@@ -65,7 +65,7 @@ def source_revision() -> str | None:
 
 
 def machine_info() -> dict:
-    from ..info import gather
+    from ssae.info import gather
     info = gather()
     return {"cpu": info.cpu, "cores": os.cpu_count(), "isa": info.isa, "cuda_devices": info.cuda_devices,
             "python": platform.python_version(), "versions": {k: v for k, v in info.versions.items() if v}}
@@ -73,9 +73,9 @@ def machine_info() -> dict:
 
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Measure and return the report (JSON-serialisable)."""
-    from ..runtime.backend import BackendError
-    from ..runtime.editor import Editor, _manifest_of
-    from ..runtime.registry import BACKENDS, create_backend, resolve_model
+    from ssae.runtime.backend import BackendError
+    from ssae.runtime.editor import Editor, _manifest_of
+    from ssae.runtime.registry import BACKENDS, create_backend, resolve_model
 
     log = log or (lambda *_: None)
     src = resolve_model(cfg.model)
@@ -256,10 +256,10 @@ def plot(report: dict, path: str | os.PathLike) -> None:
             d.text((px - 4, y1 + 5), x, fill="black")
         d.text((px0 + 5, y0 + 14 * j), b, fill=colors[j % len(colors)])
     d.text((px0 - 40, y0 - 12), f"{tmax:.0f}", fill="gray")
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def save_json(report: dict, path: str | os.PathLike) -> None:
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1)))

@@ -8,7 +8,7 @@ request parsing stay responsive while a batch runs. Ray is imported only when a 
 config helpers here work without it.
 
 A cluster deploy (`serve deploy serve.yaml`) needs `ssae[serve]` installed on every node; the file names the
-application builder `ssae.serve.deployment:app_builder` and carries this module's `ServeConfig` as its `args`.
+application builder `ssae.runtime.serve.deployment:app_builder` and carries this module's `ServeConfig` as its `args`.
 A server token is never written to the file: replicas read `SSAE_TOKEN` from their environment (set it on the
 nodes, or in the file's `runtime_env` yourself).
 """
@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 from .api import (TOKEN_ENV, Api, ApiConfig, ApiError, EditJob, HealthJob, MasksJob, Request, Response, check_size,
                   is_client_error)
 from .engine import EditOutcome, Engine, EngineConfig
 
-log = logging.getLogger("ssae.serve")
+log = logging.getLogger("ssae.runtime.serve")
 
-APP_BUILDER = "ssae.serve.deployment:app_builder"
+APP_BUILDER = "ssae.runtime.serve.deployment:app_builder"
 DEPLOYMENT_NAME = "SSAEEditor"
 
 
@@ -157,7 +157,7 @@ def dump_yaml(obj: dict) -> str:
 
 def write_serve_config(cfg: ServeConfig, path: str | os.PathLike) -> Path:
     """Write the Serve config YAML for `cfg` atomically; returns the path."""
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
     text = "# ssae serve: deploy with `serve deploy <this file>` (needs ssae[serve] on every node)\n" + \
         dump_yaml(serve_config(cfg.validate()))
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -311,7 +311,7 @@ def build_app(cfg: ServeConfig, overrides: dict | None = None, token: str | None
 
 
 def app_builder(args: dict):
-    """Application builder named by config files (`import_path: ssae.serve.deployment:app_builder`)."""
+    """Application builder named by config files (`import_path: ssae.runtime.serve.deployment:app_builder`)."""
     return build_app(ServeConfig.from_args(dict(args or {})))
 
 

@@ -11,7 +11,7 @@ The Editor keeps that state in an `OrderedDict` bounded by an entry count. `atta
 
 Entries grow after they are stored (the Editor adds codes, activations and the unedited result while editing), so
 sizes are measured again at every `trim()`: on every insertion, every hit and after every request
-(`ssae.serve.engine.Engine` calls it). `trim()` evicts least recently used entries until the total is within
+(`ssae.runtime.serve.engine.Engine` calls it). `trim()` evicts least recently used entries until the total is within
 `max_bytes`, but never the most recent one (the image being edited). Thread-safe (one lock).
 """
 from __future__ import annotations

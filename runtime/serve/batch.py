@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import SSAEError
+from ssae.errors import SSAEError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif")
 ERRORS_NAME = "edit-batch-errors.json"
@@ -119,7 +119,7 @@ def job_key(cfg: "BatchConfig") -> str:
     export), the backend, strength, noise, reference (its bytes), output and framing."""
     import hashlib
 
-    from ..runtime.registry import auto_backend, resolve_model
+    from ssae.runtime.registry import auto_backend, resolve_model
     src = resolve_model(cfg.model)
     h = hashlib.sha256(src.key().encode())
     if src.kind == "export":
@@ -154,7 +154,7 @@ class BatchConfig:
     local: bool = False            # no Ray: run the worker in this process
 
     def validate(self) -> "BatchConfig":
-        from ..runtime.editor import choice_problem
+        from ssae.runtime.editor import choice_problem
         if not self.rois or not self.seeds:
             raise BatchError("need at least one ROI and one seed")
         for name in ("noise", "output", "frame", "faces"):
@@ -197,12 +197,12 @@ class EditWorker:
         self.cfg = BatchConfig(**{**cfg, "rois": tuple(cfg["rois"]), "seeds": tuple(cfg["seeds"])})
         self.editor = load_editor(EngineConfig(self.cfg.model, self.cfg.backend, self.cfg.threads, 256.0))
         self.editor.cache_size = 1  # each image is edited once
-        from ..runtime.images import ImageLimits
+        from ssae.runtime.images import ImageLimits
         self.editor.limits = ImageLimits(max_pixels=int(self.cfg.max_megapixels * 1e6))
 
     def one(self, path: str, outputs: list) -> tuple[int, int, str]:
-        from ..fileio import atomic_write
-        from ..runtime.images import ImageError, load_image
+        from ssae.fileio import atomic_write
+        from ssae.runtime.images import ImageError, load_image
 
         todo = [(roi, int(s), out) for roi, s, out in outputs if not os.path.exists(out)]
         skipped = len(outputs) - len(todo)
@@ -282,7 +282,7 @@ def run_batch(src: str | os.PathLike, out_dir: str | os.PathLike, cfg: BatchConf
               errors_path: str | os.PathLike | None = None,
               progress: Callable[[int, int, BatchReport], None] | None = None) -> BatchReport:
     """Run an edit-batch job; returns its report and writes the error list (JSON, atomically)."""
-    from ..fileio import atomic_write
+    from ssae.fileio import atomic_write
 
     cfg.validate()
     t0 = time.perf_counter()
