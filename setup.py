@@ -33,16 +33,18 @@ setup(
     package_dir=PACKAGE_DIRS,
     package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*/*.safetensors", "assets/*/*.md", "assets/*/*.json", "assets/*.jpg", "assets/*.png"]},
     include_package_data=True,
+    # The runtime alone: runs an ONNX export folder (`ssae edit --model EXPORT_DIR`, `ssae serve`) on ONNX Runtime
+    # without PyTorch; the extras add the rest.
     install_requires=[
-        "torch>=2.4",
         "numpy>=1.24",
         "pillow>=10",
-        "onnx>=1.16",
-        "onnxscript>=0.2",
         "onnxruntime>=1.18",
-        "safetensors>=0.4",
+        "onnx>=1.16",  # int8 exports are loaded through it on the CPU (uint8 activation zero points)
     ],
     extras_require={
+        # checkpoints (the bundled model, exported to ONNX on first use), the torch backend, export, calibration,
+        # training
+        "torch": ["torch>=2.4", "onnxscript>=0.2", "safetensors>=0.4"],
         "gpu": ["onnxruntime-gpu>=1.18", "tensorrt>=10.14", "cuda-bindings>=12.8"],
         "openvino": ["openvino>=2024.4"],
         "labels": ["mediapipe==0.10.21", "numpy<2"],

@@ -34,7 +34,7 @@ def worker(folder: str, pool: str, edits: int, roi: str) -> dict:
     from ssae.runtime.onnx_backends import OrtBackend
 
     be = OrtBackend(folder, providers=["CPUExecutionProvider"], thread_pool=pool)
-    ed = Editor(be, be.manifest)
+    ed = Editor(be)
     size = int(be.manifest["model_config"]["image_size"])
     img = np.asarray(Image.open(ASSETS / "example_face.jpg").convert("RGB").resize((size, size)))
     ed.edit(img, roi, seed=0)

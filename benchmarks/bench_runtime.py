@@ -43,6 +43,12 @@ STAGES = ("smpn", "smpn_hair", "sae_encoder", "sae_decoder_prefix", "sae_decoder
 BACKENDS = ("torch", "torch-bf16", "onnxruntime", "openvino", "openvino-fp32")
 
 
+
+def _with_sparse(ed, sparse: bool):
+    """The Editor with its region re-edits on the sparse tiles (True) or the crop window (False)."""
+    ed.sparse = sparse
+    return ed
+
 def official_pair(model, native: bool = False):
     """The official networks (direct formulation) with the shapes of `model.sae` (random weights: timing only).
     native: blur as the official code computes it on a CPU (`upfirdn2d_native`; the goal baseline), else with one
@@ -94,7 +100,7 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
         noises = [torch.zeros(1, 1, h, w) for h, w in model.sae.G.noise_shapes(sp.shape[-2:])]
         g_off(sp, gl, noises)
         e_dw(x), g_dw(sp, gl, noises)
-    from ssae.runtime.editor import Editor, _manifest_of
+    from ssae.runtime.editor import Editor
     face = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(
         Path(__file__).resolve().parents[1] / "ssae" / "assets" / "example_face.jpg").convert("RGB").resize((size, size)))
     masks = real_masks(size)
@@ -102,9 +108,9 @@ def bench_model(name: str, repeats: int, backends, threads: int) -> dict:
     wide = masks["hair"].copy()
     wide[:2, :2] = wide[-2:, -2:] = 1.0
     masks["hair_wide"] = wide
-    editors = {b: Editor(be, _manifest_of(be)) for b, be in runners.items()}
+    editors = {b: Editor(be) for b, be in runners.items()}
     # the other re-edit path (sparse tiles vs the crop window), timed in the same run for the ratio
-    alt = {b: Editor(be, _manifest_of(be), sparse=not ed.sparse) for b, ed in editors.items()
+    alt = {b: _with_sparse(Editor(runners[b]), not ed.sparse) for b, ed in editors.items()
            if "sae_decoder_edit_sparse" in runners[b].stages()}
     for ed in list(editors.values()) + list(alt.values()):  # warm-up: first edit encodes, second builds the baseline
         for roi in ("hair", "lips"):

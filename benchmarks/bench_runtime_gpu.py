@@ -179,25 +179,38 @@ def bench_chain(model, device: torch.device, reps: int, warmup: int, log) -> lis
     return rows
 
 
+def _stage_path_backend():
+    from ssae.runtime.torch_backend import TorchBackend
+
+    class StagePath(TorchBackend):
+        """The torch backend without its device chain: the Editor runs single region edits stage by stage."""
+
+        def device_chain(self):
+            return None
+
+    return StagePath
+
+
 def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
     """Editor.edit through TorchBackend on `device` (fp32, and fp16 on CUDA), full edit (cache cleared each call) and
-    cached re-edit, two ways: single region edits handed to the device chain (`run_chain` / `run_reedit`, CUDA
-    graphs on CUDA), and the stage path (numpy in and out of every stage)."""
+    cached re-edit, two ways: single region edits handed to the device chain (`Backend.device_chain`, CUDA graphs
+    on CUDA), and the stage path (numpy in and out of every stage)."""
     from PIL import Image
 
     from ssae.pretrained import ASSETS
     from ssae.runtime import Editor
-    from ssae.runtime.editor import _manifest_of
     from ssae.runtime.torch_backend import TorchBackend
 
+    _StagePath = _stage_path_backend()
     face = Image.open(ASSETS / "example_face.jpg").convert("RGB")
     out = {}
     precisions = ("fp32", "fp16") if device.type == "cuda" else ("fp32",)
     for precision, chained in ((p, c) for p in precisions for c in (True, False)):
         key = f"{precision} {'device_chain' if chained else 'stage_path'}"
         try:
-            be = TorchBackend(copy.deepcopy(model), str(device), precision, device_chain=chained)
-            ed = Editor(be, _manifest_of(be))
+            be = TorchBackend(copy.deepcopy(model), str(device), precision) if chained else \
+                _StagePath(copy.deepcopy(model), str(device), precision)
+            ed = Editor(be)
             seeds = iter(range(10 ** 6))
 
             def full():
@@ -218,7 +231,8 @@ def bench_editor(model, device: torch.device, reps: int, warmup: int) -> dict:
                     be.synchronize()
                     ms.append((time.perf_counter() - t) * 1e3)
                 row[name] = dict(median_ms=statistics.median(ms), min_ms=min(ms), reps=reps)
-            row.update(fused_kernel=be.fused_kernel, chains=be.chain_info())
+            dc = be.device_chain()
+            row.update(fused_kernel=be.fused_kernel, chains={} if dc is None else dc.info())
             out[key] = row
         except Exception as e:  # noqa: BLE001
             out[key] = dict(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=-4))

@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ssae.data.transforms import to_model_array
 from ssae.metrics import iou_counts, psnr, ssim
 
 ROI_SEED = 0
@@ -31,7 +32,7 @@ class Variant:
 
 
 def _t(img) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(img).astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    return torch.from_numpy(to_model_array(np.asarray(img)))
 
 
 def _locality(edit, base, mask) -> float | None:
@@ -85,7 +86,7 @@ def compare_variant(reference, variant, images: np.ndarray, labels: np.ndarray, 
     """
     from ssae.runtime.editor import Editor
 
-    e_ref, e_var = Editor(reference, _manifest(reference)), Editor(variant, _manifest(variant))
+    e_ref, e_var = Editor(reference), Editor(variant)
     rois = e_ref.rois
     for ed in (e_ref, e_var):  # warm-up: compile every graph once before timing
         ed.edit_many(images[0], list(rois), [ROI_SEED])
@@ -118,11 +119,6 @@ def compare_variant(reference, variant, images: np.ndarray, labels: np.ndarray, 
         "full_edit_ms": ms_var, "full_edit_ms_fp32": ms_ref, "speedup_vs_fp32": ms_ref / ms_var,
         "reference": reference.describe(), "variant": variant.describe(),
     }
-
-
-def _manifest(backend) -> dict:
-    from ssae.runtime.editor import _manifest_of
-    return _manifest_of(backend)
 
 
 def markdown_report(report: dict) -> str:

@@ -104,7 +104,7 @@ def stage_feeds(export_dir: str | os.PathLike, images: np.ndarray, roi: str = "h
     from ssae.runtime.onnx_backends import OrtBackend
 
     be = OrtBackend(export_dir)
-    ed = Editor(be, be.manifest, cache_size=1)
+    ed = Editor(be, cache_size=1)
     feeds: dict[str, list] = {}
     for k, img in enumerate(images):
         for stage, feed in ed.stage_feeds(img, roi, seed + k).items():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ssae.data.transforms import to_model_array
 from ssae.export.onnx_export import read_manifest
 from .int8 import Int8Config, quantize_export
 
@@ -39,8 +40,8 @@ def edit_psnr(fp32_dir, quant_dir, images: np.ndarray, roi: str = "hair") -> flo
     from ssae.runtime.onnx_backends import OrtBackend
 
     a, b = OrtBackend(fp32_dir), OrtBackend(quant_dir)
-    ea, eb = Editor(a, a.manifest, cache_size=1), Editor(b, b.manifest, cache_size=1)
-    t = lambda im: torch.from_numpy(np.asarray(im).astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    ea, eb = Editor(a, cache_size=1), Editor(b, cache_size=1)
+    t = lambda im: torch.from_numpy(to_model_array(np.asarray(im)))  # noqa: E731
     vals = [psnr(t(eb.edit(img, roi, seed=k).image), t(ea.edit(img, roi, seed=k).image)).item()
             for k, img in enumerate(images)]
     return float(np.mean(vals))

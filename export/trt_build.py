@@ -40,12 +40,13 @@ from typing import Callable, Iterable
 
 from ssae.errors import SSAEError
 from ssae.fileio import atomic_write, read_json
+from ssae.pipeline import ROI_MASK
 from .precision_plan import PrecisionPlan
 
 INDEX = "tensorrt.json"
 INDEX_FORMAT = "ssae-tensorrt-1"
 SIDECAR_FORMAT = "ssae-tensorrt-engine-1"
-GLUE_ROI_MASK = "roi_mask"
+GLUE_ROI_MASK = ROI_MASK
 DEFAULT_MAX_BATCH = 8
 MIN_CROP = 4  # the export's smallest "height"/"width" (export.onnx_export._export_one)
 PLUGIN_MODES = ("auto", "aot", "jit", "off")

@@ -27,17 +27,43 @@ def input_dtype(spec_dtype: str | None):
     return _FED_AS.get(spec_dtype, np.float32)
 
 
-class Backend(abc.ABC):
-    """One way of executing the pipeline stages."""
+class DeviceChain(abc.ABC):
+    """A single region edit run whole on the backend's device (batch 1, full crop, region noise): the codes and
+    masks of the last `full` edit stay there, so a new seed or strength replays only mask -> edit tail -> RB.
+    Both walk `ssae.pipeline.chain_stages`; the Editor hands single region edits to a backend's chain."""
 
-    #: Registry name, e.g. "torch", "torch-bf16", "onnxruntime", "openvino", "tensorrt".
+    @abc.abstractmethod
+    def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
+        """Edit one (1, 3, S, S) float32 image in [-1, 1]: {"refined": (1, 3, S, S), "mask": (1, 1, S, S)}.
+        single_roi: predict only this ROI's mask (then only this ROI can be re-edited)."""
+
+    @abc.abstractmethod
+    def reedit(self, roi: str, seed: int, strength: float) -> dict:
+        """A new edit of the image of the last `full` (same outputs); BackendError when the device does not hold
+        it (another call reused the buffers) or holds only another ROI's mask."""
+
+    def info(self) -> dict[str, str]:
+        """How each chain ran so far (e.g. "cuda graph", or "eager: <why>")."""
+        return {}
+
+
+class Backend(abc.ABC):
+    """One way of executing the pipeline stages (`ssae.pipeline`) of one model.
+
+    Every backend declares what the Editor needs: the model's facts (`manifest`), its stages, how to run one, and
+    optionally a device chain. `Editor(backend)` is all a caller writes."""
+
+    #: Registry name shown in reports, e.g. "torch", "torch-bf16", "onnxruntime", "openvino", "tensorrt".
     name: str = ""
     #: Whether the Editor should run single region re-edits with the sparse tile graph when the backend has it
-    #: (`sae_decoder_edit_sparse`; measured per backend in benchmarks/bench_runtime.py).
+    #: (`sae_decoder_edit_sparse`: faster than the window on CPUs, benchmarks/bench_runtime.py).
     sparse_reedit: bool = False
-    #: Whether the backend runs a single region edit as one device-resident chain, `run_chain(image, roi, seed,
-    #: strength)` then `run_reedit(roi, seed, strength)` (TensorRT; PyTorch on CUDA): the Editor hands such edits over.
-    chains_on_device: bool = False
+
+    @property
+    @abc.abstractmethod
+    def manifest(self) -> dict:
+        """The model's facts (`ssae.export.stages.model_facts`, or an export's manifest.json): "model_config",
+        "rois", "local_tail", "rb_radius", "sparse_tile", "pixel_noise_shape", "injection_index"."""
 
     @property
     @abc.abstractmethod
@@ -57,8 +83,24 @@ class Backend(abc.ABC):
     def run(self, stage: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one stage. Inputs and outputs are float32 arrays keyed by the stage's tensor names."""
 
+    def device_chain(self) -> DeviceChain | None:
+        """The backend's device chain, or None when single region edits run stage by stage on the host."""
+        return None
+
+    def warmup(self) -> None:
+        """Load or compile every stage now instead of on first use (servers call it before taking traffic)."""
+
     def synchronize(self) -> None:
         """Wait for queued device work (for timing); a no-op on synchronous backends."""
+
+    def close(self) -> None:
+        """Release device memory and engines now; the backend is unusable afterwards. Idempotent."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision} on {self.device})"

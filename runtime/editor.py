@@ -37,12 +37,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ssae.data.transforms import from_model_array, to_model_array
 from ssae.errors import ParamError
+from ssae.pipeline import EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, refine_for, smpn_for
 from ssae.face import FaceCrop, FaceDetector, feather, frame_faces
 from ssae import philox
-from ssae.kernels import sparse_tail
+from ssae.kernels import tile_plan
 from ssae.runtime.profiling.nvtx import nvtx_range
-from .backend import Backend
+from .backend import Backend, BackendError
 from .images import DEFAULT_LIMITS, ImageError, ImageLimits, load_image
 from .registry import create_backend, resolve_model
 
@@ -126,7 +128,7 @@ class _Encoded:
     texture: np.ndarray | None = None
     h: np.ndarray | None = None
     skip: np.ndarray | None = None
-    rows: tuple | None = None        # (h, skip) as row tables for the sparse tail (`kernels.sparse_tail.to_rows`)
+    rows: tuple | None = None        # (h, skip) as row tables for the sparse tail (`kernels.tile_plan.to_rows`)
     base: np.ndarray | None = None   # (1, 3, S, S) unedited decoder output (strength 0)
     base_refined: dict = field(default_factory=dict)  # (roi, mask hash, window) or (roi, "chain") -> RB of `base`
 
@@ -142,14 +144,14 @@ class _Photo:
 class Editor:
     """Chains the stages of one backend. Thread-compatible, not thread-safe (use one Editor per thread)."""
 
-    def __init__(self, backend: Backend, manifest: dict, cache_size: int = 8, sparse: bool | None = None,
-                 detector: FaceDetector | None = None, limits: ImageLimits = DEFAULT_LIMITS):
-        """sparse: run region edits' tail on the tiles touching the mask (`sae_decoder_edit_sparse`) where the
-        backend has that graph; None = the backend's preference (`Backend.sparse_reedit`). detector: the face
-        detector (default: one shared per process). limits: the largest photo accepted (checked before
-        decoding)."""
+    def __init__(self, backend: Backend, cache_size: int = 8, detector: FaceDetector | None = None,
+                 limits: ImageLimits = DEFAULT_LIMITS):
+        """backend: any `Backend` (`ssae.runtime.registry.create_backend`); the model's facts come from it.
+        cache_size: photos kept encoded. detector: the face detector (default: one shared per process). limits:
+        the largest photo accepted (checked before decoding)."""
         self.backend = backend
         self.limits = limits
+        manifest = backend.manifest
         cfg = manifest["model_config"]
         self.rois: tuple[str, ...] = tuple(manifest["rois"])
         self.size: int = int(cfg["image_size"])
@@ -157,7 +159,8 @@ class Editor:
         self.pixel_noise_shape = tuple(manifest.get("pixel_noise_shape") or ())
         self.injection_index = manifest.get("injection_index")
         self._cache: OrderedDict[str, _Photo] = OrderedDict()
-        self._chain_key: str | None = None  # crop whose codes a chaining backend holds on its device
+        self._chain_key: str | None = None  # crop whose codes the device chain holds
+        self._device_chain = backend.device_chain()
         self.cache_size = cache_size
         self._detector = detector
         # Local tail: an edit changes the decoder output only within 1 px of the mask, and the RB's output only
@@ -166,8 +169,9 @@ class Editor:
         self.local = bool(manifest.get("local_tail"))
         self.rb_radius = int(manifest.get("rb_radius", 0))
         self.sparse_tile = manifest.get("sparse_tile")
-        want = getattr(backend, "sparse_reedit", False) if sparse is None else sparse
-        self.sparse = bool(want and self.local and self.sparse_tile and "sae_decoder_edit_sparse" in backend.stages())
+        #: Run region edits' tail on the tiles touching the mask (`EDIT_SPARSE`) where the backend prefers it and has
+        #: the graph (benchmarks compare it with the window by setting it).
+        self.sparse = bool(backend.sparse_reedit and self.local and self.sparse_tile and EDIT_SPARSE in backend.stages())
         self.xi = philox.tail_noise_map(manifest) if self.local else None
 
     # ---------------------------------------------------------------------------------------------- cache
@@ -188,11 +192,11 @@ class Editor:
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, backend: str = "auto", device: str | None = None,
-             cache_size: int = 8, limits: ImageLimits = DEFAULT_LIMITS) -> "Editor":
-        """model: None (bundled), a checkpoint, an export folder or a preset name; backend: auto or a name."""
+             cache_size: int = 8, limits: ImageLimits = DEFAULT_LIMITS, precision: str = "auto") -> "Editor":
+        """model: None (bundled), a checkpoint, an export folder or a preset name; backend: "auto" or an engine
+        (`ssae.runtime.registry.ENGINES`); precision: "auto" (the engine's default) or one it offers."""
         src = resolve_model(model)
-        be = create_backend(backend, src, device)
-        return cls(be, _manifest_of(be), cache_size, limits=limits)
+        return cls(create_backend(backend, src, device, precision), cache_size, limits=limits)
 
     # ---------------------------------------------------------------------------------------------- stages
     def _run(self, stage: str, timings: dict, **inputs) -> dict[str, np.ndarray]:
@@ -228,8 +232,7 @@ class Editor:
         t = time.perf_counter()
         encs = []
         for i, c in enumerate(crops):
-            x = c.cut_rgb(rgb).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
-            encs.append(_Encoded(c, np.ascontiguousarray(x, dtype=np.float32), key=f"{key}/{i}"))
+            encs.append(_Encoded(c, to_model_array(c.cut_rgb(rgb)), key=f"{key}/{i}"))
         timings["frame"] = timings.get("frame", 0.0) + (time.perf_counter() - t) * 1e3
         ph = _Photo(rgb, encs)
         self._cache[key] = ph
@@ -239,13 +242,13 @@ class Editor:
 
     def _codes(self, enc: _Encoded, timings: dict) -> None:
         if enc.texture is None:
-            codes = self._run("sae_encoder", timings, image=enc.x)
+            codes = self._run(ENCODER, timings, image=enc.x)
             enc.structure, enc.texture = codes["structure"], codes["texture"]
 
     def _prefix(self, enc: _Encoded, timings: dict) -> None:
         self._codes(enc, timings)
         if enc.h is None:
-            pre = self._run("sae_decoder_prefix", timings, structure=enc.structure, texture=enc.texture)
+            pre = self._run(PREFIX, timings, structure=enc.structure, texture=enc.texture)
             enc.h, enc.skip = pre["h"], pre["skip"]
 
     def _predict_masks(self, enc: _Encoded, rois: Sequence[str], timings: dict) -> None:
@@ -256,11 +259,11 @@ class Editor:
         if not missing:
             return
         stages = self.backend.stages()
-        if len(missing) <= 2 and all(f"smpn_{r}" in stages for r in missing):
+        if len(missing) <= 2 and all(smpn_for(r) in stages for r in missing):
             for r in missing:
-                enc.masks[r] = _quantise(self._run(f"smpn_{r}", timings, image=enc.x)["masks"])
+                enc.masks[r] = _quantise(self._run(smpn_for(r), timings, image=enc.x)["masks"])
             return
-        allm = _quantise(self._run("smpn", timings, image=enc.x)["masks"])
+        allm = _quantise(self._run(SMPN, timings, image=enc.x)["masks"])
         enc.masks.update({r: allm[:, i: i + 1] for i, r in enumerate(self.rois)})
 
     def _stage_inputs(self, enc: _Encoded, mask, direction, seed: int, strength, noise, win=None) -> dict:
@@ -307,7 +310,7 @@ class Editor:
         if enc.base is None:
             zero = np.zeros((1, 1, self.size, self.size), np.float32)
             feed = self._stage_inputs(enc, zero, self._direction(0, None), 0, 0.0, "region")
-            enc.base = self._run("sae_decoder_edit", timings, **feed)["image"]
+            enc.base = self._run(EDIT, timings, **feed)["image"]
         return enc.base
 
     def _base_refined(self, enc: _Encoded, roi: str, mask: np.ndarray, comp, timings) -> np.ndarray:
@@ -316,7 +319,7 @@ class Editor:
         if key not in enc.base_refined:
             cy0, cy1, cx0, cx1 = comp
             enc.base_refined[key] = self._run(
-                f"refine_{roi}", timings, image=np.ascontiguousarray(self._base(enc, timings)[..., cy0:cy1, cx0:cx1]),
+                refine_for(roi), timings, image=np.ascontiguousarray(self._base(enc, timings)[..., cy0:cy1, cx0:cx1]),
                 mask=np.ascontiguousarray(mask[..., cy0:cy1, cx0:cx1]))["refined"]
         return enc.base_refined[key]
 
@@ -332,17 +335,17 @@ class Editor:
         cy0, cy1, cx0, cx1 = comp
         if self.sparse and noise == "region":
             t = time.perf_counter()
-            plan = sparse_tail.plan_tiles(mask[0, 0], int(self.sparse_tile))
+            plan = tile_plan.plan_tiles(mask[0, 0], int(self.sparse_tile))
             if enc.rows is None:
-                enc.rows = (sparse_tail.to_rows(enc.h), sparse_tail.to_rows(enc.skip))
+                enc.rows = (tile_plan.to_rows(enc.h), tile_plan.to_rows(enc.skip))
             timings["sparse_plan"] = timings.get("sparse_plan", 0.0) + (time.perf_counter() - t) * 1e3
-            rgb = self._run("sae_decoder_edit_sparse", timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
-                            mask_rows=sparse_tail.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
+            rgb = self._run(EDIT_SPARSE, timings, h_rows=enc.rows[0], skip_rows=enc.rows[1],
+                            mask_rows=tile_plan.to_rows(mask), patch_idx=plan.patch_idx, out_idx=plan.out_idx,
                             texture=enc.texture, noise=direction, strength=np.full((1,), strength, np.float32))["rgb"]
             coarse = self._base(enc, timings).copy()
-            sparse_tail.scatter_rows(coarse, rgb, plan.out_idx)
+            tile_plan.scatter_rows(coarse, rgb, plan.out_idx)
             return np.ascontiguousarray(coarse[..., cy0:cy1, cx0:cx1])
-        stage = "sae_decoder_edit" if noise == "region" else "sae_decoder_edit_pixel"
+        stage = EDIT if noise == "region" else EDIT_PIXEL
         return self._run(stage, timings, **self._stage_inputs(enc, mask, direction, seed, strength, noise, comp))["image"]
 
     def _edit_crop(self, enc: _Encoded, roi: str, mask: np.ndarray, seed: int, strength: float, noise: str,
@@ -357,26 +360,26 @@ class Editor:
         direction = self._direction(seed, reference_texture, enc) if noise == "region" else None
         coarse = self._coarse(enc, mask, direction, seed, strength, noise, comp, timings)
         cy0, cy1, cx0, cx1 = comp
-        refined = self._run(f"refine_{roi}", timings, image=coarse,
+        refined = self._run(refine_for(roi), timings, image=coarse,
                             mask=np.ascontiguousarray(mask[..., cy0:cy1, cx0:cx1]))["refined"]
         return refined, self._base_refined(enc, roi, mask, comp, timings), outer, comp
 
     def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
-        """One region edit on a backend that chains the whole pipeline on its device (`run_chain`: TensorRT, or
-        PyTorch on CUDA, with CUDA graphs); a new edit of the crop it holds replays only the tail (`run_reedit`).
-        The unedited reference is the same chain at strength 0 (cached per ROI). Same tuple as `_edit_crop`."""
-        from .backend import BackendError
+        """One region edit on the backend's device chain (TensorRT, or PyTorch on CUDA, with CUDA graphs); a new
+        edit of the crop it holds replays only the tail (`DeviceChain.reedit`). The unedited reference is the same
+        chain at strength 0 (cached per ROI). Same tuple as `_edit_crop`."""
+        dc = self._device_chain
 
         def chain(s):
             t = time.perf_counter()
             out = None
             if self._chain_key == enc.key:
                 try:
-                    out, stage = self.backend.run_reedit(roi, seed, s), "chain_reedit"
+                    out, stage = dc.reedit(roi, seed, s), "chain_reedit"
                 except BackendError:  # the device holds another crop or ROI
                     out = None
             if out is None:
-                out, stage = self.backend.run_chain(enc.x, roi, seed, s), "chain_full"
+                out, stage = dc.full(enc.x, roi, seed, s), "chain_full"
                 self._chain_key = enc.key
             timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
             return out
@@ -496,7 +499,7 @@ class Editor:
         image = ph.rgb
         pasted: list[tuple[FaceCrop, np.ndarray]] = []   # (crop, mask) of each face, for the photo-size mask
         raw = None
-        chained = self.backend.chains_on_device and user_mask is None and ref_texture is None and p.noise == "region"
+        chained = self._device_chain is not None and user_mask is None and ref_texture is None and p.noise == "region"
         for enc in crops:
             if user_mask is not None:
                 m = self._user_mask(user_mask, ph.rgb, enc)
@@ -540,7 +543,7 @@ class Editor:
             if parts is not None:
                 r, _, (oy0, oy1, ox0, ox1), (cy0, cy1, cx0, cx1) = parts
                 refined[..., oy0:oy1, ox0:ox1] = r[..., oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
-        return np.round((np.clip(refined[0], -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+        return from_model_array(refined)
 
     def stage_feeds(self, image, roi: str = "hair", seed: int = 0, frame: str = "face") -> dict[str, dict[str, np.ndarray]]:
         """Full-crop inputs of every stage of this backend for one photo's largest face, each made of the outputs
@@ -552,16 +555,16 @@ class Editor:
         self._prefix(enc, {})
         m = enc.masks[roi]
         direction = self._direction(seed, None)
-        feeds = {"smpn": {"image": enc.x}, "sae_encoder": {"image": enc.x},
-                 "sae_decoder_prefix": {"structure": enc.structure, "texture": enc.texture},
-                 "sae_decoder_edit": self._stage_inputs(enc, m, direction, seed, 1.0, "region")}
+        feeds = {SMPN: {"image": enc.x}, ENCODER: {"image": enc.x},
+                 PREFIX: {"structure": enc.structure, "texture": enc.texture},
+                 EDIT: self._stage_inputs(enc, m, direction, seed, 1.0, "region")}
         stages = self.backend.stages()
-        if "sae_decoder_edit_pixel" in stages:
-            feeds["sae_decoder_edit_pixel"] = self._stage_inputs(enc, m, None, seed, 1.0, "pixel")
-        coarse = self.backend.run("sae_decoder_edit", feeds["sae_decoder_edit"])["image"]
+        if EDIT_PIXEL in stages:
+            feeds[EDIT_PIXEL] = self._stage_inputs(enc, m, None, seed, 1.0, "pixel")
+        coarse = self.backend.run(EDIT, feeds[EDIT])["image"]
         for r in self.rois:
-            feeds[f"refine_{r}"] = {"image": coarse, "mask": enc.masks[r]}
-            feeds[f"smpn_{r}"] = {"image": enc.x}
+            feeds[refine_for(r)] = {"image": coarse, "mask": enc.masks[r]}
+            feeds[smpn_for(r)] = {"image": enc.x}
         return {s: f for s, f in feeds.items() if s in stages}
 
 
@@ -576,12 +579,3 @@ def _union_mask(shape, pasted) -> np.ndarray:
 def _quantise(m: np.ndarray) -> np.ndarray:
     """Masks to 8-bit levels (exact zeros outside the region)."""
     return (np.round(m * 255.0) / np.float32(255.0)).astype(np.float32)
-
-
-def _manifest_of(backend: Backend) -> dict:
-    """The facts the Editor needs about the model behind a backend (its export manifest, or the torch model's)."""
-    m = getattr(backend, "manifest", None)
-    if m is not None:
-        return m
-    from ssae.export.stages import model_facts
-    return model_facts(backend.model)

@@ -36,11 +36,15 @@ class _OnnxFolderBackend(Backend):
     def __init__(self, export_dir: str | os.PathLike):
         self.dir = Path(export_dir)
         try:
-            self.manifest = read_manifest(self.dir)
+            self._manifest = read_manifest(self.dir)
         except ExportError as e:
             raise BackendError(str(e)) from None
         self._names = [n for n, e in self.manifest["stages"].items() if not e.get("plugin")]
         self._compiled = {}
+
+    @property
+    def manifest(self) -> dict:
+        return self._manifest
 
     def stages(self) -> list[str]:
         return list(self._names)

@@ -15,15 +15,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ssae.errors import SSAEError
 from ssae.config import PRESETS
 from ssae.fileio import default_cache_dir
 from .backend import Backend, BackendError
 
-#: The torch backends and their precision.
-TORCH_PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-fp16": "fp16"}
-BACKENDS = (*TORCH_PRECISIONS, "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
 EXPORT_REVISION = 6
 
@@ -73,6 +71,25 @@ def resolve_model(model: str | os.PathLike | None) -> ModelSource:
     raise ModelError(f"{s} is neither a .safetensors checkpoint nor an ONNX export folder")
 
 
+def model_rois(src: ModelSource) -> tuple[str, ...]:
+    """The ROIs a model edits, read from its files without loading it (no PyTorch): the export manifest, the
+    checkpoint's config metadata, or the preset."""
+    from ssae.config import SSAEConfig, preset
+    if src.kind == "preset":
+        return tuple(preset(src.preset).smpn.rois)
+    if src.kind == "export":
+        from ssae.fileio import read_json
+        return tuple(read_json(src.path / "manifest.json", ModelError, "export manifest")["rois"])
+    files = sorted(src.path.glob("*.safetensors")) if src.path.is_dir() else [src.path]
+    try:
+        from safetensors import safe_open
+        with safe_open(str(files[0]), framework="numpy") as fh:
+            return tuple(SSAEConfig.from_json((fh.metadata() or {})["config"]).smpn.rois)
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: one line
+        raise ModelError(f"cannot read the model config of {files[0] if files else src.path}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
 def load_torch_model(src: ModelSource):
     """The PyTorch SSAE for a checkpoint or preset source."""
     import torch
@@ -106,52 +123,149 @@ def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separ
     return d
 
 
-def auto_backend() -> str:
-    import torch
+@dataclass(frozen=True)
+class Engine:
+    """One way of running the pipeline: its precisions (the first is its default) and how to build it."""
 
-    from ssae.info import cpu_flags
-    if torch.cuda.is_available():
-        try:
-            import tensorrt  # noqa: F401
-            return "tensorrt"
-        except ImportError:
-            return "torch"
-    try:
-        import openvino  # noqa: F401
-        has_ov = True
-    except ImportError:
-        has_ov = False
-    amx = "amx_bf16" in cpu_flags()
-    if has_ov and amx:
-        return "openvino"
-    if amx:
-        return "torch-bf16"
-    return "onnxruntime"
+    name: str
+    precisions: tuple[str, ...]
+    summary: str
+    factory: Callable[[ModelSource, str, str | None], Backend]   # (model, precision, device) -> Backend
+    #: The precision is the export's (its graphs are run as written): "auto" reaches the factory unresolved.
+    follows_export: bool = False
 
 
-def create_backend(name: str, src: ModelSource, device: str | None = None) -> Backend:
-    """Instantiate a backend by name for a model source."""
-    import torch
+#: The engines, in registration order (`register`). A new backend is one module plus one entry here.
+ENGINES: dict[str, Engine] = {}
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
+
+def register(name: str, precisions: tuple[str, ...], summary: str, follows_export: bool = False):
+    """Decorator: register `factory(model source, precision, device) -> Backend` as engine `name`."""
+    def deco(factory):
+        ENGINES[name] = Engine(name, tuple(precisions), summary, factory, follows_export)
+        return factory
+    return deco
+
+
+def backend_label(engine: str, precision: str) -> str:
+    """The name reports and caches use: the engine alone at its default precision ("auto" included), else
+    "engine-precision"."""
+    return engine if precision in ("auto", ENGINES[engine].precisions[0]) else f"{engine}-{precision}"
+
+
+def backend_name(backend: str = "auto", precision: str = "auto") -> str:
+    """One backend string for the `--backend` and `--precision` flags: "auto" while both are (resolved where the
+    backend is created, e.g. on each serving replica), else the label of what they pick (checked now)."""
+    if backend == "auto" and precision == "auto":
+        return "auto"
+    return backend_label(*parse_backend(backend, precision))
+
+
+def parse_backend(name: str, precision: str = "auto") -> tuple[str, str]:
+    """(engine, precision) of a backend name ("auto", an engine, or a label "engine-precision" as reports print
+    them) and a precision ("auto": the label's, or the engine's default); `auto` resolves as `auto_backend`."""
     if name == "auto":
-        name = auto_backend()
-    if name not in BACKENDS:
-        raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(BACKENDS)})")
-    if name in TORCH_PRECISIONS:
-        from .torch_backend import TorchBackend
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if name == "torch-fp16" and not dev.startswith("cuda"):
-            raise BackendError("torch-fp16 runs on a CUDA device (no CUDA device here: use torch or torch-bf16)")
-        return TorchBackend(load_torch_model(src), dev, TORCH_PRECISIONS[name])
-    if name == "onnxruntime":
-        from .onnx_backends import OrtBackend
-        return OrtBackend(export_dir_for(src))
-    if name in ("openvino", "openvino-fp32"):
-        from .onnx_backends import OpenVINOBackend
-        return OpenVINOBackend(export_dir_for(src), precision="auto" if name == "openvino" else "fp32")
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        raise BackendError("TensorRT is not installed (pip install 'ssae[gpu]' on a CUDA machine)") from None
+        engine, auto_precision = auto_backend()
+        return engine, auto_precision if precision == "auto" else precision
+    engine, _, label_precision = name.partition("-")
+    if engine not in ENGINES:
+        raise BackendError(f"unknown backend {name!r} (choose from auto, {', '.join(ENGINES)})")
+    if label_precision and precision not in ("auto", label_precision):
+        raise BackendError(f"backend {name!r} is {label_precision}: it cannot also be {precision}")
+    precision = label_precision or precision
+    if precision == "auto" and not ENGINES[engine].follows_export:
+        precision = ENGINES[engine].precisions[0]
+    if precision not in ("auto", *ENGINES[engine].precisions):
+        raise BackendError(f"{engine} runs {', '.join(ENGINES[engine].precisions)}, not {precision!r}")
+    return engine, precision
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
+def _cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA device (False where PyTorch is not installed: no torch import otherwise)."""
+    if not _has("torch"):
+        return False
+    import torch
+    return torch.cuda.is_available()
+
+
+def auto_backend() -> tuple[str, str]:
+    """The fastest (engine, precision) here: TensorRT fp16 (CUDA GPU with TensorRT), torch on CUDA, OpenVINO bf16
+    (installed, CPU with AMX), torch bf16 channels-last (CPU with AMX), ONNX Runtime."""
+    from ssae.info import cpu_flags
+    if _cuda_available():
+        return ("tensorrt", "fp16") if _has("tensorrt") else ("torch", "fp32")
+    amx = "amx_bf16" in cpu_flags()
+    if amx and _has("openvino"):
+        return "openvino", "bf16"
+    if amx and _has("torch"):
+        return "torch", "bf16"
+    return "onnxruntime", "fp32"
+
+
+def create_backend(backend: str, src: ModelSource, device: str | None = None, precision: str = "auto") -> Backend:
+    """Instantiate a backend ("auto", an engine or an "engine-precision" label) at a precision for a model."""
+    engine, precision = parse_backend(backend, precision)
+    return ENGINES[engine].factory(src, precision, device)
+
+
+@register("torch", ("fp32", "bf16", "fp16"), "PyTorch eager on CPU or CUDA (bf16: channels-last autocast, fast on "
+          "AMX CPUs; fp16: CUDA)")
+def _torch(src: ModelSource, precision: str, device: str | None) -> Backend:
+    if not _has("torch"):
+        raise BackendError("the torch backend needs PyTorch (pip install 'ssae[torch]')")
+    from .torch_backend import TorchBackend
+    dev = device or ("cuda" if _cuda_available() else "cpu")
+    if precision == "fp16" and not dev.startswith("cuda"):
+        raise BackendError("torch fp16 runs on a CUDA device (no CUDA device here: use fp32 or bf16)")
+    return TorchBackend(load_torch_model(src), dev, precision)
+
+
+@register("onnxruntime", ("fp32", "fp16", "int8"), "ONNX Runtime on the export's graphs, at their precision "
+          "(int8: an export from `ssae calibrate`)", follows_export=True)
+def _onnxruntime(src: ModelSource, precision: str, device: str | None) -> Backend:
+    from .onnx_backends import OrtBackend
+    be = OrtBackend(export_dir_for(src))
+    if precision not in ("auto", be.precision):
+        raise BackendError(f"this export holds {be.precision} graphs, not {precision} (int8: ssae calibrate)")
+    return be
+
+
+@register("openvino", ("bf16", "fp32"), "OpenVINO on the export's graphs (bf16 on AMX CPUs, else fp32)")
+def _openvino(src: ModelSource, precision: str, device: str | None) -> Backend:
+    from .onnx_backends import OpenVINOBackend
+    return OpenVINOBackend(export_dir_for(src), precision="auto" if precision == "bf16" else precision)
+
+
+@register("tensorrt", ("fp16", "fp32", "int8"), "TensorRT engines built from the export (CUDA GPU; int8: an export "
+          "from `ssae calibrate`)")
+def _tensorrt(src: ModelSource, precision: str, device: str | None) -> Backend:
+    if not _has("tensorrt"):
+        raise BackendError("TensorRT is not installed (pip install 'ssae[gpu]' on a CUDA machine)")
     from .tensorrt_backend import TensorRTBackend
-    return TensorRTBackend(export_dir_for(src))
+    return TensorRTBackend(export_dir_for(src), precision=precision)
+
+
+def available_backends() -> list[tuple[str, str, str | None]]:
+    """(label, summary, why not available here or None) of every engine at every precision."""
+    rows = []
+    for e in ENGINES.values():
+        for prec in e.precisions:
+            why = None
+            if e.name == "tensorrt" and not (_has("tensorrt") and _cuda_available()):
+                why = "needs TensorRT and a CUDA GPU"
+            elif e.name == "torch" and not _has("torch"):
+                why = "needs PyTorch (ssae[torch])"
+            elif e.name == "openvino" and not _has("openvino"):
+                why = "needs OpenVINO (ssae[openvino])"
+            elif (e.name, prec) == ("torch", "fp16") and not _cuda_available():
+                why = "needs a CUDA device"
+            elif prec in ("int8", "fp16") and e.name == "onnxruntime":
+                why = f"needs an {prec} export (ssae export --precision fp16, ssae calibrate)"
+            rows.append((backend_label(e.name, prec), e.summary, why))
+    return rows

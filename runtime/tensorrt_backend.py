@@ -6,26 +6,26 @@ Two ways to use it:
    arrays out, one stage at a time. Inputs are copied into the stage's device buffers, the engine runs on the
    backend's stream, the outputs are copied back. Any batch and crop size inside the engines' optimization profile.
 
-2. The chained, device-resident API (for the Editor's fast path, and what the GPU benchmark times):
+2. The device chain (`device_chain()`, a `DeviceChain`: the Editor's fast path, and what the GPU benchmark times):
 
    ```python
-   be = TensorRTBackend(export_dir)                  # or Editor.load(..., backend="tensorrt").backend
-   out = be.run_chain(image, roi="hair", seed=3, strength=1.0)   # image (1, 3, S, S) float32 in [-1, 1]
+   chain = TensorRTBackend(export_dir).device_chain()
+   out = chain.full(image, roi="hair", seed=3, strength=1.0)    # image (1, 3, S, S) float32 in [-1, 1]
    out["refined"], out["mask"]                       # (1, 3, S, S) edited image, (1, 1, S, S) quantised ROI mask
-   again = be.run_reedit(roi="hair", seed=4, strength=0.5)       # new edit of the same image: edit tail + RB only
+   again = chain.reedit(roi="hair", seed=4, strength=0.5)      # new edit of the same image: edit tail + RB only
    ```
 
-   `run_chain` runs SMPN -> ROI mask (channel select + 8-bit quantisation, as the Editor does on the host) -> encoder
+   A full chain (`ssae.pipeline.chain_stages`) runs SMPN -> ROI mask (channel select + 8-bit quantisation, as the Editor does on the host) -> encoder
    -> decoder prefix -> edit (the plugin engine when built) -> RB of the ROI with every intermediate tensor left on
    the device: each engine's outputs are bound directly as the next engine's inputs (one buffer per tensor, allocated
    once at load for the largest profile shape). Host copies happen only at the ends (image, noise, strength, ROI index
    in; edited image and mask out), through pinned buffers. With `cuda_graphs=True` (default) the whole chain is
    captured once per (ROI, SMPN graph) into a CUDA graph and replayed with one launch; so is the cached re-edit
-   (ROI mask -> edit -> RB from the device-resident codes of the last `run_chain`). Batch 1, full image, region
+   (ROI mask -> edit -> RB from the device-resident codes of the last full chain). Batch 1, full image, region
    noise; noise comes from the seed through `ssae.philox` exactly as in the Editor.
 
-   The device-resident state belongs to the last `run_chain`: any `run()` call reuses the same buffers and
-   invalidates it (`run_reedit` then raises until the next `run_chain`).
+   The device-resident state belongs to the last full chain: any `run()` call reuses the same buffers and
+   invalidates it (`reedit` then raises until the next `full`).
 
 Engines come from an engine folder (`ssae.export.trt_build`): given an export folder, the backend uses
 `<export>/tensorrt-<precision>/` and builds it on first use (minutes; `ssae build` does it ahead of time); an engine
@@ -44,33 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from ssae.export import trt_build
-from .backend import Backend, BackendError
-
-FULL, REEDIT = "full", "reedit"
-
-
-def _slot(stage: str, tensor: str) -> str:
-    """The device buffer a stage's tensor lives in: equal slots = an output bound directly as the next input."""
-    if stage.startswith("refine_"):
-        return {"image": "coarse", "mask": "mask", "refined": "refined"}[tensor]
-    if stage.startswith("sae_decoder_edit"):
-        if tensor == "image":
-            return "coarse"
-        if tensor == "noise" and stage == "sae_decoder_edit_pixel":
-            return "pixel_noise"
-        return tensor
-    if stage == "smpn" or stage.startswith("smpn_"):
-        return {"image": "image", "masks": "masks"}[tensor]
-    return tensor  # encoder, prefix, roi_mask: shared names (structure, texture, h, skip, masks, roi, mask)
-
-
-def chain_stages(roi: str, smpn: str, kind: str = FULL) -> list[str]:
-    """Engines of one chain, in order."""
-    tail = [trt_build.GLUE_ROI_MASK, "sae_decoder_edit", f"refine_{roi}"]
-    if kind == REEDIT:
-        return tail
-    return [smpn, trt_build.GLUE_ROI_MASK, "sae_encoder", "sae_decoder_prefix", "sae_decoder_edit", f"refine_{roi}"]
-
+from ssae.pipeline import FULL, REEDIT, ROI_MASK, SMPN, chain_stages, slot as _slot, smpn_for
+from .backend import Backend, BackendError, DeviceChain
 
 @dataclass
 class _Engine:
@@ -106,7 +81,6 @@ class TensorRTBackend(Backend):
     """TensorRT engines of an export (see the module docstring)."""
 
     name = "tensorrt"
-    chains_on_device = True
 
     def __init__(self, export_dir: str | os.PathLike, precision: str = "fp16", engine_dir: str | os.PathLike | None = None,
                  plan=None, max_batch: int = trt_build.DEFAULT_MAX_BATCH, build: bool = True, device: int = 0,
@@ -147,7 +121,7 @@ class TensorRTBackend(Backend):
         except trt_build.EngineMismatch as e:
             raise BackendError(str(e)) from None
         self.engine_dir, self.index = edir, index
-        self.manifest = index["manifest"]
+        self._manifest = index["manifest"]
         self._precision = index.get("precision", precision)
         self.size = int(self.manifest["model_config"]["image_size"])
         self.rois = tuple(self.manifest["rois"])
@@ -281,7 +255,7 @@ class TensorRTBackend(Backend):
         return self._precision
 
     def stages(self) -> list[str]:
-        return [s for s in self._engines if s != trt_build.GLUE_ROI_MASK]
+        return [s for s in self._engines if s != ROI_MASK]
 
     def describe(self) -> str:
         plug = {e.plugin for e in self._engines.values()} - {"none"}
@@ -319,8 +293,8 @@ class TensorRTBackend(Backend):
 
     # ------------------------------------------------------------------------------------------ chained API
     def _smpn_for(self, roi: str, single_roi: bool) -> str:
-        single = f"smpn_{roi}"
-        return single if (single_roi and single in self._engines) else "smpn"
+        single = smpn_for(roi)
+        return single if (single_roi and single in self._engines) else SMPN
 
     def _io_shapes(self, stages: list[str], smpn: str) -> dict[str, dict[str, tuple]]:
         """Batch-1, full-size input shapes of every engine of a chain."""
@@ -336,7 +310,7 @@ class TensorRTBackend(Backend):
                     d[n] = (1, g)
                 elif n in ("strength", "roi"):
                     d[n] = (1,)
-                elif st == trt_build.GLUE_ROI_MASK and n == "masks":
+                elif st == ROI_MASK and n == "masks":
                     d[n] = (1, channels) + tuple(mx[2:])
                 else:
                     d[n] = (1,) + tuple(mx[1:]) if n != "xi" else tuple(mx)
@@ -438,7 +412,14 @@ class TensorRTBackend(Backend):
         self.synchronize()
         return {"refined": self._pinned["refined"].copy(), "mask": self._pinned["mask"].copy()}
 
-    def run_chain(self, image: np.ndarray, roi: str = "hair", seed: int = 0, strength: float = 1.0,
+    @property
+    def manifest(self) -> dict:
+        return self._manifest
+
+    def device_chain(self) -> DeviceChain:
+        return TensorRTChain(self)
+
+    def _run_full(self, image: np.ndarray, roi: str, seed: int, strength: float,
                   single_roi: bool = False) -> dict[str, np.ndarray]:
         """Full edit of one image on the device (see the module docstring): {"refined", "mask"} float32.
 
@@ -450,19 +431,19 @@ class TensorRTBackend(Backend):
         self._chain_state = {"smpn": smpn, "rois": (roi,) if smpn.startswith("smpn_") else self.rois}
         return out
 
-    def run_reedit(self, roi: str = "hair", seed: int = 0, strength: float = 1.0) -> dict[str, np.ndarray]:
-        """A new edit of the image of the last `run_chain` (its codes and masks are still on the device)."""
+    def _run_reedit(self, roi: str, seed: int, strength: float) -> dict[str, np.ndarray]:
+        """A new edit of the image of the last full chain (its codes and masks are still on the device)."""
         st = self._chain_state
         if st is None:
-            raise BackendError("no image on the device: call run_chain first (run() calls reuse its buffers)")
+            raise BackendError("no image on the device: run a full chain first (run() calls reuse its buffers)")
         if roi not in st["rois"]:
-            raise BackendError(f"the device holds only the {', '.join(st['rois'])} mask: run_chain with "
+            raise BackendError(f"the device holds only the {', '.join(st['rois'])} mask: run a full chain with "
                                f"single_roi=False to re-edit other ROIs")
         self._stage_chain_inputs(roi, seed, strength, None, st["smpn"])
         ch = self._chain(REEDIT, roi, st["smpn"])
         return self._launch(ch)
 
-    def chain_info(self) -> dict:
+    def _chain_info(self) -> dict:
         """Which chains are captured as CUDA graphs (and why not, where not)."""
         return {f"{k}/{r}/{s}": ("cuda graph" if c.graph_exec is not None else f"eager: {c.eager_reason or 'off'}")
                 for (k, r, s), c in self._chains.items()}
@@ -497,3 +478,20 @@ class TensorRTBackend(Backend):
     def __del__(self):
         if getattr(self, "stream", None) is not None and not getattr(self, "_closed", True):
             self.close()
+
+
+class TensorRTChain(DeviceChain):
+    """The device chain of a TensorRTBackend (its engines bound buffer to buffer along `ssae.pipeline.chain_stages`,
+    replayed from CUDA graphs); the state it holds is the backend's."""
+
+    def __init__(self, backend: TensorRTBackend):
+        self.backend = backend
+
+    def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
+        return self.backend._run_full(image, roi, seed, strength, single_roi)
+
+    def reedit(self, roi: str, seed: int, strength: float) -> dict:
+        return self.backend._run_reedit(roi, seed, strength)
+
+    def info(self) -> dict[str, str]:
+        return self.backend._chain_info()

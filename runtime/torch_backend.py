@@ -5,24 +5,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssae.export.stages import CPU_ONLY_STAGES, build_stages
+from ssae.export.stages import CPU_ONLY_STAGES, build_stages, model_facts
 from ssae.kernels.ops import use_fused_op
 from ssae.models.ssae_model import SSAE
 from .backend import Backend, BackendError, input_dtype
+from .torch_chain import TorchChain
 
 
 class TorchBackend(Backend):
-    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32", fused_kernel: bool | None = None,
-                 device_chain: bool | None = None, cuda_graphs: bool = True):
+    #: Run the region edit's injection layer through the fused CUDA kernel (`torch.ops.ssae.masked_modconv`): on
+    #: CUDA devices (on the CPU the op would run the same reference). Where the kernel cannot load, the op falls
+    #: back to the reference with a one-time warning. Benchmarks turn it off to time the unfused formulation.
+    fused_kernel: bool
+    #: Replay the device chain from captured CUDA graphs (benchmarks turn it off to time eager chains).
+    cuda_graphs: bool = True
+
+    def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32"):
         """precision: fp32; bf16 (autocast, channels-last: fast on AMX CPUs); fp16 (half weights and activations,
-        meant for CUDA devices, where the fused kernel takes its tensor-core entry).
-        fused_kernel: run the region edit's injection layer through the fused CUDA kernel
-        (`torch.ops.ssae.masked_modconv`; default: on CUDA devices, off on the CPU, where the op would run the same
-        reference). Where the kernel cannot load, the op falls back to the reference with a one-time warning.
-        device_chain: run single region edits as one chain on the device (`run_chain` / `run_reedit`, see
-        `runtime/torch_chain.py`; the Editor hands them over); default: on CUDA devices. On the CPU the Editor's
-        stage path is faster (its re-edits compute only the ROI's window or sparse tiles). cuda_graphs: replay
-        those chains from captured CUDA graphs."""
+        meant for CUDA devices, where the fused kernel takes its tensor-core entry). On CUDA devices single region
+        edits run as one device chain (`device_chain`, `runtime/torch_chain.py`); on the CPU the Editor's stage
+        path is faster (its re-edits compute only the ROI's window or sparse tiles)."""
         if precision not in ("fp32", "bf16", "fp16"):
             raise BackendError(f"torch backend precision must be fp32, bf16 or fp16, not {precision!r}")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -35,10 +37,9 @@ class TorchBackend(Backend):
         # On CUDA the fused kernel runs the window.
         self.sparse_reedit = self._device.type == "cpu" and precision != "fp16"
         self._precision = precision
-        self.fused_kernel = self._device.type == "cuda" if fused_kernel is None else bool(fused_kernel)
-        self.chains_on_device = self._device.type == "cuda" if device_chain is None else bool(device_chain)
-        self._cuda_graphs = cuda_graphs
+        self.fused_kernel = self._device.type == "cuda"
         self._chain = None
+        self._facts = None
         self._dtype = torch.float16 if precision == "fp16" else torch.float32  # of weights and activations
         self.model = model.eval().freeze().to(self._device, self._dtype)
         self._stages = build_stages(self.model)
@@ -85,27 +86,23 @@ class TorchBackend(Backend):
             self._spec_cache = stage_specs(self.model)
         return self._spec_cache
 
+    @property
+    def manifest(self) -> dict:
+        if self._facts is None:
+            self._facts = model_facts(self.model)
+        return self._facts
+
     # ---------------------------------------------------------------------------------------------- chained edits
-    def run_chain(self, image: np.ndarray, roi: str = "hair", seed: int = 0, strength: float = 1.0,
-                  single_roi: bool = False) -> dict[str, np.ndarray]:
-        """Full edit of one (1, 3, S, S) image on the device: {"refined", "mask"} float32 (`TorchChain.full`)."""
-        return self._device_chain().full(image, roi, seed, strength, single_roi)
+    def device_chain(self) -> TorchChain | None:
+        """The device chain on CUDA devices (None on the CPU, where the Editor's stage path is faster)."""
+        return self.chain() if self._device.type == "cuda" else None
 
-    def run_reedit(self, roi: str = "hair", seed: int = 0, strength: float = 1.0) -> dict[str, np.ndarray]:
-        """A new edit of the image of the last `run_chain` (`TorchChain.reedit`)."""
-        return self._device_chain().reedit(roi, seed, strength)
-
-    def chain_info(self) -> dict[str, str]:
-        """Which chains ran from CUDA graphs (and why not, where not)."""
-        return {} if self._chain is None else self._chain.info()
-
-    def _device_chain(self):
+    def chain(self) -> TorchChain:
+        """This backend's `TorchChain`, on any device (the CPU one serves tests of the chaining contract)."""
         if self._chain is None:
-            from ssae.export.stages import model_facts
-            from .torch_chain import TorchChain
-            self._chain = TorchChain(self._stages, model_facts(self.model), self._device, self._dtype,
+            self._chain = TorchChain(self._stages, self._specs(), self.manifest, self._device, self._dtype,
                                      torch.bfloat16 if self._precision == "bf16" else None, self.fused_kernel,
-                                     self._cuda_graphs)
+                                     self.cuda_graphs)
         return self._chain
 
     def synchronize(self) -> None:

@@ -1,13 +1,12 @@
 """The PyTorch stages chained on one device: a whole region edit with the tensors never leaving it.
 
-`TorchChain.full` runs SMPN -> ROI mask (channel select + 8-bit quantisation, as the Editor does on the host) ->
-encoder -> decoder prefix -> edit tail -> RB of the ROI for one image (batch 1, full image, region noise), and
-keeps the codes and masks on the device; `TorchChain.reedit` runs ROI mask -> edit tail -> RB on them for a new
-seed or strength. Host copies only at the ends: the image, noise and strength in, the edited image and mask out.
-On CUDA each chain is captured once per (kind, ROI, SMPN graph) into a CUDA graph and replayed with one launch;
-inputs are copied into the graph's static buffers first, and the held codes live in buffers owned by the chain,
-so every re-edit graph reads what the last full edit wrote. This is the same contract as
-`TensorRTBackend.run_chain` / `run_reedit`, so the Editor hands single region edits to either.
+`TorchChain` is the torch backend's `DeviceChain`: it walks `ssae.pipeline.chain_stages` over the stage modules,
+each output kept in its slot (`ssae.pipeline.slot`) for the next stage, and keeps the codes and masks of the last
+full edit on the device (`ssae.pipeline.HELD`), so a re-edit runs ROI mask -> edit tail -> RB only. Host copies only
+at the ends: the image, noise and strength in, the edited image and mask out. On CUDA each chain is captured once
+per (kind, ROI, SMPN graph) into a CUDA graph and replayed with one launch; inputs are copied into the graph's
+static buffers first, and the held codes live in buffers owned by the chain, so every re-edit graph reads what the
+last full edit wrote.
 """
 from __future__ import annotations
 
@@ -19,21 +18,20 @@ import torch
 
 from ssae import philox
 from ssae.kernels.ops import use_fused_op
-from .backend import BackendError
+from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, slot, smpn_for
+from .backend import BackendError, DeviceChain
 
-FULL, REEDIT = "full", "reedit"
 
-
-class TorchChain:
+class TorchChain(DeviceChain):
     """Device-resident chain over the stage modules of one model (see the module docstring)."""
 
-    def __init__(self, stages: dict[str, torch.nn.Module], facts: dict, device: torch.device,
+    def __init__(self, stages: dict[str, torch.nn.Module], specs: dict, facts: dict, device: torch.device,
                  dtype: torch.dtype = torch.float32, autocast_dtype: torch.dtype | None = None,
                  fused_kernel: bool = False, cuda_graphs: bool | None = None):
-        """stages: `export.stages.build_stages` modules already on `device` in `dtype` (float32 or float16);
-        facts: `export.stages.model_facts`. autocast_dtype: run under torch.autocast in this dtype (None: the
+        """stages: `export.stages.build_stages` modules already on `device` in `dtype` (float32 or float16), and
+        their `stage_specs` (the tensor names of their arguments); facts: `export.stages.model_facts`. autocast_dtype: run under torch.autocast in this dtype (None: the
         modules' own dtype). cuda_graphs: capture the chains (default: on CUDA devices)."""
-        self.stages, self.device = stages, device
+        self.stages, self.specs, self.device = stages, specs, device
         self.rois: tuple[str, ...] = tuple(facts["rois"])
         self.size = int(facts["model_config"]["image_size"])
         self.code_ch = int(facts["model_config"]["sae"]["global_code_ch"])
@@ -59,7 +57,7 @@ class TorchChain:
     # ---------------------------------------------------------------------------------------------- public
     def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
         """Full edit of one (1, 3, S, S) float32 image in [-1, 1]: {"refined": (1, 3, S, S), "mask": (1, 1, S, S)}."""
-        smpn = f"smpn_{roi}" if single_roi and f"smpn_{roi}" in self.stages else "smpn"
+        smpn = smpn_for(roi) if single_roi and smpn_for(roi) in self.stages else SMPN
         img = np.asarray(image, np.float32)
         if img.shape != (1, 3, self.size, self.size):
             raise ValueError(f"image must be (1, 3, {self.size}, {self.size}) float32 in [-1, 1], got {img.shape}")
@@ -67,7 +65,7 @@ class TorchChain:
         self._set_inputs(seed, strength)
         self._image.copy_(torch.from_numpy(img))
         out = self._execute(FULL, roi, smpn)
-        self._held_rois = (roi,) if smpn != "smpn" else self.rois
+        self._held_rois = (roi,) if smpn != SMPN else self.rois
         return out
 
     def reedit(self, roi: str, seed: int, strength: float) -> dict:
@@ -108,30 +106,34 @@ class TorchChain:
         return stack
 
     def _forward(self, kind: str, roi: str, smpn: str) -> dict[str, torch.Tensor]:
-        """One chain on the current inputs; a full edit also writes the held state (`smpn` names its SMPN graph;
-        for a re-edit it only tells the captured graphs apart)."""
-        st = self.stages
-        if kind == FULL:
-            masks = (torch.round(st[smpn](self._image).float() * 255.0) / 255.0).to(self.dtype)
-            structure, texture = st["sae_encoder"](self._image)
-            h, skip = st["sae_decoder_prefix"](structure, texture)
-            self._hold(h, skip, texture, masks)
-        held = self._held
-        mask = held["masks"][:, self.rois.index(roi): self.rois.index(roi) + 1] \
-            if held["masks"].shape[1] > 1 else held["masks"]
-        xi = () if self._xi is None else (self._xi,)
-        coarse = st["sae_decoder_edit"](held["h"], held["skip"], held["texture"], mask, self._noise,
-                                        self._strength, *xi)
-        refined = st[f"refine_{roi}"](coarse, mask)
-        return {"refined": refined, "mask": mask}
+        """One chain on the current inputs (`chain_stages`); a full edit also writes the held state (`smpn` names its
+        SMPN graph; for a re-edit it only tells the captured graphs apart)."""
+        t: dict[str, torch.Tensor] = {"image": self._image, "noise": self._noise, "strength": self._strength}
+        if self._xi is not None:
+            t["xi"] = self._xi
+        if kind == REEDIT:
+            t.update(self._held)
+        for stage in chain_stages(roi, smpn, kind):
+            if stage == ROI_MASK:
+                masks = t["masks"]
+                if masks.shape[1] > 1:
+                    masks = masks[:, self.rois.index(roi): self.rois.index(roi) + 1]
+                t["mask"] = (torch.round(masks.float() * 255.0) / 255.0).to(self.dtype)
+                continue
+            spec = self.specs[stage]
+            outs = self.stages[stage](*[t[slot(stage, i.name)] for i in spec.inputs])
+            outs = outs if isinstance(outs, tuple) else (outs,)
+            t.update({slot(stage, o.name): v for o, v in zip(spec.outputs, outs)})
+            if kind == FULL and stage == PREFIX:
+                self._hold({k: t[k] for k in HELD})
+        return {"refined": t["refined"], "mask": t["mask"]}
 
-    def _hold(self, h, skip, texture, masks) -> None:
-        shapes = dict(h=h, skip=skip, texture=texture, masks=masks)
+    def _hold(self, held: dict[str, torch.Tensor]) -> None:
         if self._held is None or any(self._held[k].shape != v.shape or self._held[k].dtype != v.dtype
-                                     for k, v in shapes.items()):
-            self._held = {k: torch.empty_like(v) for k, v in shapes.items()}
+                                     for k, v in held.items()):
+            self._held = {k: torch.empty_like(v) for k, v in held.items()}
             self._graphs.clear()  # they were captured on the old buffers
-        for k, v in shapes.items():
+        for k, v in held.items():
             self._held[k].copy_(v)
 
     def _execute(self, kind: str, roi: str, smpn: str) -> dict[str, np.ndarray]:

@@ -10,9 +10,7 @@ import json
 import os
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 
 from .errors import SSAEError
 from .config import SSAEConfig
@@ -37,6 +35,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, cfg: SSAECo
     meta = {"format": FORMAT, "component": component, "config": cfg.to_json()}
     if extra:
         meta["extra"] = json.dumps(extra, sort_keys=True)
+    from safetensors.torch import save_file
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -53,6 +52,7 @@ def _files(path: Path) -> list[Path]:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torch.Tensor], dict]:
     """Return (config, merged state dict, metadata of the first file)."""
+    from safetensors.torch import load_file, safe_open
     cfg, state, meta0 = None, {}, None
     for f in _files(Path(path)):
         try:

@@ -25,7 +25,7 @@ def command(name: str, add_args: Callable[[argparse.ArgumentParser], None]):
 @command("info", lambda p: None)
 def _info(args: argparse.Namespace) -> int:
     from .info import format_info, gather
-    from ssae.runtime.registry import auto_backend
+    from ssae.runtime.registry import auto_backend, backend_label
 
     info = gather()
     try:
@@ -34,8 +34,35 @@ def _info(args: argparse.Namespace) -> int:
     except Exception as e:  # noqa: BLE001 - a report line, never a failure
         info.fused_kernel = f"cannot check ({type(e).__name__})"
     print(format_info(info))
-    print(f"auto backend: {auto_backend()}")
+    print(f"auto backend: {backend_label(*auto_backend())}")
     return 0
+
+
+@command("backends", lambda p: None)
+def _backends(args: argparse.Namespace) -> int:
+    """The engines and precisions of the backend registry, and which run here."""
+    from ssae.runtime.registry import available_backends
+
+    for label, summary, why in available_backends():
+        print(f"{label:<18} {'available' if why is None else why}")
+    return 0
+
+
+def _backend_args(p, default: str = "auto") -> None:
+    """--backend and --precision, their choices and help from the backend registry."""
+    from ssae.runtime.registry import ENGINES, PRECISIONS
+
+    p.add_argument("--backend", default=default, choices=("auto", *ENGINES),
+                   help="; ".join(["auto: the fastest here"] + [f"{e.name}: {e.summary}" for e in ENGINES.values()]))
+    p.add_argument("--precision", default="auto", choices=("auto", *PRECISIONS),
+                   help="auto: the engine's default; " + "; ".join(f"{e.name}: {', '.join(e.precisions)}"
+                                                                for e in ENGINES.values()))
+
+
+def _backend(args) -> str:
+    """The backend string of the --backend and --precision flags (`registry.backend_name`)."""
+    from ssae.runtime.registry import backend_name
+    return backend_name(args.backend, args.precision)
 
 
 def _data_args(p):
@@ -78,7 +105,7 @@ def _eval_args(p):
     src.add_argument("--lfw", default=None, help="LFW Part Labels root: model-space and photo-level metrics")
     p.add_argument("--lfw-derived", default=None, help="landmark-derived masks folder (ssae data lfw-masks)")
     p.add_argument("--split", default="test")
-    p.add_argument("--backend", default="auto", help="backend of the photo-level edits")
+    _backend_args(p)
     p.add_argument("--rois", nargs="+", default=None, help="ROIs to edit (default: all)")
     p.add_argument("--max-images", type=int, default=None)
     p.add_argument("--seeds", type=int, default=1, help="edits per image and ROI")
@@ -99,7 +126,7 @@ def _eval(args: argparse.Namespace) -> int:
     from ssae.runtime.registry import ModelError
 
     try:
-        ed = Editor.load(args.model, backend=args.backend)
+        ed = Editor.load(args.model, backend=_backend(args))
     except (ModelError, BackendError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     for r in args.rois or ():
@@ -201,7 +228,7 @@ def _edit_args(p):
     p.add_argument("-o", "--output", required=True, help="output PNG (or any format PIL writes by extension)")
     p.add_argument("--masks-out", default=None, help="folder for the predicted masks (one PNG per ROI)")
     p.add_argument("--model", default=None, help="checkpoint, ONNX export folder or preset (default: bundled)")
-    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, tensorrt")
+    _backend_args(p)
     p.add_argument("--json", action="store_true", help="print timings and settings as JSON")
 
 
@@ -226,7 +253,7 @@ def _edit(args: argparse.Namespace) -> int:
         check_writable_dir(Path(args.masks_out))
     if not np.isfinite(args.strength):
         raise UserError(f"strength must be a finite number, got {args.strength}")
-    ed = Editor.load(args.model, backend=args.backend, limits=image_limits(args))
+    ed = Editor.load(args.model, backend=_backend(args), limits=image_limits(args))
     if args.roi != "all" and args.roi not in ed.rois:
         raise UserError(f"unknown ROI {args.roi!r} (choose from {', '.join(ed.rois)} or all)")
     rois = list(ed.rois) if args.roi == "all" else [args.roi]
@@ -417,7 +444,7 @@ def _export_fp16(args: argparse.Namespace) -> int:
 
 def _serve_args(p):
     p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
-    p.add_argument("--backend", default="auto", help="auto, torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, tensorrt")
+    _backend_args(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     p.add_argument("--port", type=int, default=8000)
     scale = p.add_mutually_exclusive_group()
@@ -453,7 +480,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     try:
-        cfg = ServeConfig(model=args.model, backend=args.backend, host=args.host, port=args.port,
+        cfg = ServeConfig(model=args.model, backend=_backend(args), host=args.host, port=args.port,
                           replicas=args.replicas, autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, max_image_mb=args.max_image_mb,
                           cache_mb=args.cache_mb, threads=args.threads,
@@ -535,7 +562,7 @@ def _edit_batch_args(p):
     p.add_argument("--strength", type=float, default=1.0)
     _framing_args(p)
     p.add_argument("--model", default=None, help="checkpoint, export folder or preset (default: bundled)")
-    p.add_argument("--backend", default="auto")
+    _backend_args(p)
     p.add_argument("--workers", type=int, default=1, help="actors in the pool (one Editor each)")
     p.add_argument("--batch-size", type=int, default=4, help="images per map_batches call")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
@@ -550,14 +577,14 @@ def _edit_batch(args: argparse.Namespace) -> int:
     """Edit a folder of images with an actor pool on Ray Data; resumable; exit 1 when some inputs failed."""
     import json
 
-    from .config import ROIS
     from ssae.runtime.backend import BackendError
-    from ssae.runtime.registry import ModelError
+    from ssae.runtime.registry import ModelError, model_rois, resolve_model
     from ssae.runtime.serve.batch import BatchConfig, BatchError, parse_seeds, print_progress, run_batch
 
-    bad = [r for r in args.roi if r not in ROIS]
+    rois = model_rois(resolve_model(args.model))
+    bad = [r for r in args.roi if r not in rois]
     if bad:
-        raise UserError(f"unknown ROI {bad[0]!r} (choose from {', '.join(ROIS)})")
+        raise UserError(f"unknown ROI {bad[0]!r} (this model edits {', '.join(rois)})")
     if not args.local:
         try:
             import ray  # noqa: F401
@@ -567,7 +594,7 @@ def _edit_batch(args: argparse.Namespace) -> int:
     try:
         cfg = BatchConfig(rois=tuple(dict.fromkeys(args.roi)), seeds=tuple(parse_seeds(args.seeds)),
                           strength=args.strength, **_framing_kwargs(args), max_megapixels=args.max_megapixels,
-                          model=args.model, backend=args.backend, workers=args.workers, batch_size=args.batch_size,
+                          model=args.model, backend=_backend(args), workers=args.workers, batch_size=args.batch_size,
                           cpus_per_worker=args.cpus_per_worker, threads=args.threads, address=args.address,
                           local=args.local)
         report = run_batch(args.input, args.output, cfg, args.errors, progress=print_progress)
@@ -682,7 +709,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _profile_args(p):
     p.add_argument("--model", default=None)
-    p.add_argument("--backend", default="onnxruntime")
+    _backend_args(p, default="onnxruntime")
     p.add_argument("--stage", default="sae_decoder_prefix")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--top", type=int, default=15)
@@ -701,7 +728,7 @@ def _profile(args: argparse.Namespace) -> int:
     from ssae.runtime.registry import ModelError
 
     try:
-        res = run_profile(args.model, args.backend, args.stage, args.runs, args.top)
+        res = run_profile(args.model, _backend(args), args.stage, args.runs, args.top)
     except (BackendError, ModelError, ValueError, ImportError) as e:
         raise UserError(str(e).splitlines()[0]) from None
     print(format_profile(res))

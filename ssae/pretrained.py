@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_model
+from .checkpoint import CheckpointError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED = {"lfw128": ASSETS / "lfw128"}
@@ -23,6 +23,7 @@ def bundled_path(name: str = "lfw128") -> Path:
 def load_pretrained(name_or_path: str | os.PathLike | None = None):
     """Load SSAE models ready for the runtime: None = the bundled model; else a bundled name or a checkpoint
     file/folder. Returns an `ssae.models.SSAE` in eval mode with folded inference weights."""
+    from .checkpoint import load_model
     if name_or_path is None:
         return load_model(bundled_path())
     if str(name_or_path) in BUNDLED:

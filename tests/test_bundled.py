@@ -110,7 +110,7 @@ def test_same_request_same_bytes_on_every_path(shared_dir, backend):
         fresh = {}
         for roi in warm.rois:
             for seed in (1, 2):
-                ed = Editor(warm.backend, warm.backend.manifest)          # an empty cache: a first edit
+                ed = Editor(warm.backend)          # an empty cache: a first edit
                 fresh[roi, seed] = np.asarray(ed.edit(p, roi=roi, seed=seed).image)
         many = warm.edit_many(p, list(warm.rois), [1, 2])
         reqs = warm.edit_requests([EditRequest(p, EditParams(roi, seed)) for roi in warm.rois for seed in (1, 2)])

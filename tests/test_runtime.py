@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from ssae.runtime import BackendError, Editor, ImageError, load_image
-from ssae.runtime.editor import FaceNotFoundError, _manifest_of
+from ssae.runtime.backend import DeviceChain
+from ssae.runtime.editor import FaceNotFoundError
 from ssae.runtime.onnx_backends import OrtBackend
 from ssae.runtime.registry import ModelError, create_backend, resolve_model
 from ssae.runtime.torch_backend import TorchBackend
@@ -17,7 +18,7 @@ from ssae.runtime.torch_backend import TorchBackend
 
 @pytest.fixture(scope="module")
 def editors(tiny_model, tiny_export):
-    eds = {"torch": Editor(TorchBackend(tiny_model), _manifest_of(TorchBackend(tiny_model))),
+    eds = {"torch": Editor(TorchBackend(tiny_model)),
            "onnxruntime": Editor.load(tiny_export, backend="onnxruntime")}
     try:
         eds["openvino"] = Editor.load(tiny_export, backend="openvino")
@@ -47,9 +48,9 @@ def test_single_roi_smpn_graphs_give_the_five_roi_masks(editors, face_path):
     """The per-ROI SMPN graphs a single edit runs agree with the five-ROI graph (8-bit mask levels)."""
     from ssae.runtime.editor import Editor
     ed = editors["onnxruntime"]
-    full = Editor(ed.backend, ed.backend.manifest).masks(face_path)  # fresh cache: the five-ROI graph
+    full = Editor(ed.backend).masks(face_path)  # fresh cache: the five-ROI graph
     for roi in ("hair", "lips"):
-        single = Editor(ed.backend, ed.backend.manifest)
+        single = Editor(ed.backend)
         single.edit(face_path, roi=roi, seed=0)  # caches the single-ROI mask
         got = single.masks(face_path)[roi]
         assert np.abs(got - full[roi]).max() <= 1.5 / 255, roi
@@ -202,7 +203,7 @@ def test_bf16_backends_are_within_40db_of_fp32(tiny_model, tiny_export, face_pat
     from ssae.metrics import psnr
     if name == "torch-bf16":
         bf16 = TorchBackend(tiny_model, precision="bf16")
-        ed16 = Editor(bf16, _manifest_of(bf16))
+        ed16 = Editor(bf16)
     elif "openvino" in editors:
         ed16 = editors["openvino"]
     else:
@@ -221,7 +222,8 @@ def test_windowed_edits_equal_full_crop_edits(tiny_model, tiny_export, face_path
     same as the full-crop computation of another backend, and the same bytes on a first edit and a re-edit."""
     editors = []
     for be in (TorchBackend(tiny_model), OrtBackend(tiny_export), OrtBackend(tiny_export)):
-        ed = Editor(be, _manifest_of(be), sparse=len(editors) == 1)
+        ed = Editor(be)
+        ed.sparse = ed.sparse and len(editors) == 1
         enc = ed._photo(face_path, "face", {}).crops[0]
         ed._predict_masks(enc, ed.rois, {})
         for m in enc.masks.values():          # small ROIs (the tiny model's masks cover everything)
@@ -261,63 +263,78 @@ def test_user_mask_replaces_the_smpn(editors, face_path):
         ed.edit(face_path, mask=np.zeros((10, 10), np.float32))
 
 
-class _HostChain(OrtBackend):
-    """The chaining contract of `TensorRTBackend.run_chain` / `run_reedit`, run stage by stage on the host: lets the
-    CPU suite check the Editor's dispatch to a chaining backend (the device-resident version needs TensorRT)."""
+class _HostChain(DeviceChain):
+    """The `DeviceChain` contract run stage by stage on the host by an ONNX Runtime backend: lets the CPU suite
+    check the Editor's dispatch to a chaining backend (the device-resident version needs TensorRT)."""
 
-    chains_on_device = True
+    def __init__(self, backend):
+        self.be, self.calls = backend, []
 
-    def __init__(self, export_dir):
-        super().__init__(export_dir)
-        self.calls = []
-
-    def run_chain(self, image, roi="hair", seed=0, strength=1.0, single_roi=False):
+    def full(self, image, roi, seed, strength, single_roi=False):
         self.calls.append("chain")
-        codes = self.run("sae_encoder", {"image": image})
-        self.state = {"image": image, "codes": codes, "pre": self.run("sae_decoder_prefix", codes)}
+        codes = self.be.run("sae_encoder", {"image": image})
+        self.state = {"image": image, "codes": codes, "pre": self.be.run("sae_decoder_prefix", codes)}
         return self._tail(roi, seed, strength)
 
-    def run_reedit(self, roi="hair", seed=0, strength=1.0):
+    def reedit(self, roi, seed, strength):
         self.calls.append("reedit")
         return self._tail(roi, seed, strength)
 
     def _tail(self, roi, seed, strength):
         from ssae import philox
-        st, man = self.state, self.manifest
+        st, man, run = self.state, self.be.manifest, self.be.run
         size = man["model_config"]["image_size"]
-        mask = np.round(self.run(f"smpn_{roi}", {"image": st["image"]})["masks"] * 255.0) / np.float32(255.0)
+        mask = np.round(run(f"smpn_{roi}", {"image": st["image"]})["masks"] * 255.0) / np.float32(255.0)
         noise = philox.gaussian_batch([seed], philox.STREAM_REGION, (man["model_config"]["sae"]["global_code_ch"],))
         xi = philox.gaussian(man["noise_seed"], philox.STREAM_INJECTION + man["tail_noise_index"], size * size)
-        coarse = self.run("sae_decoder_edit", dict(h=st["pre"]["h"], skip=st["pre"]["skip"],
+        coarse = run("sae_decoder_edit", dict(h=st["pre"]["h"], skip=st["pre"]["skip"],
                                                    texture=st["codes"]["texture"], mask=mask, noise=noise,
                                                    strength=np.full((1,), strength, np.float32),
                                                    xi=xi.reshape(1, 1, size, size)))["image"]
-        return {"refined": self.run(f"refine_{roi}", {"image": coarse, "mask": mask})["refined"], "mask": mask}
+        return {"refined": run(f"refine_{roi}", {"image": coarse, "mask": mask})["refined"], "mask": mask}
+
+
+class _OrtWithHostChain(OrtBackend):
+    def __init__(self, export_dir):
+        super().__init__(export_dir)
+        self.host_chain = _HostChain(self)
+
+    def device_chain(self):
+        return self.host_chain
+
+
+class _TorchChainedOnCPU(TorchBackend):
+    """The torch backend with its device chain on the CPU too (it is on by default only on CUDA devices)."""
+
+    def device_chain(self):
+        return self.chain()
 
 
 def test_editor_hands_single_region_edits_to_a_chaining_backend(tiny_export, face_path):
-    chained, plain = _HostChain(tiny_export), OrtBackend(tiny_export)
-    ec, ep = Editor(chained, chained.manifest), Editor(plain, plain.manifest)
+    chained, plain = _OrtWithHostChain(tiny_export), OrtBackend(tiny_export)
+    ec, ep = Editor(chained), Editor(plain)
     for k, (roi, seed) in enumerate((("hair", 1), ("hair", 2), ("lips", 3))):
         a, b = ec.edit(face_path, roi=roi, seed=seed), ep.edit(face_path, roi=roi, seed=seed)
         assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int)).max() <= 1, roi
         assert np.abs(a.mask - b.mask).max() <= 1.5 / 255
         assert ("chain_full" if k == 0 else "chain_reedit") in a.timings
     # each ROI's unedited reference is the chain at strength 0, once per ROI
-    assert chained.calls == ["chain", "reedit", "reedit", "reedit", "reedit"]
+    calls = chained.host_chain.calls
+    assert calls == ["chain", "reedit", "reedit", "reedit", "reedit"]
     ec.edit_many(face_path, ["hair", "lips"], [1])  # several edits at once: one chain re-edit each
-    assert chained.calls[5:] == ["reedit", "reedit"]
+    assert calls[5:] == ["reedit", "reedit"]
 
 
 def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path):
-    """TorchBackend(device_chain=True): the Editor hands single region edits to `run_chain` / `run_reedit`
-    (tensors stay on the device; on CUDA, replayed from CUDA graphs: tests/gpu), with the stage path's results."""
+    """The torch backend's device chain (`TorchChain`, walking `ssae.pipeline.chain_stages`): the Editor hands it
+    single region edits (tensors stay on the device; on CUDA, replayed from CUDA graphs: tests/gpu), with the stage
+    path's results."""
     import copy
 
-    chained = TorchBackend(copy.deepcopy(tiny_model), device_chain=True)
+    chained = _TorchChainedOnCPU(copy.deepcopy(tiny_model))
     plain = TorchBackend(copy.deepcopy(tiny_model))
-    assert chained.chains_on_device and not plain.chains_on_device  # off by default on the CPU
-    ec, ep = Editor(chained, _manifest_of(chained)), Editor(plain, _manifest_of(plain))
+    assert chained.device_chain() is not None and plain.device_chain() is None  # off by default on the CPU
+    ec, ep = Editor(chained), Editor(plain)
     for k, (roi, seed, strength) in enumerate((("hair", 1, 1.0), ("hair", 2, 2.5), ("lips", 3, 1.0))):
         a, b = ec.edit(face_path, roi=roi, seed=seed, strength=strength), ep.edit(face_path, roi=roi, seed=seed,
                                                                                      strength=strength)
@@ -326,12 +343,13 @@ def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path)
         assert ("chain_full" if k == 0 else "chain_reedit") in a.timings
     # a chain on the single-ROI SMPN holds only that mask
     img = np.zeros((1, 3, 32, 32), np.float32)
-    chained.run_chain(img, roi="eyes", seed=0, single_roi=True)
+    dc = chained.device_chain()
+    dc.full(img, roi="eyes", seed=0, strength=1.0, single_roi=True)
     with pytest.raises(BackendError, match="holds only the eyes mask"):
-        chained.run_reedit(roi="hair")
+        dc.reedit(roi="hair", seed=0, strength=1.0)
     with pytest.raises(ValueError, match="unknown ROI"):
-        chained.run_reedit(roi="ears")
-    assert chained.chain_info() == {}  # no CUDA graphs on the CPU
+        dc.reedit(roi="ears", seed=0, strength=1.0)
+    assert dc.info() == {}  # no CUDA graphs on the CPU
 
 
 def test_torch_fp16_backend_matches_fp32(tiny_model, face_path):
@@ -341,11 +359,11 @@ def test_torch_fp16_backend_matches_fp32(tiny_model, face_path):
     import copy
 
     fp32 = TorchBackend(copy.deepcopy(tiny_model))
-    ref = Editor(fp32, _manifest_of(fp32))
+    ref = Editor(fp32)
     for chained in (True, False):
-        fp16 = TorchBackend(copy.deepcopy(tiny_model), precision="fp16", device_chain=chained)
+        fp16 = (_TorchChainedOnCPU if chained else TorchBackend)(copy.deepcopy(tiny_model), precision="fp16")
         assert fp16.name == "torch-fp16" and fp16.precision == "fp16" and not fp16.sparse_reedit
-        ed = Editor(fp16, _manifest_of(fp16))
+        ed = Editor(fp16)
         for k, (roi, seed, noise) in enumerate((("hair", 1, "region"), ("hair", 2, "region"), ("lips", 3, "pixel"))):
             a, b = ref.edit(face_path, roi=roi, seed=seed, noise=noise), ed.edit(face_path, roi=roi, seed=seed,
                                                                                 noise=noise)
@@ -367,7 +385,8 @@ def test_torch_backend_routes_region_edits_through_the_custom_op(tiny_model):
     from ssae.export.stages import stage_specs
 
     plain = TorchBackend(copy.deepcopy(tiny_model))
-    routed = TorchBackend(copy.deepcopy(tiny_model), fused_kernel=True)
+    routed = TorchBackend(copy.deepcopy(tiny_model))
+    routed.fused_kernel = True
     assert not plain.fused_kernel and routed.fused_kernel
     spec = stage_specs(tiny_model)["sae_decoder_edit"]
     feed = {t.name: a.numpy() for t, a in zip(spec.inputs, example_inputs(spec, 2, seed=7, full_hw=32))}
@@ -403,7 +422,7 @@ def test_onnxruntime_thread_pool_modes(tiny_export, face_path):
     so = spin.open_session(path, entry).get_session_options()
     with pytest.raises(Exception):  # never set: ONNX Runtime's default (spinning)
         so.get_session_config_entry("session.intra_op.allow_spinning")
-    a, b = (Editor(be, be.manifest).edit(face_path, "hair", seed=4) for be in (quiet, spin))
+    a, b = (Editor(be).edit(face_path, "hair", seed=4) for be in (quiet, spin))
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
     with pytest.raises(BackendError, match="unknown thread pool"):
         OrtBackend(tiny_export, thread_pool="shared")
@@ -411,7 +430,7 @@ def test_onnxruntime_thread_pool_modes(tiny_export, face_path):
             "from ssae.runtime import Editor\n"
             "from ssae.runtime import onnx_backends as ob\n"
             "bes = [ob.OrtBackend(sys.argv[1], thread_pool=m) for m in ('global', 'no-spin')]\n"
-            "eds = [Editor(b, b.manifest) for b in bes]\n"
+            "eds = [Editor(b) for b in bes]\n"
             "ims = [np.asarray(e.edit(sys.argv[2], 'hair', seed=4).image) for e in eds]\n"
             "s = eds[1].backend.compiled('sae_encoder').get_session_options()\n"
             "print(ob._global_pool['ok'], s.use_per_session_threads, np.array_equal(*ims))\n")

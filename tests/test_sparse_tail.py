@@ -139,11 +139,13 @@ def test_exported_sparse_graph_on_onnxruntime(tiny_model, tiny_export):
 
 
 def test_editor_sparse_reedit_equals_the_window_reedit(tiny_export, face_path):
-    from ssae.runtime.editor import Editor, _manifest_of
+    from ssae.runtime.editor import Editor
     from ssae.runtime.registry import create_backend, resolve_model
     be = create_backend("onnxruntime", resolve_model(str(tiny_export)))
     assert be.sparse_reedit
-    eds = {flag: Editor(be, _manifest_of(be), sparse=flag) for flag in (True, False)}
+    eds = {flag: Editor(be) for flag in (True, False)}
+    assert eds[True].sparse
+    eds[False].sparse = False
     assert eds[True].sparse and not eds[False].sparse
     user = np.zeros((250, 250), np.float32)                 # the tiny SMPN's masks cover the frame: use a blob
     user[40:120, 60:200] = 1.0

@@ -74,18 +74,19 @@ def machine_info() -> dict:
 def run_bench(cfg: BenchConfig, log=None) -> dict:
     """Measure and return the report (JSON-serialisable)."""
     from ssae.runtime.backend import BackendError
-    from ssae.runtime.editor import Editor, _manifest_of
-    from ssae.runtime.registry import BACKENDS, create_backend, resolve_model
+    from ssae.runtime.editor import Editor
+    from ssae.runtime.registry import ENGINES, backend_label, create_backend, resolve_model
 
     log = log or (lambda *_: None)
     src = resolve_model(cfg.model)
-    names = list(cfg.backends) or list(BACKENDS)
+    names = list(cfg.backends) or [backend_label(e.name, p) for e in ENGINES.values() for p in e.precisions
+                                   if not (e.follows_export and p != e.precisions[0])]
     img = _example_image(cfg.image)
     editors, skipped, memory = {}, {}, {}
     for name in names:
         try:
             be = create_backend(name, src)
-            ed = Editor(be, _manifest_of(be))
+            ed = Editor(be)
             ed.edit(img, roi=cfg.roi, seed=0)            # compile, encode
             ed.edit(img, roi=cfg.roi, seed=1)            # cached baseline
             editors[name] = ed

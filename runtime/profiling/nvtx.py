@@ -1,30 +1,31 @@
 """NVTX ranges around pipeline stages, so Nsight Systems timelines show `smpn`, `sae_encoder`, ... by name.
-A no-op where torch has no CUDA."""
+A no-op where PyTorch is not loaded (the runtime never imports it for this) or has no CUDA."""
 from __future__ import annotations
 
 import contextlib
+import sys
+
+_NVTX: list = []   # [torch.cuda.nvtx or None], decided on the first range
 
 
 def _nvtx():
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return torch.cuda.nvtx
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
-_NVTX = _nvtx()
+    if not _NVTX:
+        torch = sys.modules.get("torch")
+        try:
+            _NVTX.append(torch.cuda.nvtx if torch is not None and torch.cuda.is_available() else None)
+        except Exception:  # noqa: BLE001 - a broken CUDA setup only loses the ranges
+            _NVTX.append(None)
+    return _NVTX[0]
 
 
 @contextlib.contextmanager
 def nvtx_range(name: str):
-    if _NVTX is None:
+    nvtx = _nvtx()
+    if nvtx is None:
         yield
         return
-    _NVTX.range_push(name)
+    nvtx.range_push(name)
     try:
         yield
     finally:
-        _NVTX.range_pop()
+        nvtx.range_pop()

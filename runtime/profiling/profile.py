@@ -72,10 +72,10 @@ def profile_torch(backend, stage: str, inputs: dict, runs: int, top: int) -> dic
 
 def run_profile(model, backend_name: str, stage: str, runs: int = 10, top: int = 15) -> dict:
     from ssae.runtime.backend import BackendError
-    from ssae.runtime.editor import Editor, _manifest_of
+    from ssae.runtime.editor import Editor
     from ssae.runtime.registry import create_backend, resolve_model
     be = create_backend(backend_name, resolve_model(model))
-    ed = Editor(be, _manifest_of(be))
+    ed = Editor(be)
     if stage not in be.stages():
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(be.stages())})")
     from ssae.pretrained import ASSETS

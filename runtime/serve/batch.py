@@ -119,12 +119,12 @@ def job_key(cfg: "BatchConfig") -> str:
     export), the backend, strength, noise, reference (its bytes), output and framing."""
     import hashlib
 
-    from ssae.runtime.registry import auto_backend, resolve_model
+    from ssae.runtime.registry import backend_label, parse_backend, resolve_model
     src = resolve_model(cfg.model)
     h = hashlib.sha256(src.key().encode())
     if src.kind == "export":
         h.update((src.path / "manifest.json").read_bytes())
-    backend = auto_backend() if cfg.backend == "auto" else cfg.backend
+    backend = backend_label(*parse_backend(cfg.backend))
     h.update(json.dumps([backend, repr(float(cfg.strength)), cfg.noise, cfg.output, cfg.frame, cfg.faces]).encode())
     if cfg.reference:
         h.update(Path(cfg.reference).read_bytes())

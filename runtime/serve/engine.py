@@ -48,27 +48,26 @@ class EngineConfig:
 
 def load_editor(cfg: EngineConfig) -> Editor:
     """The Editor of a replica (ONNX Runtime and torch honour `threads`)."""
-    from ssae.runtime.editor import _manifest_of
-    from ssae.runtime.registry import TORCH_PRECISIONS, create_backend, export_dir_for, resolve_model
+    from ssae.runtime.registry import create_backend, export_dir_for, parse_backend, resolve_model
 
     src = resolve_model(cfg.model)
-    if cfg.backend == "onnxruntime" and cfg.threads:
+    engine, _ = parse_backend(cfg.backend)
+    if engine == "onnxruntime" and cfg.threads:
         from ssae.runtime.onnx_backends import OrtBackend
         be = OrtBackend(export_dir_for(src), threads=cfg.threads)
     else:
-        if cfg.threads and cfg.backend in TORCH_PRECISIONS:
+        if cfg.threads and engine == "torch":
             import torch
             torch.set_num_threads(cfg.threads)
         be = create_backend(cfg.backend, src)
-    return Editor(be, _manifest_of(be))
+    return Editor(be)
 
 
 def prepare_model(model: str | None, backend: str) -> str | None:
     """For ONNX backends, export a checkpoint once here (workers then share the export folder instead of each
     exporting it); the model argument unchanged otherwise."""
-    from ssae.runtime.registry import TORCH_PRECISIONS, auto_backend, export_dir_for, resolve_model
-    name = auto_backend() if backend == "auto" else backend
-    if name in TORCH_PRECISIONS:
+    from ssae.runtime.registry import export_dir_for, parse_backend, resolve_model
+    if parse_backend(backend)[0] == "torch":
         return model
     return str(export_dir_for(resolve_model(model)))
 

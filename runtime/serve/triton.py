@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ssae.errors import SSAEError
+from ssae.pipeline import EDIT, ENCODER, FULL, PREFIX, ROI_MASK, SMPN, chain_stages, is_smpn, refine_for, slot
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
@@ -243,18 +244,17 @@ def _ensemble(name: str, roi: str, models: Mapping[str, ModelSpec], use: Mapping
                 return t
         raise TritonError(f"model {model} has no {'output' if out else 'input'} {tensor!r}")
 
-    smpn_out = models[use["smpn"]].outputs[0].name
-    steps = [
-        {"model": use["smpn"], "inputs": {"image": "image"}, "outputs": {smpn_out: "smpn_masks"}},
-        {"model": use["mask"], "inputs": {"masks": "smpn_masks"}, "outputs": {"mask": "mask"}},
-        {"model": use["encoder"], "inputs": {"image": "image"},
-         "outputs": {"structure": "structure", "texture": "texture"}},
-        {"model": use["prefix"], "inputs": {"structure": "structure", "texture": "texture"},
-         "outputs": {"h": "h", "skip": "skip"}},
-        {"model": use["edit"], "inputs": {"h": "h", "skip": "skip", "texture": "texture", "mask": "mask",
-                                          "noise": "noise", "strength": "strength"}, "outputs": {"image": "coarse"}},
-        {"model": use["refine"], "inputs": {"image": "coarse", "mask": "mask"}, "outputs": {"refined": "edited"}},
-    ]
+    role = {SMPN: "smpn", ROI_MASK: "mask", ENCODER: "encoder", PREFIX: "prefix", EDIT: "edit",
+            refine_for(roi): "refine"}
+    steps = []
+    for stage in chain_stages(roi, SMPN, FULL):   # the pipeline's wiring: each tensor in its slot
+        model = models[use[role[stage]]]
+        key = SMPN if is_smpn(stage) else stage
+        outputs = {t.name: slot(key, t.name) for t in model.outputs}
+        if stage == refine_for(roi):
+            outputs = {t.name: "edited" for t in model.outputs}   # the ensemble's output
+        steps.append({"model": model.name, "inputs": {t.name: slot(key, t.name) for t in model.inputs},
+                      "outputs": outputs})
     inputs = [TensorIO("image", io(use["encoder"], "image").data_type, io(use["encoder"], "image").dims),
               io(use["edit"], "noise"), io(use["edit"], "strength")]
     outputs = [TensorIO("edited", io(use["refine"], "refined", True).data_type, io(use["edit"], "image", True).dims),
@@ -539,8 +539,9 @@ def prepare_inputs(images: Sequence[Any], seeds: Sequence[int], strength: float 
     """What a Triton client sends to `ssae_edit_<roi>`: {"image": (B,3,S,S), "noise": (B,D), "strength": (B,1)}
     (float32), cut around each photo's largest face as `Editor.edit` does, and (crop, photo) pairs for `finish`.
     Images: anything `ssae.runtime.load_image` takes; a photo without a face raises ValueError."""
-    from ssae.face import frame_faces
     from ssae import philox
+    from ssae.data.transforms import to_model_array
+    from ssae.face import frame_faces
     from ssae.runtime.images import load_image
 
     if len(images) != len(seeds):
@@ -551,7 +552,7 @@ def prepare_inputs(images: Sequence[Any], seeds: Sequence[int], strength: float 
         found = frame_faces(rgb, size)
         if not found:
             raise ValueError(f"no face found in image {k}")
-        xs.append(found[0].cut_rgb(rgb).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+        xs.append(to_model_array(found[0].cut_rgb(rgb))[0])
         crops.append((found[0], rgb))
     st = np.broadcast_to(np.asarray(strength, np.float32), (len(images),)).reshape(-1, 1)
     noise = philox.region_noise(seeds, global_code_ch)
@@ -565,13 +566,13 @@ def finish(edited: np.ndarray, crops: list, masks: np.ndarray | None = None,
     change pasted onto each photo under its feathered mask, as `Editor.edit` does; without: the raw crops."""
     from PIL import Image
 
+    from ssae.data.transforms import from_model_array
     from ssae.face import feather
     from ssae.runtime.editor import FEATHER
     out = []
     for k, (crop, rgb) in enumerate(crops):
         if masks is None or unedited is None:
-            out.append(Image.fromarray(np.round((np.clip(edited[k], -1, 1) + 1) * 127.5).astype(np.uint8)
-                                       .transpose(1, 2, 0)))
+            out.append(Image.fromarray(from_model_array(edited[k])))
             continue
         change = (edited[k] - unedited[k]).transpose(1, 2, 0) * np.float32(127.5)
         out.append(Image.fromarray(crop.paste_change(rgb, change, feather(masks[k, 0], FEATHER))))

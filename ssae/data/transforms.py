@@ -68,6 +68,19 @@ class SquareFit:
         return np.clip(np.ascontiguousarray(m[t: t + self.height, l: l + self.width]), 0.0, 1.0)
 
 
+def to_model_array(img: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> the model's input: float32 (1, 3, H, W) in [-1, 1] (every runtime's pre-processing)."""
+    x = np.asarray(img).astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def from_model_array(x: np.ndarray) -> np.ndarray:
+    """The model's output float (3, H, W) or (1, 3, H, W) in [-1, 1] -> uint8 (H, W, 3) (clamped, rounded)."""
+    x = np.asarray(x)
+    x = x[0] if x.ndim == 4 else x
+    return np.round((np.clip(x, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(1, 2, 0)
+
+
 def to_model_tensor(img: np.ndarray):
     """uint8 (..., H, W, 3) -> float32 tensor (..., 3, H, W) in [-1, 1]."""
     import torch

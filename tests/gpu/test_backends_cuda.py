@@ -19,7 +19,6 @@ from ssae.export.onnx_export import example_inputs
 from ssae.export.stages import stage_specs
 from ssae.kernels import cuda as kc
 from ssae.runtime import Editor
-from ssae.runtime.editor import _manifest_of
 from ssae.runtime.torch_backend import TorchBackend
 
 pytestmark = pytest.mark.gpu
@@ -76,10 +75,10 @@ def test_editor_on_cuda_matches_cpu(backends, noise):
     """Region edits go through the device chain (CUDA graphs: full edit, then re-edits), pixel edits through the
     stage path; both equal the CPU stage path."""
     cpu, gpu = backends
-    assert gpu.chains_on_device and not cpu.chains_on_device
+    assert gpu.device_chain() is not None and cpu.device_chain() is None
     rng = np.random.default_rng(5)
     face = Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
-    ea, eb = Editor(cpu, _manifest_of(cpu)), Editor(gpu, _manifest_of(gpu))
+    ea, eb = Editor(cpu), Editor(gpu)
     for k, (roi, seed) in enumerate((("hair", 11), ("hair", 12), ("lips", 13))):
         a = ea.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise)
         b = eb.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise)
@@ -90,7 +89,7 @@ def test_editor_on_cuda_matches_cpu(backends, noise):
         if noise == "region":
             assert ("chain_full" if k == 0 else "chain_reedit") in b.timings
     if noise == "region":
-        info = gpu.chain_info()
+        info = gpu.device_chain().info()
         assert info and all(v == "cuda graph" for v in info.values()), info
 
 
@@ -100,7 +99,8 @@ def test_device_chain_eager_equals_cuda_graphs(tiny_model):
     at every step of an interleaving of full edits and re-edits over two images, several ROIs and both SMPN graphs,
     so a graph that read another's memory, or stale held codes, would show."""
     graphs = TorchBackend(copy.deepcopy(tiny_model), "cuda")
-    eager = TorchBackend(copy.deepcopy(tiny_model), "cuda", cuda_graphs=False)
+    eager = TorchBackend(copy.deepcopy(tiny_model), "cuda")
+    eager.cuda_graphs = False  # before its chain exists
     rng = np.random.default_rng(9)
     s = tiny_model.cfg.image_size
     images = [rng.uniform(-1, 1, (1, 3, s, s)).astype(np.float32) for _ in range(2)]
@@ -111,15 +111,15 @@ def test_device_chain_eager_equals_cuda_graphs(tiny_model):
         outs = []
         for be in (graphs, eager):
             if kind == "full":
-                outs.append(be.run_chain(images[img], roi=roi, seed=k, strength=1.5, single_roi=single))
+                outs.append(be.device_chain().full(images[img], roi=roi, seed=k, strength=1.5, single_roi=single))
             else:
-                outs.append(be.run_reedit(roi=roi, seed=k, strength=3.0))
+                outs.append(be.device_chain().reedit(roi=roi, seed=k, strength=3.0))
         for name in outs[1]:
             np.testing.assert_allclose(outs[0][name], outs[1][name], rtol=1e-5, atol=1e-5, err_msg=f"step {k}")
-    info = graphs.chain_info()
+    info = graphs.device_chain().info()
     # the chains captured since the held buffers last changed shape (single-ROI vs five-ROI masks)
     assert len(info) >= 3 and all(v == "cuda graph" for v in info.values()), info
-    assert eager.chain_info() == {}
+    assert eager.device_chain().info() == {}
 
 
 @needs_cuda
@@ -131,12 +131,12 @@ def test_fp16_backend_on_cuda(backends, tiny_model):
     fp16 = TorchBackend(copy.deepcopy(tiny_model), "cuda", "fp16")
     rng = np.random.default_rng(6)
     face = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    ea, eb = Editor(cpu, _manifest_of(cpu)), Editor(fp16, _manifest_of(fp16))
+    ea, eb = Editor(cpu), Editor(fp16)
     before = sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16"))
     for roi, seed in (("hair", 21), ("skin", 22)):
         a, b = ea.edit(face, roi=roi, seed=seed, strength=2.0), eb.edit(face, roi=roi, seed=seed, strength=2.0)
         diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
         assert diff.max() <= 3, (roi, diff.max())
     assert sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16")) > before
-    info = fp16.chain_info()
+    info = fp16.device_chain().info()
     assert info and all(v == "cuda graph" for v in info.values()), info

@@ -144,22 +144,23 @@ def test_cuda_graph_chain_equals_stage_by_stage(backend, tiny_export, engine_dir
     from ssae.runtime.tensorrt_backend import TensorRTBackend
     s = backend.size
     image = (np.random.default_rng(0).random((1, 3, s, s)) * 2 - 1).astype(np.float32)
-    out = backend.run_chain(image, roi="hair", seed=3, strength=1.0)
+    chain = backend.device_chain()
+    out = chain.full(image, roi="hair", seed=3, strength=1.0)
     if backend.index["plugin"] != "jit":  # a JIT plugin calls back into Python/torch, which may not be capturable
-        assert all(v == "cuda graph" for v in backend.chain_info().values()), backend.chain_info()
-    again = backend.run_reedit(roi="hair", seed=5, strength=0.5)  # cached re-edit graph
-    assert "reedit/hair/smpn" in backend.chain_info()
-    full5 = backend.run_chain(image, roi="hair", seed=5, strength=0.5)
+        assert all(v == "cuda graph" for v in chain.info().values()), chain.info()
+    again = chain.reedit(roi="hair", seed=5, strength=0.5)  # cached re-edit graph
+    assert "reedit/hair/smpn" in chain.info()
+    full5 = chain.full(image, roi="hair", seed=5, strength=0.5)
     np.testing.assert_allclose(again["refined"], full5["refined"], atol=1e-5)
     ref, mask = _stage_by_stage(backend, image, "hair", 3, 1.0)
     # TensorRT may quantise the mask as x * (1/255) instead of x / 255: what the mask feeds (the edit) is compared
     np.testing.assert_allclose(out["mask"], mask, atol=1.01 / 255)
     np.testing.assert_allclose(out["refined"], ref, atol=1e-3)
-    with pytest.raises(BackendError, match="call run_chain first"):
-        backend.run_reedit(roi="hair", seed=1)  # run() reused the buffers
+    with pytest.raises(BackendError, match="run a full chain first"):
+        chain.reedit(roi="hair", seed=1, strength=1.0)  # run() reused the buffers
     eager = TensorRTBackend(tiny_export, engine_dir=engine_dir, cuda_graphs=False)
     try:
-        e = eager.run_chain(image, roi="hair", seed=3, strength=1.0)
+        e = eager.device_chain().full(image, roi="hair", seed=3, strength=1.0)
         np.testing.assert_array_equal(e["refined"], out["refined"])
     finally:
         eager.close()
@@ -170,8 +171,8 @@ def test_editor_on_tensorrt_matches_onnxruntime(backend, tiny_export):
     from ssae.runtime import Editor
     from ssae.runtime.onnx_backends import OrtBackend
     img = (np.random.default_rng(1).random((40, 36, 3)) * 255).astype(np.uint8)
-    a = Editor(OrtBackend(tiny_export, providers=["CPUExecutionProvider"]), read_manifest(tiny_export))
-    b = Editor(backend, backend.manifest)
+    a = Editor(OrtBackend(tiny_export, providers=["CPUExecutionProvider"]))
+    b = Editor(backend)
     for roi, seed in (("hair", 2), ("lips", 7)):
         ra, rb = a.edit(img, roi=roi, seed=seed), b.edit(img, roi=roi, seed=seed)
         d = np.abs(np.asarray(ra.image).astype(int) - np.asarray(rb.image).astype(int))
