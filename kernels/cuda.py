@@ -245,8 +245,8 @@ def compile_kernel(kind: str, arch: str | int, out_dir: str | os.PathLike | None
     """Compile masked_modconv.cu to PTX or a cubin for `arch` (cached); with out_dir, also copied there.
 
     strict: warnings are errors (the CPU test suite asks for it; every shipped build, the run-time loader and
-    the TensorRT plugin's PTX, uses strict=False so that a newer nvcc's new warnings do not stop the kernel). Returns the path of the result. Raises KernelBuildError when
-    nvcc is missing or fails."""
+    the TensorRT plugin's PTX, uses strict=False so that a newer nvcc's new warnings do not stop the kernel).
+    Returns the path of the result. Raises KernelBuildError when nvcc is missing or fails."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise KernelBuildError("nvcc not found (install the CUDA toolkit or set CUDA_HOME)")

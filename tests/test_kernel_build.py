@@ -2,9 +2,9 @@
 
 - PTX for every supported architecture, warnings as errors, with the expected entry points;
 - the Philox/Box-Muller helpers compiled for the host with nvcc, bit for bit against `ssae/philox.py`;
-- the whole kernel (both inner paths, explicit and generated xi) run on the host with g++ through a small emulation of the
-  CUDA built-ins it uses (one std::thread per CUDA thread, std::barrier for __syncthreads, WMMA as whole-tile
-  matrix ops with CUDA's alignment rules checked) against `ssae/models/injection.py`;
+- the whole kernel (both inner paths, explicit and generated xi) run on the host with g++ through a small
+  emulation of the CUDA built-ins it uses (one std::thread per CUDA thread, std::barrier for __syncthreads, WMMA
+  as whole-tile matrix ops with CUDA's alignment rules checked) against `ssae/models/injection.py`;
 - the ABI helpers (grid/block sizes, parameter packing) in pure Python.
 """
 from __future__ import annotations
