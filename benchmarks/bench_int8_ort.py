@@ -5,9 +5,10 @@ For each int8 export folder (`ssae calibrate --precision int8 --out DIR`), every
 one calibration-style feed (the fp32 outputs of the stages before it, from the example face): the fp32 graph it was
 quantized from, the s8 file as written, and the s8 file with uint8 zero points. When the folder's calibration
 report names another fp32 export as the reference of its speed check (the standard export, where the int8 files
-come from the subpixel one), that export is timed too ("fp32 reference": what `ssae calibrate` compares against). Runs alternate (round-robin) so
-machine noise hits all three alike; medians and the ratios are printed and written as JSON. The script also
-counts the convs ONNX Runtime leaves in float (not fused into QLinearConv) in each form.
+come from the subpixel one), that export is timed too ("fp32 reference": what `ssae calibrate` compares against).
+Runs alternate (round-robin) so machine noise hits all three alike; medians and the ratios are printed and written
+as JSON. The script also counts the convs ONNX Runtime leaves in float (not fused into QLinearConv) in each form.
+The "as written" form exists only here (`as_written_backend`): the runtime always loads the uint8 form.
 
     python benchmarks/bench_int8_ort.py DIR [DIR ...] [--repeats 15] [--json out.json]
 """
@@ -28,6 +29,23 @@ def loaded_float_convs(backend, stage: str) -> int:
     return float_convs(backend.model_as_loaded(backend.dir / entry["file"], entry))
 
 
+def as_written_backend(folder: Path, providers: list[str]):
+    """An `OrtBackend` whose sessions load every graph file as written (s8 activations left as they are), with the
+    backend's own session options."""
+    from ssae.runtime.onnx_backends import OrtBackend
+
+    class AsWritten(OrtBackend):
+        def open_session(self, path, entry, profile_prefix=None):
+            return self.ort.InferenceSession(str(path), self.session_options(profile_prefix),
+                                             providers=self.providers)
+
+        def model_as_loaded(self, path, entry):
+            import onnx
+            return onnx.load(str(path))
+
+    return AsWritten(folder, providers=providers)
+
+
 def bench_folder(folder: Path, repeats: int) -> dict:
     from PIL import Image
 
@@ -37,7 +55,7 @@ def bench_folder(folder: Path, repeats: int) -> dict:
 
     cpu = ["CPUExecutionProvider"]
     q_u8 = OrtBackend(folder, providers=cpu)
-    q_s8 = OrtBackend(folder, providers=cpu, s8_as_u8=False)
+    q_s8 = as_written_backend(folder, cpu)
     src = q_u8.manifest["calibration"]["source_export"]
     fp = OrtBackend(src, providers=cpu)
     report = folder / "report.json"

@@ -4,7 +4,8 @@ Shape: the injection layer of the paper's 256 px model (`paper256`: the last 3x3
 from the generator), batch 1 and 4, FP32 and FP16. "unfused" is `ssae/models/injection.py:masked_modconv` run on CUDA
 tensors: cuDNN conv (cudnn.benchmark on) plus the elementwise style/noise/activation ops, as the torch backend
 runs the layer; for FP32 TF32 is off (the fused kernel computes in true FP32), with a TF32 row for context.
-Pixel mode: fused (noise generated in the kernel) vs the Philox kernel writing z + the unfused reference.
+Region noise mode only: the pixel-mode kernel entries were removed after this benchmark measured them at 0.10-0.36x
+the unfused speed (results/kernel_gpu_nvidia_h100_80gb_hbm3.json keeps those rows).
 Times: CUDA events around each call, median of --reps after --warmup calls; each path is timed twice, launched
 eagerly (as the torch backend runs it) and replayed from a captured CUDA graph (GPU time alone: the eager unfused
 path's many small launches leave gaps that the graph removes).
@@ -30,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime_gpu import captured, timed_ms  # noqa: E402
 
 from ssae.kernels import cuda as kc
-from ssae import philox
 from ssae.models import injection as reference
 from ssae.runtime.profiling.bench import source_revision
 
@@ -60,11 +60,10 @@ def make_inputs(shape: dict, batch: int, dtype: torch.dtype, seed: int = 0) -> d
 
     mask = torch.zeros(batch, 1, h, w, device="cuda")
     mask[:, :, h // 8: h * 5 // 8, w // 6: w * 5 // 6] = 1.0
-    aw = torch.randn(cin, 2048, generator=g, device="cuda") / 2048 ** 0.5
     return dict(x=rnd(batch, cin, h, w), weight=rnd(cout, cin, 3, 3, scale=(1 / (9 * cin)) ** 0.5),
                 bias=rnd(cout), style=rnd(batch, cin, shift=1.0), direction=rnd(batch, cin), mask=mask.to(dtype),
                 strength=torch.full((batch,), 2.0, device="cuda", dtype=dtype), xi=rnd(1, 1, h, w),
-                noise_weight=rnd(1, scale=0.1), factor=reference.pixel_noise_factor(aw).to(dtype))
+                noise_weight=rnd(1, scale=0.1))
 
 
 def min_blocks_modules(values) -> dict[int, object]:
@@ -92,30 +91,14 @@ def min_blocks_modules(values) -> dict[int, object]:
 def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: int,
                variants: dict[int, object] | None = None) -> list[dict]:
     p = make_inputs(shape, batch, dtype)
-    seed_list = list(range(3, 3 + batch))
-    seeds = torch.tensor(kc.seed_tensor_values(seed_list), device="cuda")  # on the device: capturable in a graph
-    stream = philox.STREAM_PIXEL + shape["index"]
-    n_z = shape["h"] * shape["w"] * shape["cin"]
 
-    def fused_region():
+    def fused():
         return kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
                                       direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
 
-    def unfused_region():
+    def unfused():
         return reference.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
                                         direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
-
-    def fused_pixel():
-        return kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
-                                      factor=p["factor"], seeds=seeds, pixel_stream=stream, noise=p["xi"],
-                                      noise_weight=p["noise_weight"])
-
-    def unfused_pixel():
-        z = torch.stack([kc.philox_normals_cuda(s, stream, 0, n_z) for s in seed_list])
-        z = z.view(batch, shape["h"], shape["w"], shape["cin"]).to(dtype)
-        return reference.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
-                                        pixel_noise=z, pixel_factor=p["factor"], noise=p["xi"],
-                                        noise_weight=p["noise_weight"])
 
     def conv_only():  # the floor the unfused path pays for its conv alone (cuDNN, no style, no noise)
         return torch.nn.functional.conv2d(p["x"], p["weight"], padding=1)
@@ -124,43 +107,40 @@ def bench_case(shape: dict, batch: int, dtype: torch.dtype, reps: int, warmup: i
     name = "fp32" if dtype == torch.float32 else "fp16"
     with torch.no_grad():
         t_conv = timed_ms(conv_only, reps, warmup, CUDA)
-        for mode, fused, unfused in (("region", fused_region, unfused_region), ("pixel", fused_pixel, unfused_pixel)):
-            ref = unfused().double()  # the reference output, computed once for every error below
-            err = ((fused().double() - ref).abs().max() / ref.abs().max()).item()
-            tf = timed_ms(fused, reps, warmup, CUDA)
-            tu = timed_ms(unfused, reps, warmup, CUDA)
-            # both replayed from a CUDA graph: GPU time alone, without the eager path's launch gaps
-            try:
-                tfg = timed_ms(captured(fused, CUDA)[0], reps, warmup, CUDA)
-                tug = timed_ms(captured(unfused, CUDA)[0], reps, warmup, CUDA)
-                graph = dict(fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"])
-            except RuntimeError as e:  # a capture failure is reported, not fatal to the other rows
-                nan = dict(median_ms=float("nan"))
-                graph = dict(fused_graph=nan, unfused_graph=nan, speedup_graph=float("nan"),
-                             graph_error=str(e).splitlines()[0])
-            row = dict(mode=mode, dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv, **graph,
-                       speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
-                       kernel=kc.ENTRY_POINTS[(mode, kc.variant_for(dtype, shape["cin"]))])
-            if mode == "region":
-                for v, module in (variants or {}).items():  # the same launch from a differently built module
-                    launch = kc.prepare_launch(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
-                                               direction=p["direction"], noise=p["xi"],
-                                               noise_weight=p["noise_weight"])
-                    packed, stream = launch.packed(), torch.cuda.current_stream().cuda_stream
-                    run = lambda m=module, ln=launch, pk=packed: m.launch(ln.name, ln.config, pk, stream)  # noqa: E731
-                    y = launch.tensors["y"].fill_(float("nan"))
-                    run()
-                    torch.cuda.synchronize()
-                    verr = ((y.double() - ref).abs().max() / ref.abs().max()).item()
-                    row.setdefault("fused_min_blocks", {})[str(v)] = dict(timed_ms(run, reps, warmup, CUDA),
-                                                                          max_rel_err_vs_unfused=verr)
-            if dtype == torch.float32:
-                torch.backends.cudnn.allow_tf32 = True
-                torch.backends.cuda.matmul.allow_tf32 = True
-                row["unfused_tf32"] = timed_ms(unfused, reps, warmup, CUDA)
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
-            rows.append(row)
+        ref = unfused().double()  # the reference output, computed once for every error below
+        err = ((fused().double() - ref).abs().max() / ref.abs().max()).item()
+        tf = timed_ms(fused, reps, warmup, CUDA)
+        tu = timed_ms(unfused, reps, warmup, CUDA)
+        # both replayed from a CUDA graph: GPU time alone, without the eager path's launch gaps
+        try:
+            tfg = timed_ms(captured(fused, CUDA)[0], reps, warmup, CUDA)
+            tug = timed_ms(captured(unfused, CUDA)[0], reps, warmup, CUDA)
+            graph = dict(fused_graph=tfg, unfused_graph=tug, speedup_graph=tug["median_ms"] / tfg["median_ms"])
+        except RuntimeError as e:  # a capture failure is reported, not fatal to the other rows
+            nan = dict(median_ms=float("nan"))
+            graph = dict(fused_graph=nan, unfused_graph=nan, speedup_graph=float("nan"),
+                         graph_error=str(e).splitlines()[0])
+        row = dict(mode="region", dtype=name, batch=batch, fused=tf, unfused=tu, cudnn_conv_only=t_conv, **graph,
+                   speedup=tu["median_ms"] / tf["median_ms"], max_rel_err_vs_unfused=err,
+                   kernel=kc.ENTRY_POINTS[kc.variant_for(dtype, shape["cin"])])
+        for v, module in (variants or {}).items():  # the same launch from a differently built module
+            launch = kc.prepare_launch(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                                       direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
+            packed, stream = launch.packed(), torch.cuda.current_stream().cuda_stream
+            run = lambda m=module, ln=launch, pk=packed: m.launch(ln.name, ln.config, pk, stream)  # noqa: E731
+            y = launch.tensors["y"].fill_(float("nan"))
+            run()
+            torch.cuda.synchronize()
+            verr = ((y.double() - ref).abs().max() / ref.abs().max()).item()
+            row.setdefault("fused_min_blocks", {})[str(v)] = dict(timed_ms(run, reps, warmup, CUDA),
+                                                                  max_rel_err_vs_unfused=verr)
+        if dtype == torch.float32:
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            row["unfused_tf32"] = timed_ms(unfused, reps, warmup, CUDA)
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
+        rows.append(row)
     return rows
 
 

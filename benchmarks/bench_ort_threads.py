@@ -1,5 +1,5 @@
-"""ONNX Runtime CPU: full edits with the three thread-pool modes of `OrtBackend` ("spin": ONNX Runtime's default,
-"no-spin": ssae's default, "global": one process-wide pool), in one run.
+"""ONNX Runtime CPU: full edits with three thread-pool setups of the sessions ("spin": ONNX Runtime's default,
+"no-spin": what `OrtBackend` uses, "global": one process-wide pool), in one run.
 
 A full edit of a new image runs five graphs back to back (SMPN for the region, encoder, decoder prefix, edit graph,
 RB). With ONNX Runtime's default, each session has its own pool whose workers keep spinning after its run while
@@ -7,7 +7,7 @@ the next graph starts, so on a machine with few cores every graph shares the CPU
 workers. A global pool is per process, so each mode runs in its own worker process; rounds rotate the order of the
 modes (machine noise hits all alike), and each worker times `--edits` full edits of the example face (Editor cache
 cleared before each) after a warm-up. Every export folder given is timed each way (an fp32 export and, say, an
-int8 one from `ssae calibrate`).
+int8 one from `ssae calibrate`). "spin" and "global" exist only here (`PoolBackend`): the runtime runs "no-spin".
 
     python benchmarks/bench_ort_threads.py [--model lfw128] [--int8 DIR ...] [--rounds 4] [--edits 20]
         [--json out.json]
@@ -25,15 +25,41 @@ import numpy as np
 POOLS = ("spin", "no-spin", "global")
 
 
+def pool_backend(folder: str, pool: str):
+    """An `OrtBackend` on the CPU provider whose sessions use the thread-pool setup `pool`: "no-spin" is the
+    backend as it is; "spin" leaves ONNX Runtime's spinning default; "global" puts every session on one
+    process-wide pool (ONNX Runtime accepts it only before its environment exists, and then every session of the
+    process must use it: hence one worker process per mode)."""
+    from ssae.runtime.onnx_backends import OrtBackend
+
+    class PoolBackend(OrtBackend):
+        def session_options(self, profile_prefix=None):
+            if pool == "no-spin":
+                return super().session_options(profile_prefix)
+            so = self.ort.SessionOptions()
+            so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            so.log_severity_level = 3
+            if pool == "global":
+                so.use_per_session_threads = False
+            elif self.threads:
+                so.intra_op_num_threads = self.threads
+            return so
+
+    if pool == "global":
+        from onnxruntime.capi import _pybind_state
+
+        _pybind_state.set_global_thread_pool_sizes(0, 1)  # 0: ONNX Runtime's default size
+    return PoolBackend(folder, providers=["CPUExecutionProvider"])
+
+
 def worker(folder: str, pool: str, edits: int, roi: str) -> dict:
     """Per-stage and total medians (ms) of `edits` full edits on one backend, in this process."""
     from PIL import Image
 
     from ssae.pretrained import ASSETS
     from ssae.runtime.editor import Editor
-    from ssae.runtime.onnx_backends import OrtBackend
 
-    be = OrtBackend(folder, providers=["CPUExecutionProvider"], thread_pool=pool)
+    be = pool_backend(folder, pool)
     ed = Editor(be)
     size = int(be.manifest["model_config"]["image_size"])
     img = np.asarray(Image.open(ASSETS / "example_face.jpg").convert("RGB").resize((size, size)))

@@ -69,12 +69,18 @@ def wait_for_replicas(n: int, app: str, timeout: float = 180.0) -> None:
         time.sleep(0.2)
 
 
+def kill_replica(name: str) -> None:
+    """Kill one replica actor (fault injection: Serve's controller notices and starts a replacement)."""
+    import ray
+    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+
+
 def run_load(url: str, token: str | None, faces: list[bytes], requests: int, clients: int, time_limit: float,
              kill_after: int | None = None, app: str = "ssae") -> dict:
     """Send `requests` edits from `clients` threads (or until `time_limit`); optionally kill a replica once
     `kill_after` requests have completed."""
     from ssae.runtime.serve import Client, ServeError
-    from ssae.runtime.serve.deployment import kill_replica, replica_actor_names
+    from ssae.runtime.serve.deployment import replica_actor_names
 
     lock = threading.Lock()
     state = {"next": 0, "done": 0, "failed": 0}

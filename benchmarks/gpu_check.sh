@@ -50,7 +50,7 @@ step nvidia-smi nvidia-smi
 TOOLCHAIN_PY='
 import importlib, torch
 print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
-for m in ("cuda.bindings.driver", "cupy", "triton", "onnxruntime", "tensorrt"):
+for m in ("cuda.bindings.driver", "triton", "onnxruntime", "tensorrt"):
     try:
         mod = importlib.import_module(m)
         print(m, getattr(mod, "__version__", "importable"))

@@ -2,7 +2,7 @@
 catch one launch. Inputs as in bench_kernel_gpu.py; nothing is timed here.
 
     ncu -k regex:ssae_masked_modconv --launch-skip 3 --launch-count 1 --section SpeedOfLight \\
-        python3 benchmarks/profile_kernel_gpu.py --dtype fp16 --mode region --batch 1
+        python3 benchmarks/profile_kernel_gpu.py --dtype fp16 --batch 1
     bash benchmarks/profile_kernel_gpu.sh     # the sections this project reads, both dtypes, into $OUT
 """
 from __future__ import annotations
@@ -17,13 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernel_gpu import injection_layer_shape, make_inputs  # noqa: E402
 
 from ssae.kernels import cuda as kc  # noqa: E402
-from ssae import philox  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dtype", choices=["fp32", "fp16"], default="fp16")
-    ap.add_argument("--mode", choices=["region", "pixel"], default="region")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--launches", type=int, default=5)
     args = ap.parse_args(argv)
@@ -33,14 +31,11 @@ def main(argv=None) -> int:
         return 2
     shape = injection_layer_shape()
     p = make_inputs(shape, args.batch, torch.float16 if args.dtype == "fp16" else torch.float32)
-    mode_kw = (dict(direction=p["direction"]) if args.mode == "region" else
-               dict(factor=p["factor"], seeds=list(range(3, 3 + args.batch)),
-                    pixel_stream=philox.STREAM_PIXEL + shape["index"]))
     for _ in range(args.launches):
-        kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"], noise=p["xi"],
-                               noise_weight=p["noise_weight"], **mode_kw)
+        kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
+                               direction=p["direction"], noise=p["xi"], noise_weight=p["noise_weight"])
     torch.cuda.synchronize()
-    print(f"{args.launches} launches of {kc.ENTRY_POINTS[(args.mode, kc.variant_for(p['x'].dtype, shape['cin']))]}")
+    print(f"{args.launches} launches of {kc.ENTRY_POINTS[kc.variant_for(p['x'].dtype, shape['cin'])]}")
     return 0
 
 

@@ -4,11 +4,12 @@ Three parts, in this order:
 
 1. The launch ABI (stable: the TensorRT plugin `kernels/trt_plugin.py` launches the same PTX with it): entry-point
    names, the exact parameter list, grid/block sizes and parameter packing, as pure Python.
-2. Build: `compile_ptx` / `compile_cubin` call nvcc (warnings are errors in the CPU tests' strict builds only; no --use_fast_math: the in-kernel noise
-   needs IEEE float64 math) and cache the result under `ssae.fileio.default_cache_dir()/kernels/<sha>/`.
-3. Load and launch on a GPU machine: the module is loaded through cuda-bindings (`cuda.bindings.driver`) or, without
-   it, CuPy (`cupy.RawModule`), and the kernel runs on torch's current CUDA stream with torch tensors' pointers
-   (`masked_modconv_cuda`, `philox_normals_cuda`).
+2. Build: `compile_ptx` / `compile_cubin` call nvcc (warnings are errors in the CPU tests' strict builds only; no
+   --use_fast_math: the in-kernel noise needs IEEE float64 math) and cache the result under
+   `ssae.fileio.default_cache_dir()/kernels/<sha>/`.
+3. Load and launch on a GPU machine: the module is loaded through cuda-bindings (`cuda.bindings.driver`), and the
+   kernel runs on torch's current CUDA stream with torch tensors' pointers (`masked_modconv_cuda`,
+   `philox_normals_cuda`).
 
 Nothing here needs a GPU to import; the GPU-only packages are imported on first use.
 """
@@ -38,21 +39,20 @@ SOURCE = Path(__file__).with_name("masked_modconv.cu")
 THREADS = 256
 TILE_H, TILE_W, TILE_N = 8, 16, 64
 
-#: Noise modes of the style direction, and of the noise-injection term xi (scalar `xi_mode`).
-MODES = ("region", "pixel")
+#: Modes of the noise-injection term xi (scalar `xi_mode`): none, an explicit map, generated in the kernel.
 XI_NONE, XI_EXPLICIT, XI_GENERATED = 0, 1, 2
 
-#: Entry points, by (mode, variant); variant "f32", "f16" (tensor cores) or "f16_simt" (FP16 I/O, fp32 FMAs).
-ENTRY_POINTS: dict[tuple[str, str], str] = {
-    (mode, variant): f"ssae_masked_modconv_{mode}_{variant}" for mode in MODES for variant in ("f32", "f16", "f16_simt")
-}
+#: Entry points (region noise mode), by variant: "f32", "f16" (tensor cores) or "f16_simt" (FP16 I/O, fp32 FMAs).
+VARIANTS = ("f32", "f16", "f16_simt")
+ENTRY_POINTS: dict[str, str] = {variant: f"ssae_masked_modconv_region_{variant}" for variant in VARIANTS}
 #: The on-device Philox generator: ssae_philox_normals(seed_lo, seed_hi, stream, start, count, out).
 PHILOX_ENTRY = "ssae_philox_normals"
 
-#: Pointer inputs of the fused kernels, in parameter order (region: the ONNX node ssae::MaskedModConv's inputs).
+#: Pointer inputs of the fused kernels, in parameter order (the ONNX node ssae::MaskedModConv's inputs).
 REGION_INPUTS = ("x", "weight", "bias", "style", "direction", "mask", "strength", "noise", "noise_weight")
-PIXEL_INPUTS = ("x", "weight", "bias", "style", "factor", "seeds", "mask", "strength", "noise", "noise_weight")
 #: The int32 scalars that follow the inputs (TensorRT AOT plugins pass them as extra int32 arguments).
+#: pixel_stream is reserved (always 0, ignored by the kernel): the parameter list stays the one the TensorRT
+#: plugin launches.
 SCALARS = ("batch", "cin", "cout", "height", "width", "activate", "xi_mode", "xi_batch_stride", "xi_seed_lo",
            "xi_seed_hi", "xi_stream", "pixel_stream", "win_y0", "win_x0", "full_width")
 #: The output pointer, last.
@@ -67,24 +67,20 @@ class Param:
     kind: str
 
 
-def kernel_params(mode: str) -> tuple[Param, ...]:
-    """The exact parameter list of the fused kernels of `mode`: input pointers, int32 scalars, output pointer.
+def kernel_params() -> tuple[Param, ...]:
+    """The exact parameter list of the fused kernels: input pointers, int32 scalars, output pointer.
 
     Tensors (T = float32 or float16 by entry point, all contiguous):
         x (B, Cin, H, W); weight (Cout, Cin, 3, 3) W_hat; bias (Cout,); style (B, Cin) a;
-        region: direction (B, Cin) d = A_W n;  pixel: factor (Cin, Cin) L, seeds (B,) int64 (uint64 bit patterns);
-        mask (B, 1, H, W); strength (B,); noise (B or 1, 1, H, W) xi (read only when xi_mode = 1);
-        noise_weight (1,) w_n; y (B, Cout, H, W).
+        direction (B, Cin) d = A_W n; mask (B, 1, H, W); strength (B,); noise (B or 1, 1, H, W) xi (read only
+        when xi_mode = 1); noise_weight (1,) w_n; y (B, Cout, H, W).
     Scalars: batch, cin, cout, height, width; activate (0/1); xi_mode (0 none, 1 explicit, 2 generated);
         xi_batch_stride (0 when noise is shared by the batch, else H * W); xi_seed_lo, xi_seed_hi (the uint64 seed
         of the generated xi as two int32 bit patterns); xi_stream (philox.STREAM_INJECTION + layer index);
-        pixel_stream (philox.STREAM_PIXEL + layer index); win_y0, win_x0 (the window's offset in the full image);
-        full_width (the full image's width; generated noise is indexed in full-image coordinates).
+        pixel_stream (reserved: 0); win_y0, win_x0 (the window's offset in the full image); full_width (the full
+        image's width; generated noise is indexed in full-image coordinates).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r} (region or pixel)")
-    inputs = REGION_INPUTS if mode == "region" else PIXEL_INPUTS
-    return (tuple(Param(n, "ptr") for n in inputs) + tuple(Param(n, "i32") for n in SCALARS)
+    return (tuple(Param(n, "ptr") for n in REGION_INPUTS) + tuple(Param(n, "i32") for n in SCALARS)
             + tuple(Param(n, "ptr") for n in OUTPUTS))
 
 
@@ -105,7 +101,7 @@ def launch_config(batch: int, cout: int, height: int, width: int) -> LaunchConfi
     """Grid of the fused kernels: (ceil(W / 16) * ceil(H / 8), ceil(Cout / 64), B) blocks of 256 threads.
 
     Only integer +, * and floor division, so a TensorRT plugin can express it with symbolic shapes; every entry
-    point (both modes, every variant) uses static shared memory only (<= 48 KiB)."""
+    point (every variant) uses static shared memory only (<= 48 KiB)."""
     for name, v in (("batch", batch), ("cout", cout), ("height", height), ("width", width)):
         if int(v) < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -133,17 +129,6 @@ def seed_words(seed: int) -> tuple[int, int]:
     if not 0 <= seed < 2 ** 64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
     return to_int32(seed), to_int32(seed >> 32)
-
-
-def seed_tensor_values(seeds: Sequence[int]) -> list[int]:
-    """Seeds in [0, 2**64) as int64 values with the same bit patterns (the `seeds` input of pixel kernels)."""
-    out = []
-    for s in seeds:
-        s = int(s)
-        if not 0 <= s < 2 ** 64:
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {s}")
-        out.append(s - (1 << 64) if s >= 1 << 63 else s)
-    return out
 
 
 def pack_params(params: Sequence[Param], values: Mapping[str, int]) -> list[tuple[str, int]]:
@@ -260,8 +245,8 @@ def compile_kernel(kind: str, arch: str | int, out_dir: str | os.PathLike | None
     """Compile masked_modconv.cu to PTX or a cubin for `arch` (cached); with out_dir, also copied there.
 
     strict: warnings are errors (the CPU test suite asks for it; every shipped build, the run-time loader and
-    the TensorRT plugin's PTX, uses strict=False so that a newer nvcc's new warnings do not stop the kernel). Returns the path of the result. Raises KernelBuildError when
-    nvcc is missing or fails."""
+    the TensorRT plugin's PTX, uses strict=False so that a newer nvcc's new warnings do not stop the kernel).
+    Returns the path of the result. Raises KernelBuildError when nvcc is missing or fails."""
     nvcc = find_nvcc()
     if nvcc is None:
         raise KernelBuildError("nvcc not found (install the CUDA toolkit or set CUDA_HOME)")
@@ -327,11 +312,10 @@ def unavailable_reason() -> str | None:
     """None when the fused kernel can be loaded on this machine, else one line naming what is missing."""
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"
-    have_driver, have_cupy = _importable("cuda.bindings.driver"), _importable("cupy")
-    if not (have_driver or have_cupy):
-        return "neither cuda-bindings (pip install cuda-bindings) nor CuPy is importable"
-    if find_nvcc() is None and not have_cupy:
-        return "nvcc not found, and CuPy (NVRTC) is not importable to compile the kernel without it"
+    if not _importable("cuda.bindings.driver"):
+        return "cuda-bindings is not importable (pip install cuda-bindings)"
+    if find_nvcc() is None:
+        return "nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
     return None
 
 
@@ -389,65 +373,20 @@ class _DriverModule:
                                                 config.shared_mem, self._cu.CUstream(stream), argv.ctypes.data, 0))
 
 
-class _CupyModule:
-    """The kernel module loaded with CuPy: from a cubin/PTX file, or compiled from source with NVRTC."""
-
-    def __init__(self, image_path: Path | None, device_index: int):
-        import cupy
-
-        self._cupy, self._device = cupy, device_index
-        with cupy.cuda.Device(device_index):
-            if image_path is not None:
-                self._module = cupy.RawModule(path=str(image_path))
-            else:  # NVRTC; the source includes <mma.h> and <cuda_fp16.h>
-                options = ("-std=c++17", *(f"-I{d}" for d in _cuda_include_dirs()))
-                self._module = cupy.RawModule(code=SOURCE.read_text(), options=options)
-        self._functions: dict[str, object] = {}
-
-    def launch(self, name: str, config: LaunchConfig, packed: Sequence[tuple[str, int]], stream: int) -> None:
-        cupy = self._cupy
-        with cupy.cuda.Device(self._device):
-            if name not in self._functions:
-                self._functions[name] = self._module.get_function(name)
-            args = tuple(b[0] for b in param_buffers(packed))  # numpy scalars of the right width
-            self._functions[name](config.grid, config.block, args, shared_mem=config.shared_mem,
-                                  stream=cupy.cuda.ExternalStream(stream))
-
-
-def _cuda_include_dirs() -> list[str]:
-    """CUDA header folders holding mma.h (for NVRTC without nvcc): $CUDA_HOME, $CUDA_PATH, /usr/local/cuda,
-    CuPy's CUDA path and the nvidia-cuda-runtime wheel."""
-    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
-    try:
-        import cupy
-        roots.append(cupy.cuda.get_cuda_path())
-    except Exception:  # noqa: BLE001
-        pass
-    dirs = [Path(r) / "include" for r in roots if r]
-    try:
-        import nvidia.cuda_runtime
-        dirs += [Path(p) / "include" for p in nvidia.cuda_runtime.__path__]
-    except Exception:  # noqa: BLE001
-        pass
-    return list(dict.fromkeys(str(d) for d in dirs if (d / "mma.h").is_file()))
-
-
-_modules: dict[int, object] = {}
+_modules: dict[int, _DriverModule] = {}
 _modules_lock = threading.Lock()
 
 
-def _module_image(arch: str) -> Path | None:
-    """A cubin for the device's architecture, else PTX for it; None without nvcc (then NVRTC through CuPy)."""
-    if find_nvcc() is None:
-        return None
+def _module_image(arch: str) -> Path:
+    """A cubin for the device's architecture, else PTX for it."""
     try:
         return compile_cubin(arch, strict=False)
     except KernelBuildError:  # e.g. an nvcc that cannot target this GPU's sm: let the driver JIT the PTX
         return compile_ptx(arch, strict=False)
 
 
-def load_module(device_index: int | None = None):
-    """The loaded kernel module for a CUDA device (cached): cuda-bindings first, else CuPy.
+def load_module(device_index: int | None = None) -> _DriverModule:
+    """The loaded kernel module for a CUDA device (cached), through cuda-bindings.
 
     Raises KernelUnavailable naming what is missing."""
     reason = unavailable_reason()
@@ -458,26 +397,18 @@ def load_module(device_index: int | None = None):
         if idx in _modules:
             return _modules[idx]
         major, minor = torch.cuda.get_device_capability(idx)
-        image = _module_image(f"{major}{minor}")
-        if image is not None and _importable("cuda.bindings.driver"):
-            module = _DriverModule(image.read_bytes(), idx)
-        elif _importable("cupy"):
-            module = _CupyModule(image, idx)
-        else:
-            raise KernelUnavailable("nvcc not found and CuPy (NVRTC) is not importable to compile the kernel")
+        module = _DriverModule(_module_image(f"{major}{minor}").read_bytes(), idx)
         _modules[idx] = module
         return module
 
 
-def load_module_image(image: bytes, device_index: int | None = None):
+def load_module_image(image: bytes, device_index: int | None = None) -> _DriverModule:
     """A kernel module from a cubin or PTX image built elsewhere (e.g. with other -D flags, for A/B timings), loaded
     with cuda-bindings into the device's primary context; `.launch(name, config, packed, stream)` runs an entry.
     Not cached. Raises KernelUnavailable when the module cannot be loaded here."""
     reason = unavailable_reason()
     if reason is not None:
         raise KernelUnavailable(reason)
-    if not _importable("cuda.bindings.driver"):
-        raise KernelUnavailable("cuda-bindings is not importable (pip install cuda-bindings)")
     return _DriverModule(image, torch.cuda.current_device() if device_index is None else int(device_index))
 
 
@@ -501,7 +432,6 @@ class PreparedLaunch:
     emulation of the kernel with it)."""
 
     name: str
-    mode: str
     config: LaunchConfig
     tensors: dict[str, torch.Tensor]
     scalars: dict[str, int]
@@ -509,27 +439,23 @@ class PreparedLaunch:
     def packed(self) -> list[tuple[str, int]]:
         """The parameters in ABI order with the tensors' data pointers."""
         values = {k: t.data_ptr() for k, t in self.tensors.items()} | self.scalars
-        return pack_params(kernel_params(self.mode), values)
+        return pack_params(kernel_params(), values)
 
 
 def prepare_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, style: torch.Tensor,
-                   mask: torch.Tensor, strength: torch.Tensor | float, *, direction: torch.Tensor | None = None,
-                   factor: torch.Tensor | None = None, seeds: Sequence[int] | torch.Tensor | None = None,
+                   mask: torch.Tensor, strength: torch.Tensor | float, *, direction: torch.Tensor,
                    noise: torch.Tensor | None = None, noise_weight: torch.Tensor | float = 0.0,
-                   xi_seed: int | None = None, xi_stream: int = 0, pixel_stream: int = 0,
-                   window: tuple[int, int] = (0, 0), full_width: int | None = None, activate: bool = True,
-                   tensor_cores: bool | None = None, out: torch.Tensor | None = None) -> PreparedLaunch:
+                   xi_seed: int | None = None, xi_stream: int = 0, window: tuple[int, int] = (0, 0),
+                   full_width: int | None = None, activate: bool = True, tensor_cores: bool | None = None,
+                   out: torch.Tensor | None = None) -> PreparedLaunch:
     """Check and convert the inputs of `masked_modconv_cuda` into one launch (see there for the arguments)."""
-    if (direction is None) == (factor is None):
-        raise ValueError("give exactly one of direction (region mode) and factor (pixel mode)")
-    mode = "region" if direction is not None else "pixel"
     if x.dim() != 4:
         raise ValueError(f"x must be (B, Cin, H, W), got {tuple(x.shape)}")
     b, cin, h, w = x.shape
     cout = weight.shape[0]
     if tuple(weight.shape) != (cout, cin, 3, 3):
         raise ValueError(f"weight must be (Cout, {cin}, 3, 3), got {tuple(weight.shape)}")
-    name = ENTRY_POINTS[(mode, variant_for(x.dtype, cin, tensor_cores))]
+    name = ENTRY_POINTS[variant_for(x.dtype, cin, tensor_cores)]
     if out is None:
         out = torch.empty(b, cout, h, w, dtype=x.dtype, device=x.device)
     elif tuple(out.shape) != (b, cout, h, w) or out.dtype != x.dtype or out.device != x.device \
@@ -538,21 +464,10 @@ def prepare_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, st
     x = x.contiguous()
     tensors = {
         "x": x, "weight": _as(weight, x, (cout, cin, 3, 3)), "bias": _as(bias, x, (cout,)),
-        "style": _as(style, x, (b, cin)), "mask": _as(mask, x, (b, 1, h, w)),
+        "style": _as(style, x, (b, cin)), "direction": _as(direction, x, (b, cin)), "mask": _as(mask, x, (b, 1, h, w)),
         "strength": _as(torch.as_tensor(strength).reshape(-1), x, (b,)),
         "noise_weight": _as(torch.as_tensor(noise_weight).reshape(-1), x, (1,)), "y": out,
     }
-    if mode == "region":
-        tensors["direction"] = _as(direction, x, (b, cin))
-    else:
-        if seeds is None:
-            raise ValueError("pixel mode needs one seed per sample")
-        if not isinstance(seeds, torch.Tensor):
-            seeds = torch.tensor(seed_tensor_values(seeds), dtype=torch.int64)
-        if seeds.numel() != b:
-            raise ValueError(f"pixel mode needs {b} seeds, got {seeds.numel()}")
-        tensors["factor"] = _as(factor, x, (cin, cin))
-        tensors["seeds"] = seeds.to(device=x.device, dtype=torch.int64).reshape(b).contiguous()
     xi_lo = xi_hi = 0
     if noise is not None:
         if noise.dim() != 4 or noise.shape[1] != 1 or tuple(noise.shape[2:]) != (h, w) or noise.shape[0] not in (1, b):
@@ -570,34 +485,30 @@ def prepare_launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, st
         raise ValueError(f"window offset {(y0, x0)} with width {w} does not fit full_width {fw}")
     scalars = dict(batch=b, cin=cin, cout=cout, height=h, width=w, activate=int(bool(activate)), xi_mode=xi_mode,
                    xi_batch_stride=xi_stride, xi_seed_lo=xi_lo, xi_seed_hi=xi_hi, xi_stream=to_int32(xi_stream),
-                   pixel_stream=to_int32(pixel_stream), win_y0=y0, win_x0=x0, full_width=fw)
-    return PreparedLaunch(name, mode, launch_config(max(b, 1), max(cout, 1), max(h, 1), max(w, 1)), tensors,
+                   pixel_stream=0, win_y0=y0, win_x0=x0, full_width=fw)
+    return PreparedLaunch(name, launch_config(max(b, 1), max(cout, 1), max(h, 1), max(w, 1)), tensors,
                           scalars)
 
 
 def masked_modconv_cuda(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, style: torch.Tensor,
-                        mask: torch.Tensor, strength: torch.Tensor | float, *,
-                        direction: torch.Tensor | None = None, factor: torch.Tensor | None = None,
-                        seeds: Sequence[int] | torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                        noise_weight: torch.Tensor | float = 0.0, xi_seed: int | None = None, xi_stream: int = 0,
-                        pixel_stream: int = 0, window: tuple[int, int] = (0, 0), full_width: int | None = None,
-                        activate: bool = True, tensor_cores: bool | None = None,
+                        mask: torch.Tensor, strength: torch.Tensor | float, *, direction: torch.Tensor,
+                        noise: torch.Tensor | None = None, noise_weight: torch.Tensor | float = 0.0,
+                        xi_seed: int | None = None, xi_stream: int = 0, window: tuple[int, int] = (0, 0),
+                        full_width: int | None = None, activate: bool = True, tensor_cores: bool | None = None,
                         out: torch.Tensor | None = None) -> torch.Tensor:
-    """Run the fused kernel on CUDA tensors: `reference.masked_modconv` computed in one pass.
+    """Run the fused kernel on CUDA tensors: `reference.masked_modconv` (region noise mode) computed in one pass.
 
-    Region mode: `direction` (B, Cin). Pixel mode: `factor` L (Cin, Cin) and one seed per sample (ints in
-    [0, 2**64) or an int64 tensor of their bit patterns); z is generated in the kernel from (seed, pixel_stream)
-    at full-image positions (window offset + pixel, rows of full_width). xi: `noise` ((1 or B), 1, H, W)
-    explicit, or `xi_seed` (+ xi_stream) generated in the kernel, or neither (no noise term). dtype float32 or
-    float16 (x's; other inputs are cast to it). tensor_cores: FP16 variant choice (default: `variant_for`).
-    out: a contiguous (B, Cout, H, W) tensor of x's dtype to write into (else a new one). Returns y.
+    `direction` (B, Cin): the style direction d. xi: `noise` ((1 or B), 1, H, W) explicit, or `xi_seed`
+    (+ xi_stream) generated in the kernel at full-image positions (window offset + pixel, rows of full_width), or
+    neither (no noise term). dtype float32 or float16 (x's; other inputs are cast to it). tensor_cores: FP16
+    variant choice (default: `variant_for`). out: a contiguous (B, Cout, H, W) tensor of x's dtype to write into
+    (else a new one). Returns y.
     """
     if x.device.type != "cuda":
         raise ValueError(f"masked_modconv_cuda needs CUDA tensors, got {x.device}")
-    launch = prepare_launch(x, weight, bias, style, mask, strength, direction=direction, factor=factor,
-                            seeds=seeds, noise=noise, noise_weight=noise_weight, xi_seed=xi_seed,
-                            xi_stream=xi_stream, pixel_stream=pixel_stream, window=window, full_width=full_width,
-                            activate=activate, tensor_cores=tensor_cores, out=out)
+    launch = prepare_launch(x, weight, bias, style, mask, strength, direction=direction, noise=noise,
+                            noise_weight=noise_weight, xi_seed=xi_seed, xi_stream=xi_stream, window=window,
+                            full_width=full_width, activate=activate, tensor_cores=tensor_cores, out=out)
     y = launch.tensors["y"]
     if y.numel() == 0:
         return y

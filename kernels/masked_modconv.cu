@@ -2,17 +2,15 @@
 //
 //   y = act(conv3x3(x * s(p), W_hat) + b + w_n * xi(p))      s(p) = rmsnorm(a + strength * m(p) * d(p))
 //
-// exactly as `kernels/reference.py:masked_modconv` computes it (NCHW, zero padding 1, stride 1), with the
-// normalised style s(p) computed on the fly: the style map is never written to memory.
+// exactly as `ssae/models/injection.py:masked_modconv` computes it in region noise mode (NCHW, zero padding 1,
+// stride 1), with the normalised style s(p) computed on the fly: the style map is never written to memory.
 //
-//   region mode: d is one Cin vector per sample; 1 / rms(p) comes in closed form from three per-sample scalars
+//   d:           one Cin vector per sample; 1 / rms(p) comes in closed form from three per-sample scalars
 //                mean(a^2), mean(a d), mean(d^2) that every block reduces from a and d itself.
-//   pixel mode:  d(p) = L z(p), z(p) ~ N(0, I_Cin) generated here with Philox4x32-10 + Box-Muller exactly as
-//                `kernels/philox.py` specifies (value j = (y * W_full + x) * Cin + c of stream pixel_stream), and
-//                L the Cin x Cin factor of `reference.pixel_noise_factor`.
 //   xi:          xi_mode 0: no noise term; 1: explicit map `noise` ((1 or B), 1, H, W), batch stride
-//                xi_batch_stride; 2: generated, value y * W_full + x of stream xi_stream (what the runtime feeds
-//                as `xi`, see runtime/editor.py).
+//                xi_batch_stride; 2: generated with Philox4x32-10 + Box-Muller exactly as `ssae/philox.py`
+//                specifies, value y * W_full + x of stream xi_stream (what the runtime feeds as `xi`, see
+//                runtime/editor.py).
 // (y0, x0, W_full) place the computed H x W window in the full image (the runtime edits crops), so generated
 // noise does not depend on the crop.
 //
@@ -22,10 +20,10 @@
 // shared memory. Entry points (T = float for *_f32, __half for *_f16 and *_f16_simt):
 //   ssae_masked_modconv_region_{f32,f16,f16_simt}(x, weight, bias, style, direction, mask, strength, noise,
 //                                                 noise_weight, <int32 x 15>, y)
-//   ssae_masked_modconv_pixel_{f32,f16,f16_simt}(x, weight, bias, style, factor, seeds, mask, strength, noise,
-//                                                noise_weight, <int32 x 15>, y)
 //   int32 scalars: batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi,
 //                  xi_stream, pixel_stream, win_y0, win_x0, full_width
+//                  (pixel_stream is reserved and ignored: the parameter list stays the one the TensorRT plugin
+//                  and the engines built with it launch)
 //   ssae_philox_normals(seed_lo, seed_hi, stream, start (int64), count, out): out[i] = value start + i.
 //
 // Two inner paths share everything else (style, noise, tiles, epilogue):
@@ -33,13 +31,13 @@
 //   SimtPath (FP32, and FP16 where tensor cores do not pay, e.g. Cin < 16): plain fp32 FMAs.
 // Both handle any size: partial tiles and channel counts are zero-filled.
 //
-// Builds: nvcc (PTX/cubin, sm_75+), NVRTC, and the host: everything marked SSAE_HD runs on the host too (the CPU
+// Builds: nvcc (PTX/cubin, sm_75+) and the host: everything marked SSAE_HD runs on the host too (the CPU
 // test compiles the Philox/Box-Muller helpers with nvcc, and the whole kernel with g++ and SSAE_HOST_EMULATION,
 // in which the test harness provides the CUDA built-ins).
 // Do not build with --use_fast_math: the noise must use IEEE float64 log/sqrt/sin/cos.
 
-#if defined(__USE_FAST_MATH__)  // where the compiler announces --use_fast_math (nvcc 13 does not: kernels/cuda.py
-                                // never passes it, and tests/test_kernel_build.py checks the flags)
+#if defined(__USE_FAST_MATH__)  // where the compiler announces --use_fast_math (not every nvcc does, so
+                                // kernels/cuda.py never passes it and tests/test_kernel_build.py checks the flags)
 #error "masked_modconv.cu must not be built with --use_fast_math (the noise needs IEEE float64 math)"
 #endif
 #if defined(__CUDACC__)
@@ -53,14 +51,14 @@
 #define SSAE_HD __host__ __device__ __forceinline__
 #define SSAE_DEV __device__ __forceinline__
 #elif !defined(SSAE_HOST_EMULATION)
-#error "compile with nvcc or NVRTC (or define SSAE_HOST_EMULATION and provide the CUDA built-ins)"
+#error "compile with nvcc (or define SSAE_HOST_EMULATION and provide the CUDA built-ins)"
 #endif
 
 namespace ssae {
 
 // =============================================================================================== noise (host+device)
 
-/// Philox4x32 constants (Salmon et al. 2011), as in kernels/philox.py.
+/// Philox4x32 constants (Salmon et al. 2011), as in ssae/philox.py.
 constexpr unsigned int kPhiloxM0 = 0xD2511F53u;
 constexpr unsigned int kPhiloxM1 = 0xCD9E8D57u;
 constexpr unsigned int kPhiloxW0 = 0x9E3779B9u;
@@ -145,7 +143,6 @@ constexpr int kTileN = 64;                             // output channels per bl
 constexpr int kHaloH = kTileH + 2, kHaloW = kTileW + 2;
 constexpr int kHaloPixels = kHaloH * kHaloW;           // 180 input pixels feed one tile (3x3, pad 1)
 constexpr int kTaps = 9;
-constexpr int kRngGroup = 32;                          // pixel mode: directions computed 32 channels per pass
 constexpr float kEps = 1e-8f;                          // reference.EPS
 constexpr float kSqrt2 = 1.41421356237309515f;
 constexpr float kLeakySlope = 0.2f;
@@ -223,15 +220,14 @@ struct Problem {
     const T* weight;                   // (Cout, Cin, 3, 3) W_hat
     const T* bias;                     // (Cout,)
     const T* style;                    // (B, Cin) a
-    const T* direction;                // region: (B, Cin) d; pixel: (Cin, Cin) factor L
-    const unsigned long long* seeds;   // pixel: (B,) seeds of z; region: unused
+    const T* direction;                // (B, Cin) d
     const T* mask;                     // (B, 1, H, W)
     const T* strength;                 // (B,)
     const T* noise;                    // xi_mode 1: (B or 1, 1, H, W)
     const T* noise_weight;             // (1,) w_n
     T* y;                              // (B, Cout, H, W)
     int batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride;
-    unsigned int xi_seed_lo, xi_seed_hi, xi_stream, pixel_stream;
+    unsigned int xi_seed_lo, xi_seed_hi, xi_stream;
     int win_y0, win_x0, full_width;
 };
 
@@ -240,8 +236,7 @@ struct Tile {
     int b, oy0, ox0, n0;
 };
 
-/// Per-sample constants of the style: mean(a^2), mean(a d), mean(d^2) (region; pixel: mean(a^2) only) and the
-/// sample's edit strength.
+/// Per-sample constants of the style: mean(a^2), mean(a d), mean(d^2) and the sample's edit strength.
 struct SampleStyle {
     float aa, ad, dd, strength;
 };
@@ -259,14 +254,14 @@ SSAE_DEV Tile block_tile(const Problem<T>& p) {
 
 /// Block-wide reduction of the per-sample style scalars over Cin (all threads call it; `scratch` holds
 /// 3 x kThreads floats). Ends with a barrier, so `scratch` may be reused right after.
-template <typename T, bool kPixel>
+template <typename T>
 SSAE_DEV SampleStyle sample_style(const Problem<T>& p, int b, float* scratch) {
     const int tid = static_cast<int>(threadIdx.x);
     const T* a = p.style + static_cast<long long>(b) * p.cin;
     float saa = 0.f, sad = 0.f, sdd = 0.f;
     for (int c = tid; c < p.cin; c += kThreads) {
         const float av = to_float(a[c]);
-        const float dv = kPixel ? 0.f : to_float(p.direction[static_cast<long long>(b) * p.cin + c]);
+        const float dv = to_float(p.direction[static_cast<long long>(b) * p.cin + c]);
         saa += av * av;
         sad += av * dv;
         sdd += dv * dv;
@@ -290,50 +285,9 @@ SSAE_DEV SampleStyle sample_style(const Problem<T>& p, int b, float* scratch) {
     return s;
 }
 
-/// Region mode: 1 / rms(a + t d) in closed form, t = strength * mask(p).
+/// 1 / rms(a + t d) in closed form, t = strength * mask(p).
 SSAE_DEV float region_inv_rms(const SampleStyle& s, float t) {
     return rsqrtf(s.aa + 2.f * t * s.ad + t * t * s.dd + kEps);
-}
-
-/// Pixel mode: d[i] = sum_j L[c0 + i, j] z_j for the kRngGroup channels c0.. (0 past Cin), where z_j is value
-/// j0 + j of the pixel stream: the Cin normals of one pixel, regenerated from the counter on every call.
-template <typename T>
-SSAE_DEV void pixel_direction_group(const Problem<T>& p, int c0, unsigned int seed_lo, unsigned int seed_hi,
-                                    unsigned long long j0, float (&d)[kRngGroup]) {
-#pragma unroll
-    for (int i = 0; i < kRngGroup; ++i) d[i] = 0.f;
-    Normal4 block = {0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < p.cin; ++j) {
-        const unsigned long long idx = j0 + static_cast<unsigned long long>(j);
-        if (j == 0 || (idx & 3u) == 0) {
-            block = philox_normal4(seed_lo, seed_hi, p.pixel_stream, static_cast<unsigned int>(idx >> 2));
-        }
-        const float z = normal4_at(block, static_cast<unsigned int>(idx & 3u));
-#pragma unroll
-        for (int i = 0; i < kRngGroup; ++i) {
-            const int c = c0 + i;
-            if (c < p.cin) d[i] += to_float(p.direction[static_cast<long long>(c) * p.cin + j]) * z;
-        }
-    }
-}
-
-/// Pixel mode: 1 / rms(a + t d(p)) over all Cin channels (t != 0), from kRngGroup-channel passes.
-template <typename T>
-SSAE_DEV float pixel_inv_rms(const Problem<T>& p, const T* a, float t, unsigned int seed_lo, unsigned int seed_hi,
-                             unsigned long long j0) {
-    float sum = 0.f;
-    for (int c0 = 0; c0 < p.cin; c0 += kRngGroup) {
-        float d[kRngGroup];
-        pixel_direction_group(p, c0, seed_lo, seed_hi, j0, d);
-#pragma unroll
-        for (int i = 0; i < kRngGroup; ++i) {
-            if (c0 + i < p.cin) {
-                const float s = to_float(a[c0 + i]) + t * d[i];
-                sum += s * s;
-            }
-        }
-    }
-    return rsqrtf(sum / static_cast<float>(p.cin) + kEps);
 }
 
 /// The halo pixel h (0..179) of a tile in image coordinates, and whether it lies inside the image.
@@ -343,33 +297,6 @@ SSAE_HD bool halo_pixel(const Tile& tile, int h, int height, int width, int* gy,
     return *gy >= 0 && *gy < height && *gx >= 0 && *gx < width;
 }
 
-/// Pixel-mode state of the halo pixel a thread owns: t = strength * mask, 1 / rms, and the pixel's first value
-/// index in the pixel stream. Threads >= kHaloPixels own none (t = 0).
-struct OwnedPixel {
-    bool inside;
-    int gy, gx;
-    float t, inv_rms;
-    unsigned long long j0;
-};
-
-/// Pixel mode: set up the halo pixel of thread `tid` (the full-Cin RMS pass runs here, once per block).
-template <typename T>
-SSAE_DEV OwnedPixel own_halo_pixel(const Problem<T>& p, const Tile& tile, const SampleStyle& st, int tid,
-                                   unsigned int seed_lo, unsigned int seed_hi) {
-    OwnedPixel o{false, 0, 0, 0.f, rsqrtf(st.aa + kEps), 0ull};
-    if (tid >= kHaloPixels) return o;
-    o.inside = halo_pixel(tile, tid, p.height, p.width, &o.gy, &o.gx);
-    if (!o.inside) return o;
-    const long long hw = static_cast<long long>(p.height) * p.width;
-    o.t = st.strength * to_float(p.mask[tile.b * hw + static_cast<long long>(o.gy) * p.width + o.gx]);
-    const unsigned long long pixel = static_cast<unsigned long long>(p.win_y0 + o.gy) * p.full_width +
-                                     static_cast<unsigned long long>(p.win_x0 + o.gx);
-    o.j0 = pixel * static_cast<unsigned long long>(p.cin);
-    if (o.t != 0.f) o.inv_rms = pixel_inv_rms(p, p.style + static_cast<long long>(tile.b) * p.cin, o.t, seed_lo,
-                                              seed_hi, o.j0);
-    return o;
-}
-
 /// 16 bytes of consecutive elements (8 halves or 4 floats): one vector load or store.
 template <typename T>
 struct alignas(16) Vec16 {
@@ -377,7 +304,7 @@ struct alignas(16) Vec16 {
     T v[kN];
 };
 
-/// Region mode: write the modulated input x * s of channels g0 .. g0 + kGroup for the whole halo into `xm`
+/// Write the modulated input x * s of channels g0 .. g0 + kGroup for the whole halo into `xm`
 /// (zero outside the image and past Cin: the conv's zero padding). All threads; ends without a barrier.
 /// Two passes: first the per-pixel and per-channel factors of s(p) = r(p) a + t(p) r(p) d (r = 1 / rms) into
 /// `tables` (the weight buffer, free until the group's first chunk is loaded), then one element per pixel and
@@ -436,38 +363,6 @@ SSAE_DEV void build_group_region(const Problem<T>& p, const Tile& tile, const Sa
         for (int e = tid; e < kHaloPixels * Path::kGroup; e += kThreads) {
             const int h = e % kHaloPixels, cl = e / kHaloPixels;
             xm[Path::xm_index(h, cl)] = modulated(h, cl);
-        }
-    }
-}
-
-/// Pixel mode: the same for the halo pixel this thread owns (threads >= 180 idle), kRngGroup channels per
-/// regenerated noise pass.
-template <class Path, typename T>
-SSAE_DEV void build_group_pixel(const Problem<T>& p, const Tile& tile, const OwnedPixel& own, int g0,
-                                unsigned int seed_lo, unsigned int seed_hi, typename Path::Storage* xm) {
-    const int h = static_cast<int>(threadIdx.x);
-    if (h >= kHaloPixels) return;
-    const long long hw = static_cast<long long>(p.height) * p.width;
-    const long long pix = static_cast<long long>(own.gy) * p.width + own.gx;
-    const T* a = p.style + static_cast<long long>(tile.b) * p.cin;
-    for (int sub = 0; sub < Path::kGroup; sub += kRngGroup) {
-        const int c0 = g0 + sub;
-        float d[kRngGroup];
-        if (own.inside && own.t != 0.f && c0 < p.cin) {
-            pixel_direction_group(p, c0, seed_lo, seed_hi, own.j0, d);
-        } else {
-#pragma unroll
-            for (int i = 0; i < kRngGroup; ++i) d[i] = 0.f;
-        }
-#pragma unroll
-        for (int i = 0; i < kRngGroup; ++i) {
-            const int c = c0 + i;
-            float v = 0.f;
-            if (own.inside && c < p.cin) {
-                const float xv = to_float(p.x[(static_cast<long long>(tile.b) * p.cin + c) * hw + pix]);
-                v = xv * (to_float(a[c]) + own.t * d[i]) * own.inv_rms;
-            }
-            xm[Path::xm_index(h, sub + i)] = from_float<typename Path::Storage>(v);
         }
     }
 }
@@ -660,7 +555,7 @@ SSAE_DEV void write_tile(const Problem<T>& p, const Tile& tile, SimtAccumulators
 
 // =============================================================================================== the kernel body
 
-/// Select<cond, A, B>::type: A if cond else B (std::conditional without the standard library, for NVRTC).
+/// Select<cond, A, B>::type: A if cond else B (std::conditional without a standard-library header).
 template <bool kCond, class A, class B> struct Select { using type = A; };
 template <class A, class B> struct Select<false, A, B> { using type = B; };
 
@@ -668,7 +563,7 @@ template <class A, class B> struct Select<false, A, B> { using type = B; };
 /// Loop: for each group of input channels, build the modulated halo input in shared memory (style computed on
 /// the fly), then for each chunk of it load the weights and accumulate (tensor cores or FMAs); then add
 /// bias and noise, activate, store.
-template <typename T, bool kPixel, class Path>
+template <typename T, class Path>
 SSAE_DEV void masked_modconv_block(const Problem<T>& p) {
     using Storage = typename Path::Storage;
     using Acc = typename Select<Path::kTensorCores, TcAccumulators, SimtAccumulators>::type;
@@ -678,25 +573,13 @@ SSAE_DEV void masked_modconv_block(const Problem<T>& p) {
     Storage* ws = reinterpret_cast<Storage*>(smem + Path::kXmBytes);
 
     const Tile tile = block_tile(p);
-    const SampleStyle st = sample_style<T, kPixel>(p, tile.b, reinterpret_cast<float*>(smem));
-    unsigned int seed_lo = 0u, seed_hi = 0u;
-    OwnedPixel own{};
-    if constexpr (kPixel) {
-        const unsigned long long seed = p.seeds[tile.b];
-        seed_lo = static_cast<unsigned int>(seed & 0xFFFFFFFFull);
-        seed_hi = static_cast<unsigned int>(seed >> 32);
-        own = own_halo_pixel(p, tile, st, static_cast<int>(threadIdx.x), seed_lo, seed_hi);
-    }
+    const SampleStyle st = sample_style<T>(p, tile.b, reinterpret_cast<float*>(smem));
 
     Acc acc;
     clear(acc);
     for (int g0 = 0; g0 < p.cin; g0 += Path::kGroup) {
         __syncthreads();  // the previous group's inner products are done with xm
-        if constexpr (kPixel) {
-            build_group_pixel<Path>(p, tile, own, g0, seed_lo, seed_hi, xm);
-        } else {
-            build_group_region<Path>(p, tile, st, g0, xm, reinterpret_cast<float*>(ws));
-        }
+        build_group_region<Path>(p, tile, st, g0, xm, reinterpret_cast<float*>(ws));
         for (int chunk = 0; chunk < Path::kGroup / Path::kChunk && g0 + chunk * Path::kChunk < p.cin; ++chunk) {
             __syncthreads();  // the previous chunk is done with ws
             load_weight_chunk<Path>(p, tile, g0 + chunk * Path::kChunk, ws);
@@ -710,17 +593,16 @@ SSAE_DEV void masked_modconv_block(const Problem<T>& p) {
     write_tile(p, tile, acc, reinterpret_cast<float*>(smem), noise_term);
 }
 
-/// The typed problem from the ABI's parameters.
+/// The typed problem from the ABI's parameters (pixel_stream: reserved, ignored).
 template <typename T>
 SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, const T* style, const T* direction,
-                                 const long long* seeds, const T* mask, const T* strength, const T* noise,
-                                 const T* noise_weight, int batch, int cin, int cout, int height, int width,
-                                 int activate, int xi_mode, int xi_batch_stride, int xi_seed_lo, int xi_seed_hi,
-                                 int xi_stream, int pixel_stream, int win_y0, int win_x0, int full_width, T* y) {
-    return Problem<T>{x, weight, bias, style, direction, reinterpret_cast<const unsigned long long*>(seeds), mask,
-                      strength, noise, noise_weight, y, batch, cin, cout, height, width, activate, xi_mode,
-                      xi_batch_stride, static_cast<unsigned int>(xi_seed_lo), static_cast<unsigned int>(xi_seed_hi),
-                      static_cast<unsigned int>(xi_stream), static_cast<unsigned int>(pixel_stream), win_y0, win_x0,
+                                 const T* mask, const T* strength, const T* noise, const T* noise_weight, int batch,
+                                 int cin, int cout, int height, int width, int activate, int xi_mode,
+                                 int xi_batch_stride, int xi_seed_lo, int xi_seed_hi, int xi_stream,
+                                 int /*pixel_stream*/, int win_y0, int win_x0, int full_width, T* y) {
+    return Problem<T>{x, weight, bias, style, direction, mask, strength, noise, noise_weight, y, batch, cin, cout,
+                      height, width, activate, xi_mode, xi_batch_stride, static_cast<unsigned int>(xi_seed_lo),
+                      static_cast<unsigned int>(xi_seed_hi), static_cast<unsigned int>(xi_stream), win_y0, win_x0,
                       full_width};
 }
 
@@ -736,7 +618,7 @@ SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, con
     batch, cin, cout, height, width, activate, xi_mode, xi_batch_stride, xi_seed_lo, xi_seed_hi, xi_stream,      \
         pixel_stream, win_y0, win_x0, full_width
 
-// Region mode: inputs as the ONNX node ssae::MaskedModConv orders them. Compiled for SSAE_REGION_MIN_BLOCKS
+// Inputs as the ONNX node ssae::MaskedModConv orders them. Compiled for SSAE_REGION_MIN_BLOCKS
 // resident blocks per SM (3: at most 80 registers on sm_90, where 83 let only 2 fit and the kernel is latency-bound;
 // no spills at 80, see -Xptxas -v; 0: no minimum, the compiler's choice). benchmarks/bench_kernel_gpu.py times
 // other values side by side (-DSSAE_REGION_MIN_BLOCKS=N).
@@ -749,30 +631,16 @@ SSAE_DEV Problem<T> make_problem(const T* x, const T* weight, const T* bias, con
         const T* __restrict__ style, const T* __restrict__ direction, const T* __restrict__ mask,                 \
         const T* __restrict__ strength, const T* __restrict__ noise, const T* __restrict__ noise_weight,         \
         SSAE_MMC_SCALARS, T* __restrict__ y) {                                                                   \
-        ssae::masked_modconv_block<T, false, PATH>(ssae::make_problem<T>(                                        \
-            x, weight, bias, style, direction, nullptr, mask, strength, noise, noise_weight, SSAE_MMC_SCALAR_ARGS, \
-            y));                                                                                                 \
-    }
-
-// Pixel mode: the direction replaced by the factor L, plus the per-sample seeds (int64 bit patterns of uint64).
-#define SSAE_MMC_PIXEL_ENTRY(NAME, T, PATH)                                                                      \
-    extern "C" __global__ void __launch_bounds__(ssae::kThreads) NAME(                                           \
-        const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,                       \
-        const T* __restrict__ style, const T* __restrict__ factor, const long long* __restrict__ seeds,          \
-        const T* __restrict__ mask, const T* __restrict__ strength, const T* __restrict__ noise,                 \
-        const T* __restrict__ noise_weight, SSAE_MMC_SCALARS, T* __restrict__ y) {                               \
-        ssae::masked_modconv_block<T, true, PATH>(ssae::make_problem<T>(                                         \
-            x, weight, bias, style, factor, seeds, mask, strength, noise, noise_weight, SSAE_MMC_SCALAR_ARGS, y)); \
+        ssae::masked_modconv_block<T, PATH>(ssae::make_problem<T>(                                               \
+            x, weight, bias, style, direction, mask, strength, noise, noise_weight, SSAE_MMC_SCALAR_ARGS, y));   \
     }
 
 SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f32, float, ssae::SimtPath)
 SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f16, __half, ssae::TensorCorePath)
 SSAE_MMC_REGION_ENTRY(ssae_masked_modconv_region_f16_simt, __half, ssae::SimtPath)
-SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f32, float, ssae::SimtPath)
-SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f16, __half, ssae::TensorCorePath)
-SSAE_MMC_PIXEL_ENTRY(ssae_masked_modconv_pixel_f16_simt, __half, ssae::SimtPath)
 
-/// out[i] = value start + i of (seed, stream), i < count: the generator of kernels/philox.py on the device.
+/// out[i] = value start + i of (seed, stream), i < count: the generator of ssae/philox.py on the device (the
+/// check that the in-kernel xi noise equals the host's).
 /// Grid: ceil(count / 256) blocks of 256 threads.
 extern "C" __global__ void __launch_bounds__(ssae::kThreads) ssae_philox_normals(
     int seed_lo, int seed_hi, int stream, long long start, int count, float* __restrict__ out) {

@@ -9,10 +9,9 @@ One op, several implementations side by side (the layout of NVlabs/stylegan2-ada
 `use_fused_op(True)` routes the generator's injection layer through the custom op (region noise mode); by
 default the reference decomposition runs, which every backend (ONNX Runtime, OpenVINO) can execute.
 
-`ssae::masked_modconv_pixel` is the pixel-noise variant: it takes seeds and the window's place in the full image
-instead of the noise z, which the CUDA kernel generates itself (the CPU implementation draws it with
-`ssae.philox`). On CUDA tensors both ops run the fused kernel when it can be loaded (`ssae.kernels.cuda`)
-and otherwise fall back to the reference with a one-time warning.
+On CUDA tensors the op runs the fused kernel when it can be loaded (`ssae.kernels.cuda`) and otherwise falls back
+to the reference with a one-time warning. Pixel noise mode has no custom op: it runs the reference decomposition
+(and exports as the ONNX graph `sae_decoder_edit_pixel`).
 """
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ import warnings
 
 import torch
 
-from ssae import philox
 from ssae.models import injection as reference
 
 PLUGIN_NAMESPACE = "ssae"
@@ -63,55 +61,6 @@ def _masked_modconv_cuda(x, weight, bias, a, direction, mask, strength, noise, n
     def ref():
         return reference.masked_modconv(x, weight, bias, a, mask, strength, direction=direction, noise=noise,
                                         noise_weight=noise_weight, activate=activate)
-
-    return _fused_or_reference(x, weight, fused, ref)
-
-
-def pixel_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, a: torch.Tensor,
-                    factor: torch.Tensor, seeds: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor,
-                    noise: torch.Tensor, noise_weight: torch.Tensor, activate: bool, pixel_stream: int,
-                    window_y0: int, window_x0: int, full_width: int) -> torch.Tensor:
-    """`masked_modconv_pixel` by the reference: z drawn on the host with `philox.pixel_window`."""
-    h, w = x.shape[2], x.shape[3]
-    seed_list = [int(s) & 0xFFFFFFFFFFFFFFFF for s in seeds.reshape(-1).tolist()]
-    z = philox.pixel_window(seed_list, pixel_stream, (window_y0 + h, full_width),
-                            (window_y0, window_y0 + h, window_x0, window_x0 + w), x.shape[1])
-    z = torch.from_numpy(z).to(device=x.device, dtype=x.dtype)
-    return reference.masked_modconv(x, weight, bias, a, mask, strength, pixel_noise=z, pixel_factor=factor,
-                                    noise=noise, noise_weight=noise_weight, activate=activate)
-
-
-@torch.library.custom_op("ssae::masked_modconv_pixel", mutates_args=())
-def masked_modconv_pixel(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, a: torch.Tensor,
-                         factor: torch.Tensor, seeds: torch.Tensor, mask: torch.Tensor, strength: torch.Tensor,
-                         noise: torch.Tensor, noise_weight: torch.Tensor, activate: bool, pixel_stream: int,
-                         window_y0: int, window_x0: int, full_width: int) -> torch.Tensor:
-    """Pixel noise mode: y = act(conv(x * s(p), weight) + noise_weight * noise + bias), s(p) = rmsnorm(a +
-    strength * mask(p) * factor z(p)), z(p) the Cin normals of full-image pixel (window_y0 + y, window_x0 + x) of
-    stream `pixel_stream` (philox.STREAM_PIXEL + layer index) of sample i's seed (`seeds`: (B,) int64 holding
-    uint64 bit patterns), exactly as `ssae.philox.pixel_window` draws them."""
-    return pixel_reference(x, weight, bias, a, factor, seeds, mask, strength, noise, noise_weight, activate,
-                           pixel_stream, window_y0, window_x0, full_width)
-
-
-@masked_modconv_pixel.register_fake
-def _masked_modconv_pixel_fake(x, weight, bias, a, factor, seeds, mask, strength, noise, noise_weight, activate,
-                               pixel_stream, window_y0, window_x0, full_width):
-    return x.new_empty(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-
-
-@masked_modconv_pixel.register_kernel("cuda")
-def _masked_modconv_pixel_cuda(x, weight, bias, a, factor, seeds, mask, strength, noise, noise_weight, activate,
-                               pixel_stream, window_y0, window_x0, full_width):
-    def fused():
-        from . import cuda
-        return cuda.masked_modconv_cuda(x, weight, bias, a, mask, strength, factor=factor, seeds=seeds, noise=noise,
-                                        noise_weight=noise_weight, pixel_stream=pixel_stream,
-                                        window=(window_y0, window_x0), full_width=full_width, activate=activate)
-
-    def ref():
-        return pixel_reference(x, weight, bias, a, factor, seeds, mask, strength, noise, noise_weight, activate,
-                               pixel_stream, window_y0, window_x0, full_width)
 
     return _fused_or_reference(x, weight, fused, ref)
 

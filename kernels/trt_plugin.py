@@ -84,9 +84,9 @@ def ordered_scalars(batch, cin, cout, height, width, activate, xi_mode, xi_batch
 def kernel_name(dtype: str, tactic: int = TACTIC_TENSOR_CORES) -> str:
     """Entry point for I/O type "f32" | "f16" and a tactic."""
     if dtype == "f32":
-        return kcuda.ENTRY_POINTS[("region", "f32")]
+        return kcuda.ENTRY_POINTS["f32"]
     if dtype == "f16":
-        return kcuda.ENTRY_POINTS[("region", "f16" if tactic == TACTIC_TENSOR_CORES else "f16_simt")]
+        return kcuda.ENTRY_POINTS["f16" if tactic == TACTIC_TENSOR_CORES else "f16_simt"]
     raise ValueError(f"no MaskedModConv kernel for {dtype!r} (f32 or f16)")
 
 

@@ -11,27 +11,6 @@ from ssae.export.onnx_export import ExportError, read_manifest
 from .backend import Backend, BackendError, input_dtype
 from .qdq_u8 import u8_activations
 
-#: How OrtBackend sessions get their CPU threads (`OrtBackend(thread_pool=...)`).
-THREAD_POOLS = ("no-spin", "spin", "global")
-_global_pool: dict = {}
-
-
-def global_thread_pool(threads: int) -> bool:
-    """Set up ONNX Runtime's process-wide intra-op thread pool (`threads` workers, 0 = ORT's default) once; True
-    when it is in place. ONNX Runtime accepts it only before its environment exists, and once it is set every
-    session of the process must use it (`use_per_session_threads = False`), ssae's or not: only for processes
-    where ssae owns ONNX Runtime. A later request for another size keeps the first size."""
-    if "ok" not in _global_pool:
-        try:
-            from onnxruntime.capi import _pybind_state
-
-            _pybind_state.set_global_thread_pool_sizes(int(threads), 1)
-            _global_pool.update(ok=True, threads=int(threads))
-        except Exception:  # noqa: BLE001 - the environment already exists (or an ORT without global pools)
-            _global_pool.update(ok=False, threads=None)
-    return _global_pool["ok"]
-
-
 class _OnnxFolderBackend(Backend):
     def __init__(self, export_dir: str | os.PathLike):
         self.dir = Path(export_dir)
@@ -101,20 +80,14 @@ class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""
 
     def __init__(self, export_dir, providers: list[str] | None = None, threads: int = 0,
-                 iobinding: bool | None = None, device_id: int = 0, s8_as_u8: bool = True,
-                 thread_pool: str = "no-spin"):
-        """iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
+                 iobinding: bool | None = None, device_id: int = 0):
+        """threads: CPU workers of each session's own thread pool (0 = one per core). The workers sleep when idle:
+        a full edit runs five graphs back to back, and with ONNX Runtime's spinning default the idle workers of
+        each graph keep the cores from the next one (`benchmarks/bench_ort_threads.py` compares).
+        iobinding: bind inputs and outputs on the provider's device (`run_with_iobinding`); default: on with the
         CUDA provider, so tensors cross PCIe once each way and ORT allocates nothing per call on the host side.
-        s8_as_u8: on the CPU provider, load int8 graphs with uint8 activation zero points (`qdq_u8`; bit-identical
-        outputs); False loads them as written (for comparison).
-        thread_pool: how sessions get their `threads` CPU workers (0 = one per core).
-          "no-spin" (default): a pool per session whose workers sleep when idle. A full edit runs five graphs
-          back to back; with ONNX Runtime's default the workers of each graph kept spinning after its run and
-          took the cores from the next graph (the bundled model's fp32 full edit ran about twice as long;
-          `benchmarks/bench_ort_threads.py`).
-          "spin": ONNX Runtime's default (for comparison).
-          "global": every session on one process-wide pool (`global_thread_pool`; "no-spin" where ONNX Runtime
-          refuses it). Every other ONNX Runtime session in the process must then use that pool too."""
+        On the CPU provider, int8 graphs load with uint8 activation zero points (`qdq_u8`: bit-identical outputs,
+        every quantized conv fused)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -128,47 +101,45 @@ class OrtBackend(_OnnxFolderBackend):
         if missing:
             raise BackendError(f"onnxruntime providers not available here: {', '.join(missing)}")
         self.providers = providers
-        if thread_pool not in THREAD_POOLS:
-            raise BackendError(f"unknown thread pool {thread_pool!r} (choose from {', '.join(THREAD_POOLS)})")
         self.threads = threads
-        self.thread_pool = thread_pool
-        self.s8_as_u8 = s8_as_u8
         cuda = providers[0] == "CUDAExecutionProvider"
         self.iobinding = cuda if iobinding is None else bool(iobinding)
         self.io_device = ("cuda" if cuda else "cpu", device_id if cuda else 0)
         self.name = "onnxruntime" if providers[0] == "CPUExecutionProvider" else \
             "onnxruntime-" + providers[0].replace("ExecutionProvider", "").lower()
-        # single region re-edits on the sparse tile graph with the CPU provider (benchmarks/results/runtime_cpu.json,
-        # paper256 hair re-edit: 39 ms vs 111 ms on the window)
+        # single region re-edits on the sparse tile graph with the CPU provider: it computes only the tiles the
+        # region touches, where the window recomputes every pixel of its box (benchmarks/results/runtime_cpu.json)
         self.sparse_reedit = providers[0] == "CPUExecutionProvider"
 
     def _compile(self, path, entry: dict):
         return self.open_session(path, entry)
 
-    def open_session(self, path, entry: dict, profile_prefix: str | None = None):
-        """A new InferenceSession of one graph file as this backend runs it (its session options and, on the CPU
-        provider, s8 graphs with uint8 activation zero points: bit-identical, every quantized conv fused;
-        `qdq_u8`). profile_prefix: turn on ONNX Runtime's profiler, writing there."""
+    def session_options(self, profile_prefix: str | None = None):
+        """The SessionOptions of this backend's sessions: every graph optimisation, a pool of `threads` workers per
+        session that do not spin when idle. profile_prefix: turn on ONNX Runtime's profiler, writing there."""
         so = self.ort.SessionOptions()
         so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if _global_pool.get("ok") or (self.thread_pool == "global" and global_thread_pool(self.threads)):
-            so.use_per_session_threads = False  # once the process-wide pool exists ORT accepts no other
-        else:
-            if self.threads:
-                so.intra_op_num_threads = self.threads
-            if self.thread_pool != "spin":
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         so.log_severity_level = 3
         if profile_prefix is not None:
             so.enable_profiling = True
             so.profile_file_prefix = profile_prefix
+        return so
+
+    def open_session(self, path, entry: dict, profile_prefix: str | None = None):
+        """A new InferenceSession of one graph file as this backend runs it (`session_options` and, on the CPU
+        provider, s8 graphs with uint8 activation zero points: bit-identical, every quantized conv fused;
+        `qdq_u8`). profile_prefix: turn on ONNX Runtime's profiler, writing there."""
+        so = self.session_options(profile_prefix)
         if self._as_u8(entry):
             return self.ort.InferenceSession(self.model_as_loaded(path, entry).SerializeToString(), so,
                                              providers=self.providers)
         return self.ort.InferenceSession(str(path), so, providers=self.providers)
 
     def _as_u8(self, entry: dict) -> bool:
-        return self.s8_as_u8 and entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider"
+        return entry.get("precision") == "int8" and self.providers[0] == "CPUExecutionProvider"
 
     def model_as_loaded(self, path, entry: dict):
         """The ONNX ModelProto of one graph file as this backend hands it to ONNX Runtime (int8 graphs on the CPU
@@ -239,9 +210,9 @@ class OpenVINOBackend(_OnnxFolderBackend):
         self._precision = precision
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 
-    #: Single region re-edits run the sparse tile graph (benchmarks/results/runtime_cpu.json, paper256 hair re-edit:
-    #: 28 ms vs 103 ms on the window), always in f32: bf16 would round the Winograd-transformed tiles, and it was
-    #: no faster.
+    #: Single region re-edits run the sparse tile graph (only the tiles the region touches; faster than the window,
+    #: benchmarks/results/runtime_cpu.json), always in f32: bf16 would round the Winograd-transformed tiles, and it
+    #: was no faster.
     sparse_reedit = True
 
     def _compile(self, path, entry: dict):
@@ -287,8 +258,8 @@ class OpenVINOBackend(_OnnxFolderBackend):
         return dims[stage]
 
     #: Infer requests kept per stage, one per input-shape signature: switching one request between shapes (a hair
-    #: window, a lips window, the full image) re-plans its memory on every call (alternating hair / lips re-edits
-    #: at 256 px, paper256: 67 -> 55 ms and 9.5 -> 6.8 ms median with per-shape requests).
+    #: window, a lips window, the full image) re-plans its memory on every call, which made alternating hair /
+    #: lips re-edits measurably slower than per-shape requests.
     REQUESTS_PER_STAGE = 4
 
     def _request(self, stage: str, feed: dict[str, np.ndarray]):

@@ -2,9 +2,9 @@
 
 - PTX for every supported architecture, warnings as errors, with the expected entry points;
 - the Philox/Box-Muller helpers compiled for the host with nvcc, bit for bit against `ssae/philox.py`;
-- the whole kernel (both inner paths, both noise modes) run on the host with g++ through a small emulation of the
-  CUDA built-ins it uses (one std::thread per CUDA thread, std::barrier for __syncthreads, WMMA as whole-tile
-  matrix ops with CUDA's alignment rules checked) against `ssae/models/injection.py`;
+- the whole kernel (both inner paths, explicit and generated xi) run on the host with g++ through a small
+  emulation of the CUDA built-ins it uses (one std::thread per CUDA thread, std::barrier for __syncthreads, WMMA
+  as whole-tile matrix ops with CUDA's alignment rules checked) against `ssae/models/injection.py`;
 - the ABI helpers (grid/block sizes, parameter packing) in pure Python.
 """
 from __future__ import annotations
@@ -57,9 +57,9 @@ def test_ptx_builds_for_every_arch_with_entry_points(ptx_dir):
 @needs_nvcc
 def test_entry_point_parameters_match_the_abi(ptx_dir):
     ptx = ptx_dir["80"].read_text()
-    for (mode, _), name in kc.ENTRY_POINTS.items():
+    for name in kc.ENTRY_POINTS.values():
         kinds = _ptx_param_kinds(ptx, name)
-        assert kinds == [{"ptr": "u64", "i32": "u32"}[p.kind] for p in kc.kernel_params(mode)], name
+        assert kinds == [{"ptr": "u64", "i32": "u32"}[p.kind] for p in kc.kernel_params()], name
     assert _ptx_param_kinds(ptx, kc.PHILOX_ENTRY) == [{"ptr": "u64", "i32": "u32", "i64": "u64"}[p.kind]
                                                       for p in kc.PHILOX_PARAMS]
 
@@ -280,11 +280,8 @@ int main(int argc, char** argv) {
     const unsigned gx = std::atoi(argv[3]), gy = std::atoi(argv[4]), gz = std::atoi(argv[5]);
     int s[15];
     for (int i = 0; i < 15; ++i) s[i] = static_cast<int>(std::strtol(argv[6 + i], nullptr, 10));
-    const bool pixel = kernel.find("_pixel_") != std::string::npos;
     std::vector<char> x = read_file(dir + "x.bin"), w = read_file(dir + "weight.bin"),
-        b = read_file(dir + "bias.bin"), st = read_file(dir + "style.bin"),
-        dir_or_l = read_file(dir + (pixel ? "factor.bin" : "direction.bin")),
-        seeds = pixel ? read_file(dir + "seeds.bin") : std::vector<char>(8),
+        b = read_file(dir + "bias.bin"), st = read_file(dir + "style.bin"), d = read_file(dir + "direction.bin"),
         m = read_file(dir + "mask.bin"), str = read_file(dir + "strength.bin"), nz = read_file(dir + "noise.bin"),
         nw = read_file(dir + "noise_weight.bin");
     const bool f16 = kernel.find("_f16") != std::string::npos;
@@ -293,20 +290,16 @@ int main(int argc, char** argv) {
     std::memset(y.data(), 0xFF, y.size());  // poisoned: NaN in both float32 and float16
 #define SSAE_ARGS(T) \
     reinterpret_cast<const T*>(x.data()), reinterpret_cast<const T*>(w.data()), reinterpret_cast<const T*>(b.data()), \
-    reinterpret_cast<const T*>(st.data()), reinterpret_cast<const T*>(dir_or_l.data())
+    reinterpret_cast<const T*>(st.data()), reinterpret_cast<const T*>(d.data())
 #define SSAE_REST(T) \
     reinterpret_cast<const T*>(m.data()), reinterpret_cast<const T*>(str.data()), \
     reinterpret_cast<const T*>(nz.data()), reinterpret_cast<const T*>(nw.data()), \
     s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9], s[10], s[11], s[12], s[13], s[14], \
     reinterpret_cast<T*>(y.data())
-    const long long* sd = reinterpret_cast<const long long*>(seeds.data());
     std::function<void()> body;
     if (kernel == "ssae_masked_modconv_region_f32") body = [&] { ssae_masked_modconv_region_f32(SSAE_ARGS(float), SSAE_REST(float)); };
     else if (kernel == "ssae_masked_modconv_region_f16") body = [&] { ssae_masked_modconv_region_f16(SSAE_ARGS(__half), SSAE_REST(__half)); };
     else if (kernel == "ssae_masked_modconv_region_f16_simt") body = [&] { ssae_masked_modconv_region_f16_simt(SSAE_ARGS(__half), SSAE_REST(__half)); };
-    else if (kernel == "ssae_masked_modconv_pixel_f32") body = [&] { ssae_masked_modconv_pixel_f32(SSAE_ARGS(float), sd, SSAE_REST(float)); };
-    else if (kernel == "ssae_masked_modconv_pixel_f16") body = [&] { ssae_masked_modconv_pixel_f16(SSAE_ARGS(__half), sd, SSAE_REST(__half)); };
-    else if (kernel == "ssae_masked_modconv_pixel_f16_simt") body = [&] { ssae_masked_modconv_pixel_f16_simt(SSAE_ARGS(__half), sd, SSAE_REST(__half)); };
     else { std::fprintf(stderr, "unknown kernel %s\n", kernel.c_str()); return 2; }
     launch(gx, gy, gz, body);
     std::ofstream(dir + "y.bin", std::ios::binary).write(y.data(), static_cast<std::streamsize>(y.size()));
@@ -322,36 +315,24 @@ def emulator(tmp_path_factory) -> Path:
                               [GXX, "-std=c++20", "-O2", "-pthread", "-Wall", "-Werror", "-Wno-unknown-pragmas"])
 
 
-def _problem(seed: int, b: int, cin: int, cout: int, h: int, w: int, mode: str) -> dict:
+def _problem(seed: int, b: int, cin: int, cout: int, h: int, w: int) -> dict:
     """Random inputs with a soft mask that is exactly zero on part of the image (the t = 0 path)."""
     g = torch.Generator().manual_seed(seed)
     mask = torch.rand(b, 1, h, w, generator=g)
     mask[:, :, : h // 3] = 0.0
     p = dict(x=torch.randn(b, cin, h, w, generator=g), weight=torch.randn(cout, cin, 3, 3, generator=g) * 0.2,
              bias=torch.randn(cout, generator=g), style=torch.randn(b, cin, generator=g) + 0.5, mask=mask,
-             strength=torch.rand(b, generator=g) * 3 + 0.5, noise_weight=torch.randn(1, generator=g))
-    if mode == "region":
-        p["direction"] = torch.randn(b, cin, generator=g) * 2
-    else:
-        p["factor"] = reference.pixel_noise_factor(torch.randn(cin, cin + 3, generator=g) / (cin + 3) ** 0.5 * 2)
+             strength=torch.rand(b, generator=g) * 3 + 0.5, noise_weight=torch.randn(1, generator=g),
+             direction=torch.randn(b, cin, generator=g) * 2)
     return p
 
 
-def _expected(p: dict, mode: str, *, noise, seeds=(), pixel_stream=0, window=(0, 0), full_width=0,
-              activate=True) -> torch.Tensor:
+def _expected(p: dict, *, noise, activate=True) -> torch.Tensor:
     """The reference in float64 (inputs as given, so FP16 runs compare against their own rounded inputs)."""
     d = {k: v.double() for k, v in p.items()}
-    kw = {}
-    if mode == "region":
-        kw["direction"] = d["direction"]
-    else:
-        b, cin, h, w = p["x"].shape
-        y0, x0 = window
-        z = philox.pixel_window(list(seeds), pixel_stream, (y0 + h, full_width), (y0, y0 + h, x0, x0 + w), cin)
-        kw.update(pixel_noise=torch.from_numpy(z).double(), pixel_factor=d["factor"])
     return reference.masked_modconv(d["x"], d["weight"], d["bias"], d["style"], d["mask"], d["strength"],
-                                    noise=None if noise is None else noise.double(), noise_weight=d["noise_weight"],
-                                    activate=activate, **kw)
+                                    direction=d["direction"], noise=None if noise is None else noise.double(),
+                                    noise_weight=d["noise_weight"], activate=activate)
 
 
 def _emulate(exe: Path, tmp: Path, launch: kc.PreparedLaunch) -> torch.Tensor:
@@ -371,9 +352,9 @@ def _emulate(exe: Path, tmp: Path, launch: kc.PreparedLaunch) -> torch.Tensor:
 def _launch(p: dict, dtype: torch.dtype, variant: str, **kw) -> kc.PreparedLaunch:
     """prepare_launch on the problem's tensors in `dtype`, checking the variant it picks."""
     t = {k: v.to(dtype) for k, v in p.items()}
-    mode = {"direction": t["direction"]} if "direction" in t else {"factor": t["factor"]}
     launch = kc.prepare_launch(t["x"], t["weight"], t["bias"], t["style"], t["mask"], t["strength"],
-                               noise_weight=t["noise_weight"], tensor_cores=variant != "f16_simt", **mode, **kw)
+                               direction=t["direction"], noise_weight=t["noise_weight"],
+                               tensor_cores=variant != "f16_simt", **kw)
     assert launch.name.endswith("_" + variant)
     return launch
 
@@ -396,48 +377,45 @@ def _rounded(p: dict, dtype) -> dict:
 @pytest.mark.parametrize("variant,dtype,tol", VARIANTS)
 def test_emulated_region_kernel_matches_reference(emulator, tmp_path, variant, dtype, tol):
     # odd sizes: 2 x 2 tiles with partial ones, Cin not a multiple of any chunk, Cout over 1 channel tile
-    p = _rounded(_problem(1, b=2, cin=21, cout=70, h=11, w=19, mode="region"), dtype)
+    p = _rounded(_problem(1, b=2, cin=21, cout=70, h=11, w=19), dtype)
     xi = torch.randn(1, 1, 11, 19).to(dtype).float()  # shared by the batch (stride 0), as the runtime feeds it
     launch = _launch(p, dtype, variant, noise=xi.to(dtype))
     assert launch.scalars["xi_mode"] == kc.XI_EXPLICIT and launch.scalars["xi_batch_stride"] == 0
-    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, "region", noise=xi)) <= tol
+    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, noise=xi)) <= tol
 
 
 @needs_gxx
 @pytest.mark.parametrize("variant,dtype,tol", VARIANTS)
 def test_emulated_region_kernel_vector_weight_loads(emulator, tmp_path, variant, dtype, tol):
     # Cin = 40: whole chunks read the weights as 16-byte vectors, the last (partial) chunk element by element
-    p = _rounded(_problem(4, b=1, cin=40, cout=70, h=9, w=18, mode="region"), dtype)
+    p = _rounded(_problem(4, b=1, cin=40, cout=70, h=9, w=18), dtype)
     xi = torch.randn(1, 1, 9, 18).to(dtype).float()
     launch = _launch(p, dtype, variant, noise=xi.to(dtype))
-    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, "region", noise=xi)) <= tol
+    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, noise=xi)) <= tol
 
 
 @needs_gxx
 @pytest.mark.parametrize("variant,dtype,tol", VARIANTS)
-def test_emulated_pixel_kernel_matches_reference(emulator, tmp_path, variant, dtype, tol):
-    # a window at (5, 7) of a 40-wide image, generated xi, Cin = 19 (pixel streams start mid Philox block)
-    p = _rounded(_problem(2, b=2, cin=19, cout=9, h=10, w=17, mode="pixel"), dtype)
-    seeds, window, full_w = (3, 2 ** 64 - 5), (5, 7), 40
-    stream, xi_stream, xi_seed = philox.STREAM_PIXEL + 11, philox.STREAM_INJECTION + 11, 2 ** 33 + 9
-    launch = _launch(p, dtype, variant, seeds=seeds, xi_seed=xi_seed, xi_stream=xi_stream, pixel_stream=stream,
-                     window=window, full_width=full_w)
-    assert launch.scalars["xi_mode"] == kc.XI_GENERATED
+def test_emulated_region_kernel_generated_xi_in_a_window(emulator, tmp_path, variant, dtype, tol):
+    # a window at (5, 7) of a 40-wide image, xi generated in the kernel at the window's full-image positions
+    p = _rounded(_problem(2, b=2, cin=19, cout=9, h=10, w=17), dtype)
+    window, full_w = (5, 7), 40
+    xi_stream, xi_seed = philox.STREAM_INJECTION + 11, 2 ** 33 + 9
+    launch = _launch(p, dtype, variant, xi_seed=xi_seed, xi_stream=xi_stream, window=window, full_width=full_w)
+    assert launch.scalars["xi_mode"] == kc.XI_GENERATED and launch.scalars["pixel_stream"] == 0
     idx = (np.arange(window[0], window[0] + 10)[:, None] * full_w + np.arange(window[1], window[1] + 17)[None])
     xi = torch.from_numpy(philox.gaussian_at(xi_seed, xi_stream, idx))[None, None]
-    assert _rel(_emulate(emulator, tmp_path, launch),
-                _expected(p, "pixel", noise=xi, seeds=seeds, pixel_stream=stream, window=window,
-                          full_width=full_w)) <= tol
+    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, noise=xi)) <= tol
 
 
 @needs_gxx
 def test_emulated_kernel_per_sample_xi_no_activation_and_strength_zero(emulator, tmp_path):
-    p = _problem(3, b=3, cin=16, cout=64, h=8, w=16, mode="region")  # exact tiles
+    p = _problem(3, b=3, cin=16, cout=64, h=8, w=16)  # exact tiles
     xi = torch.randn(3, 1, 8, 16)
     launch = _launch(p, torch.float32, "f32", noise=xi, activate=False)
     assert launch.scalars["xi_batch_stride"] == 8 * 16 and launch.scalars["activate"] == 0
-    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, "region", noise=xi, activate=False)) <= 1e-4
-    # strength 0: the unedited layer, x * rmsnorm(a), in both modes (no noise term: xi_mode 0)
+    assert _rel(_emulate(emulator, tmp_path, launch), _expected(p, noise=xi, activate=False)) <= 1e-4
+    # strength 0: the unedited layer, x * rmsnorm(a) (no noise term: xi_mode 0), on both inner paths
     p["strength"] = torch.zeros(3)
     d = {k: v.double() for k, v in p.items()}
     s = d["style"] * torch.rsqrt(d["style"].pow(2).mean(1, keepdim=True) + reference.EPS)
@@ -446,9 +424,7 @@ def test_emulated_kernel_per_sample_xi_no_activation_and_strength_zero(emulator,
     launch = _launch(p, torch.float32, "f32")
     assert launch.scalars["xi_mode"] == kc.XI_NONE
     assert _rel(_emulate(emulator, tmp_path, launch), unedited) <= 1e-4
-    p["factor"] = torch.eye(16)
-    del p["direction"]
-    launch = _launch(p, torch.float16, "f16", seeds=(1, 2, 3), pixel_stream=40)
+    launch = _launch(p, torch.float16, "f16")
     assert _rel(_emulate(emulator, tmp_path, launch), unedited) <= 1e-2
 
 
@@ -468,30 +444,27 @@ def test_launch_config_covers_every_output():
 
 
 def test_kernel_parameter_lists():
-    region, pixel = kc.kernel_params("region"), kc.kernel_params("pixel")
+    region = kc.kernel_params()
     assert [p.name for p in region] == [*kc.REGION_INPUTS, *kc.SCALARS, "y"]
-    assert [p.name for p in pixel] == [*kc.PIXEL_INPUTS, *kc.SCALARS, "y"]
-    assert len(region) == 9 + 15 + 1 and len(pixel) == 10 + 15 + 1
+    assert len(region) == 9 + 15 + 1
     # the region kernels take the ONNX node's inputs in its order (what the TensorRT plugin passes through)
     from ssae.kernels import ops
     assert kc.REGION_INPUTS == ops.ONNX_INPUTS[:3] + ("style",) + ops.ONNX_INPUTS[4:]
     assert {p.kind for p in region[9:24]} == {"i32"}
-    assert set(kc.ENTRY_POINTS.values()) == {f"ssae_masked_modconv_{m}_{v}" for m in ("region", "pixel")
-                                             for v in ("f32", "f16", "f16_simt")}
+    assert set(kc.ENTRY_POINTS.values()) == {f"ssae_masked_modconv_region_{v}" for v in ("f32", "f16", "f16_simt")}
 
 
 def test_seed_and_int32_packing():
     assert kc.seed_words(0) == (0, 0)
     assert kc.seed_words(2 ** 64 - 1) == (-1, -1)
     assert kc.seed_words(0x1_8000_0000) == (-2 ** 31, 1)
-    assert kc.seed_tensor_values([5, 2 ** 63, 2 ** 64 - 1]) == [5, -2 ** 63, -1]
     with pytest.raises(ValueError):
         kc.seed_words(-1)
     assert kc.to_int32(philox.STREAM_PIXEL + 11) == 43 and kc.to_int32(0xFFFFFFFF) == -1
 
 
 def test_pack_params_orders_and_checks_values():
-    params = kc.kernel_params("region")
+    params = kc.kernel_params()
     values = {p.name: (0x7F00_0000_0000 + 256 * i if p.kind == "ptr" else i) for i, p in enumerate(params)}
     packed = kc.pack_params(params, values)
     assert [v for _, v in packed] == [values[p.name] for p in params]
@@ -528,21 +501,10 @@ def test_cpu_import_and_unavailable_reason():
         kc.load_module_image(b"\x7fELF")
 
 
-def test_pixel_op_cpu_reference_matches_philox_window():
-    """ssae::masked_modconv_pixel on the CPU: z from the seeds at the window's full-image positions."""
-    p = _problem(4, b=2, cin=5, cout=4, h=6, w=7, mode="pixel")
-    seeds = torch.tensor(kc.seed_tensor_values([11, 2 ** 64 - 2]))
-    xi = torch.randn(1, 1, 6, 7)
-    y = torch.ops.ssae.masked_modconv_pixel(p["x"], p["weight"], p["bias"], p["style"], p["factor"], seeds,
-                                            p["mask"], p["strength"], xi, p["noise_weight"], True, 43, 3, 2, 12)
-    assert _rel(y, _expected(p, "pixel", noise=xi, seeds=(11, 2 ** 64 - 2), pixel_stream=43, window=(3, 2),
-                             full_width=12)) <= 1e-5
-
-
 @needs_nvcc
 def test_region_entries_are_built_for_three_blocks_per_sm(ptx_dir):
     """The region entries carry launch bounds for 3 resident blocks (SSAE_REGION_MIN_BLOCKS; fewer registers, so 3
-    blocks fit per SM on sm_90); the pixel entries keep the compiler's choice (capped, they would spill)."""
+    blocks fit per SM on sm_90); the Philox entry keeps the compiler's choice."""
     ptx = ptx_dir["90"].read_text()
     for name in EXPECTED_ENTRIES:
         body = _entry_body(ptx, name)

@@ -66,7 +66,7 @@ def test_official_modules_have_the_official_state_dict_names():
         assert sum(p.numel() for p in net.parameters()) == ref["total_params"][key]
 
 
-def test_every_upsampling_mode_matches_the_official_generator():
+def test_both_upsampling_modes_match_the_official_generator():
     cfg = preset("lfw128").sae
     e, g = random_official(cfg, seed=3)
     model = SwappingAutoencoder.from_official(e.state_dict(), g.state_dict(), **shaping_options(cfg))
@@ -75,15 +75,16 @@ def test_every_upsampling_mode_matches_the_official_generator():
         ref = g(sp, gl, [torch.zeros(1, 1, h, w) for h, w in model.G.noise_shapes((16, 16))])
         outs = {}
         up = model.G.blocks[2].conv1
-        for mode, k in (("folded", 6), ("separate", 3), ("polyphase", 3), ("subpixel", 2)):
+        for mode, k in (("separate", 3), ("subpixel", 2)):
             model.G.set_upsample_mode(mode)
             outs[mode] = model.decode(sp, gl, noise="none")
-            # folded: one 6x6 transposed conv; separate: 3x3 transposed conv + blur; polyphase: a 3x3 conv to
-            # 4 x Cout channels + pixel shuffle; subpixel: the 3x3 transposed conv as a 2x2 conv to 4 x Cout
-            # channels + pixel shuffle, then the blur; constant kernels all
+            # separate: 3x3 transposed conv + blur; subpixel: the 3x3 transposed conv as a 2x2 conv to 4 x Cout
+            # channels + pixel shuffle, then the blur; constant kernels both
             assert up.upsample and up.w_fold is not None and tuple(up.w_fold.shape[-2:]) == (k, k)
-            if mode in ("polyphase", "subpixel"):
+            if mode == "subpixel":
                 assert up.w_fold.shape[0] == 4 * up.cout
+    with pytest.raises(ValueError, match="upsample mode"):
+        model.G.set_upsample_mode("folded")
     for mode in outs:
         assert rel_err(outs[mode], ref) <= 1e-5, mode
 
@@ -146,19 +147,22 @@ def test_native_blur_is_the_same_blur():
 
 def test_channels_last_pixel_shuffle_is_the_pixel_shuffle():
     """`pixel_shuffle_nhwc` of the phase-major sub-pixel kernels (the subpixel layout) gives `F.pixel_shuffle` of
-    the channel-major ones: the same conv outputs, only the channel order and the shuffle's form differ."""
+    the same kernels in channel-major order (only the channel order and the shuffle's form differ), and both are
+    the stride-2 transposed conv (its first 2H x 2W outputs)."""
     import torch.nn.functional as F
 
-    from ssae.models.ops import pixel_shuffle_nhwc, polyphase_kernels
+    from ssae.models.ops import pixel_shuffle_nhwc, subpixel_kernels
 
     torch.manual_seed(0)
     w, x = torch.randn(5, 6, 3, 3), torch.randn(2, 5, 7, 9)
-    (wc, pad), (wp, pad_p) = polyphase_kernels(w, 0), polyphase_kernels(w, 0, phase_major=True)
-    assert pad == pad_p and wc.shape == wp.shape == (24, 5, 2, 2)
+    wp, pad = subpixel_kernels(w)
+    assert wp.shape == (24, 5, 2, 2)
+    wc = wp.reshape(2, 2, 6, 5, 2, 2).permute(2, 0, 1, 3, 4, 5).reshape(24, 5, 2, 2)   # co * 4 + py * 2 + px
     xp = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
     ref, out = F.pixel_shuffle(F.conv2d(xp, wc), 2), pixel_shuffle_nhwc(F.conv2d(xp, wp))
     assert out.shape == ref.shape == (2, 6, 2 * (7 + sum(pad) - 1), 2 * (9 + sum(pad) - 1))
     assert torch.equal(out, ref)
+    assert torch.allclose(out, F.conv_transpose2d(x, w, stride=2)[..., :14, :18], atol=1e-5)
 
 
 def test_frozen_form_folds_the_gains_of_unedited_layers_with_the_same_outputs():

@@ -510,6 +510,7 @@ def test_edit_batch_list_file_and_name_collisions(tmp_path, editor_factory):
 
 # ------------------------------------------------------------------------------------------------ serve config
 def test_serve_config_file_is_written_and_read_back(tmp_path, capsys):
+    yaml = pytest.importorskip("yaml", reason="PyYAML (the serve extra) is not installed")
     from ssae.runtime.serve.deployment import APP_BUILDER, DEPLOYMENT_NAME, ServeConfig, read_serve_config
 
     f = tmp_path / "serve.yaml"
@@ -518,11 +519,7 @@ def test_serve_config_file_is_written_and_read_back(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     assert "serve deploy" in r.stdout
     text = f.read_text()
-    try:
-        import yaml
-        doc = yaml.safe_load(text)
-    except ImportError:
-        doc = json.loads(text.split("\n", 1)[1])
+    doc = yaml.safe_load(text)
     app = doc["applications"][0]
     assert doc["http_options"] == {"host": "127.0.0.1", "port": 8123} and app["import_path"] == APP_BUILDER
     dep = app["deployments"][0]
@@ -539,6 +536,22 @@ def test_serve_config_file_is_written_and_read_back(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text('{"applications": [{"name": "x", "import_path": "other:app"}]}\n')
     rc, out, err = cli(capsys, "serve", "--config", tmp_path / "bad.yaml")
     assert rc == 2 and "no application with import_path" in err and len(err.strip().splitlines()) == 1
+
+
+def test_serve_config_files_without_pyyaml_name_the_extra(tmp_path, monkeypatch):
+    """Without PyYAML (it comes with the serve extra) writing or reading a config file is a one-line
+    ServeConfigError (an SSAEError) naming the extra; nothing is written."""
+    from ssae.errors import SSAEError
+    from ssae.runtime.serve.deployment import ServeConfig, ServeConfigError, read_serve_config, write_serve_config
+
+    monkeypatch.setitem(sys.modules, "yaml", None)  # `import yaml` raises ImportError
+    f = tmp_path / "serve.yaml"
+    with pytest.raises(ServeConfigError, match=r"pip install 'ssae\[serve\]'") as e:
+        write_serve_config(ServeConfig(), f)
+    assert isinstance(e.value, SSAEError) and "\n" not in str(e.value) and not f.exists()
+    f.write_text("applications: []\n")
+    with pytest.raises(ServeConfigError, match="PyYAML"):
+        read_serve_config(f)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is not None, reason="Ray is installed here")

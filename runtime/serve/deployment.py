@@ -15,7 +15,6 @@ nodes, or in the file's `runtime_env` yourself).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from dataclasses import asdict, dataclass, fields
@@ -147,19 +146,20 @@ def serve_config(cfg: ServeConfig) -> dict:
     }
 
 
-def dump_yaml(obj: dict) -> str:
+def _yaml():
+    """PyYAML (it comes with the serve extra's ray[serve]); ServeConfigError when it is missing."""
     try:
         import yaml
-    except ImportError:  # JSON is valid YAML (1.2); PyYAML comes with ray[serve]
-        return json.dumps(obj, indent=2) + "\n"
-    return yaml.safe_dump(obj, sort_keys=False)
+    except ImportError:
+        raise ServeConfigError("Serve config files need PyYAML: pip install 'ssae[serve]'") from None
+    return yaml
 
 
 def write_serve_config(cfg: ServeConfig, path: str | os.PathLike) -> Path:
     """Write the Serve config YAML for `cfg` atomically; returns the path."""
     from ssae.fileio import atomic_write
     text = "# ssae serve: deploy with `serve deploy <this file>` (needs ssae[serve] on every node)\n" + \
-        dump_yaml(serve_config(cfg.validate()))
+        _yaml().safe_dump(serve_config(cfg.validate()), sort_keys=False)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return Path(path)
 
@@ -168,18 +168,13 @@ def read_serve_config(path: str | os.PathLike) -> tuple[ServeConfig, dict]:
     """The ServeConfig and the deployment options a config file (written by `write_serve_config`, maybe edited
     since) asks for."""
     p = Path(path)
+    yaml = _yaml()
     try:
         text = p.read_text()
     except OSError as e:
         raise ServeConfigError(f"cannot read {p}: {e.strerror or e}") from None
     try:
-        import yaml
         doc = yaml.safe_load(text)
-    except ImportError:
-        try:  # what dump_yaml writes without PyYAML: comment lines, then JSON
-            doc = json.loads("\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#")))
-        except json.JSONDecodeError as e:
-            raise ServeConfigError(f"{p} is not valid JSON and PyYAML is not installed ({e})") from None
     except Exception as e:  # noqa: BLE001 - yaml.YAMLError and friends
         raise ServeConfigError(f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
     apps = (doc or {}).get("applications") if isinstance(doc, dict) else None
@@ -340,8 +335,3 @@ def replica_actor_names(app: str = "ssae") -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                   if a.get("namespace") == "serve" and a["name"].startswith(prefix))
 
-
-def kill_replica(name: str) -> None:
-    """Kill one replica actor (fault injection: Serve's controller notices and starts a replacement)."""
-    import ray
-    ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)

@@ -58,32 +58,28 @@ def full_conv_kernels(w: torch.Tensor, blur: torch.Tensor) -> torch.Tensor:
     return out.reshape(o, i, k + b - 1, k + b - 1)
 
 
-def polyphase_kernels(w: torch.Tensor, crop0: int, phase_major: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
+def subpixel_kernels(w: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """A stride-2 transposed conv as a stride-1 conv + pixel shuffle (sub-pixel convolution).
 
-    w: transposed-conv weight (Cin, Cout, k, k); the transposed conv's output is cropped by `crop0` on the leading
-    side (and to twice the input size). Output pixel 2m + p (phase p) sums x[m - j] * w[2j + p + crop0] over the taps
-    j in range, so each phase is a small correlation on the input grid. Returns the conv weight (4 * Cout, Cin, J, J)
-    with output channel co * 4 + py * 2 + px (the channel order of `pixel_shuffle`), or (py * 2 + px) * Cout + co
-    when `phase_major` (the order of `pixel_shuffle_nhwc`), and the (before, after) padding of the input (same on
-    both axes)."""
+    w: transposed-conv weight (Cin, Cout, k, k). Output pixel 2m + p (phase p) sums x[m - j] * w[2j + p] over the
+    taps j in range, so each phase is a small correlation on the input grid. Returns the conv weight
+    (4 * Cout, Cin, J, J) with output channel (py * 2 + px) * Cout + co (phase-major: the order of
+    `pixel_shuffle_nhwc`) and the (before, after) padding of the input (same on both axes)."""
     cin, cout, k, _ = w.shape
-    js = [j for ph in (0, 1) for j in range(-k, k + 1) if 0 <= 2 * j + ph + crop0 < k]
+    js = [j for ph in (0, 1) for j in range(-k, k + 1) if 0 <= 2 * j + ph < k]
     jmin, jmax = min(js), max(js)
     size = jmax - jmin + 1
-    out = w.new_zeros(cout, 2, 2, cin, size, size)
+    out = w.new_zeros(2, 2, cout, cin, size, size)
     for py in (0, 1):
         for px in (0, 1):
             for u in range(size):
-                ty = 2 * (jmax - u) + py + crop0
+                ty = 2 * (jmax - u) + py
                 if not 0 <= ty < k:
                     continue
                 for v in range(size):
-                    tx = 2 * (jmax - v) + px + crop0
+                    tx = 2 * (jmax - v) + px
                     if 0 <= tx < k:
-                        out[:, py, px, :, u, v] = w[:, :, ty, tx].T
-    if phase_major:
-        out = out.permute(1, 2, 0, 3, 4, 5)
+                        out[py, px, :, :, u, v] = w[:, :, ty, tx].T
     return out.reshape(cout * 4, cin, size, size), (jmax, -jmin)
 
 

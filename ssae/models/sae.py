@@ -4,7 +4,8 @@ Mathematically identical to the official networks (`ssae.models.official`), rewr
 constant weight and the batch size stays dynamic (sae_architecture.md section 5):
 - SAE's demodulation does not depend on the style, so each StyledConv is conv(x * rmsnorm(A(S)), W_hat) with
   W_hat the L2-normalised filters: modulation acts on activations, no per-sample weights, no `groups=B`.
-- The stride-2 transposed conv + [1,3,3,1] blur of the upsampling convs is one 6x6 transposed conv (padding 2).
+- The upsampling convs are a constant 3x3 stride-2 transposed conv, then the [1,3,3,1] blur as a constant
+  depthwise conv (or, for INT8 runtimes, the same math as ordinary convs + pixel shuffle: `ModConv.up_mode`).
 - The encoder's blur + stride-2 conv is one 5x5 stride-2 conv (skip: 3x3).
 Parameters are stored in the official (equalised learning rate) parametrisation so training behaves as in SAE;
 `freeze()` caches the folded constant kernels for inference and export.
@@ -29,11 +30,11 @@ from ..config import SAEConfig
 from .. import philox
 from .injection import masked_modconv, modulate_input, pixel_direction_from_noise, pixel_noise_factor, routed_op
 from .ops import SQRT2, blur2d, blur_kernel_2d, downsample_pad, full_conv_kernels, l2_normalize, lrelu_bias, \
-    pixel_shuffle_nhwc, polyphase_kernels, rms_normalize, upsample_pad
+    pixel_shuffle_nhwc, rms_normalize, subpixel_kernels, upsample_pad
 
 NoiseSpec = Union[None, int, str, Sequence[Union[torch.Tensor, None]]]
-#: How upsampling convs run (ModConv.up_mode): the same math in four layouts.
-UPSAMPLE_MODES = ("separate", "folded", "polyphase", "subpixel")
+#: How upsampling convs run (ModConv.up_mode): the same math in two layouts.
+UPSAMPLE_MODES = ("separate", "subpixel")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -108,10 +109,7 @@ class ModConv(nn.Module):
         self.affine_scale = 1.0 / math.sqrt(style_dim)
         if upsample:
             self.register_buffer("blur", blur_kernel_2d(blur, 4.0), persistent=False)
-            p0, p1 = upsample_pad(k, len(blur))
-            self.crop = (len(blur) - 1 - p0, len(blur) - 1 - p1)
-            self.poly_pad = polyphase_kernels(torch.zeros(1, 1, k + len(blur) - 1, k + len(blur) - 1), self.crop[0])[1]
-            self.sub_pad = polyphase_kernels(torch.zeros(1, 1, k, k), 0)[1]
+            self.sub_pad = subpixel_kernels(torch.zeros(1, 1, k, k))[1]
         self.register_buffer("w_fold", None, persistent=False)
         #: Set by the generator on the layers that are never edited (its prefix): frozen, the layer's output gain
         #: (the activation's sqrt(2) times out_gain, 1/sqrt(2) for a residual block's conv2) is folded into the
@@ -126,12 +124,6 @@ class ModConv(nn.Module):
         self.register_buffer("nw_gain", None, persistent=False)
         #: How an upsampling conv runs (same math, both with constant weights):
         #: "separate" (default): 3x3 stride-2 transposed conv, then the [1,3,3,1] blur as a constant depthwise conv;
-        #: "folded": one 6x6 stride-2 transposed conv with the blur folded in (4x the MACs of the 3x3 transposed
-        #: conv; measured 1.45-1.8x slower on CPU backends);
-        #: "polyphase": that fold computed as a sub-pixel convolution: one 3x3 stride-1 conv to 4 * Cout channels
-        #: on the low-resolution input, then a pixel shuffle (ONNX DepthToSpace). No transposed conv, no blur pass,
-        #: but the fold's MACs: measured 0.62-0.77x the speed of "separate" on ONNX Runtime / OpenVINO bf16 here
-        #: (paper256 decoder prefix, one thread); an option for targets with weak transposed convs.
         #: "subpixel": the 3x3 transposed conv alone as a sub-pixel convolution (a 2x2 stride-1 conv to 4 * Cout
         #: channels in phase-major order + the channels-last pixel shuffle `pixel_shuffle_nhwc`; 16/9 of its MACs),
         #: then the blur as in "separate". Every conv is then an ordinary Conv, which INT8 runtimes without an int8
@@ -148,16 +140,12 @@ class ModConv(nn.Module):
 
     def folded_weight(self) -> torch.Tensor:
         """The constant conv kernel: W_hat; for upsampling convs in the transposed-conv layout (Cin, Cout, k, k),
-        with the blur folded in (k + 3) when up_mode is "folded"."""
+        or its sub-pixel form (4 * Cout, Cin, k - 1, k - 1) when up_mode is "subpixel"."""
         w = self.filter_weight()
         if self.upsample:
             w = w.transpose(0, 1)
-            if self.up_mode in ("folded", "polyphase"):
-                w = full_conv_kernels(w, self.blur)
-            if self.up_mode == "polyphase":
-                w, _ = polyphase_kernels(w, self.crop[0])
-            elif self.up_mode == "subpixel":
-                w, _ = polyphase_kernels(w, 0, phase_major=True)
+            if self.up_mode == "subpixel":
+                w, _ = subpixel_kernels(w)
         return w
 
     def freeze(self, on: bool = True) -> None:
@@ -188,9 +176,6 @@ class ModConv(nn.Module):
         conv itself (non-upsampling layers only)."""
         if w is None:
             w = self.w_fold if self.w_fold is not None else self.folded_weight()
-        if self.upsample and self.up_mode == "polyphase":
-            p0, p1 = self.poly_pad
-            return F.pixel_shuffle(F.conv2d(F.pad(xm, (p0, p1, p0, p1)), w), 2)
         if self.upsample and self.up_mode == "subpixel":
             # phases m = 0..H (one more than 2H / 2 on the trailing side): the transposed conv's 2H + 1 outputs
             # plus a trailing row/column that is exactly zero, so the blur takes one less pad on that side
@@ -198,15 +183,9 @@ class ModConv(nn.Module):
             y = pixel_shuffle_nhwc(F.conv2d(F.pad(xm, (p0, p1 + 1, p0, p1 + 1)), w))
             b0, b1 = upsample_pad(self.k, self.blur.shape[0])
             return blur2d(y, self.blur, (b0, b1 - 1))
-        if self.upsample and self.up_mode == "separate":
+        if self.upsample:  # "separate"
             y = F.conv_transpose2d(xm, w, stride=2)
             return blur2d(y, self.blur, upsample_pad(self.k, self.blur.shape[0]))
-        if self.upsample:
-            c0, c1 = self.crop
-            if c0 == c1:
-                return F.conv_transpose2d(xm, w, stride=2, padding=c0)
-            y = F.conv_transpose2d(xm, w, stride=2)
-            return y[..., c0: y.shape[-2] - c1, c0: y.shape[-1] - c1]
         return F.conv2d(xm, w, bias, padding=self.k // 2)
 
     def _finish(self, y: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
@@ -519,8 +498,7 @@ class Generator(nn.Module):
         return next((c.up_mode for c in self.styled_convs() if c.upsample), "separate")
 
     def set_upsample_mode(self, mode: str) -> None:
-        """"separate" (transposed 3x3 + constant depthwise blur), "folded" (one 6x6 transposed conv), "polyphase"
-        (the fold as a 3x3 conv to 4x channels + pixel shuffle) or "subpixel" (the 3x3 transposed conv as a 2x2 conv
+        """"separate" (transposed 3x3 + constant depthwise blur) or "subpixel" (the 3x3 transposed conv as a 2x2 conv
         to 4x channels + pixel shuffle, then the blur): the same math (see ModConv.up_mode). Frozen kernels are
         refolded."""
         if mode not in UPSAMPLE_MODES:

@@ -2,8 +2,8 @@
 
 Fresh random inputs, outputs poisoned with NaN before every launch; FP32 within 1e-4 and FP16 within 1e-2
 relative error of the reference (computed in float64 from the same, already rounded, inputs); odd sizes, batch
-> 1, both noise modes, explicit and generated xi, window offsets; strength 0 is the unedited layer; the torch
-custom ops use the kernel on CUDA tensors; the in-kernel noise equals `ssae/philox.py`.
+> 1, explicit and generated xi, window offsets; strength 0 is the unedited layer; the torch custom op uses the
+kernel on CUDA tensors; the in-kernel noise equals `ssae/philox.py`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def kernel_module():
         pytest.fail(f"the fused kernel does not build here:\n{e}")
 
 
-def make_inputs(seed: int, b: int, cin: int, cout: int, h: int, w: int, dtype: torch.dtype, mode: str) -> dict:
+def make_inputs(seed: int, b: int, cin: int, cout: int, h: int, w: int, dtype: torch.dtype) -> dict:
     """Random inputs in `dtype` on the GPU; the mask is exactly zero on the top third (the unedited path)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     dev = torch.device("cuda")
@@ -48,40 +48,25 @@ def make_inputs(seed: int, b: int, cin: int, cout: int, h: int, w: int, dtype: t
     mask[:, :, : h // 3] = 0
     p = dict(x=rnd(b, cin, h, w), weight=rnd(cout, cin, 3, 3, scale=(1 / (9 * cin)) ** 0.5 * 3),
              bias=rnd(cout), style=rnd(b, cin, shift=0.5), mask=mask.to(dtype),
-             strength=(torch.rand(b, generator=g, device=dev) * 3 + 0.5).to(dtype), noise_weight=rnd(1))
-    if mode == "region":
-        p["direction"] = rnd(b, cin, scale=2.0)
-    else:
-        aw = torch.randn(cin, 2 * cin, generator=g, device=dev) / (2 * cin) ** 0.5 * 2
-        p["factor"] = reference.pixel_noise_factor(aw).to(dtype)
+             strength=(torch.rand(b, generator=g, device=dev) * 3 + 0.5).to(dtype), noise_weight=rnd(1),
+             direction=rnd(b, cin, scale=2.0))
     return p
 
 
-def expected(p: dict, *, noise=None, seeds=(), pixel_stream=STREAM_PIX, window=(0, 0), full_width=None,
-             activate=True) -> torch.Tensor:
-    """The reference in float64 on the GPU (pixel z drawn on the host by philox.pixel_window)."""
+def expected(p: dict, *, noise=None, activate=True) -> torch.Tensor:
+    """The reference in float64 on the GPU."""
     d = {k: v.double() for k, v in p.items()}
-    b, cin, h, w = p["x"].shape
-    kw = {}
-    if "direction" in p:
-        kw["direction"] = d["direction"]
-    else:
-        y0, x0 = window
-        z = philox.pixel_window(list(seeds), pixel_stream, (y0 + h, full_width or x0 + w), (y0, y0 + h, x0, x0 + w),
-                                cin)
-        kw.update(pixel_noise=torch.from_numpy(z).cuda().double(), pixel_factor=d["factor"])
     return reference.masked_modconv(d["x"], d["weight"], d["bias"], d["style"], d["mask"], d["strength"],
-                                    noise=None if noise is None else noise.double(), noise_weight=d["noise_weight"],
-                                    activate=activate, **kw)
+                                    direction=d["direction"], noise=None if noise is None else noise.double(),
+                                    noise_weight=d["noise_weight"], activate=activate)
 
 
 def run(p: dict, **kw) -> torch.Tensor:
     """The fused kernel with a NaN-poisoned output buffer."""
     b, cin, h, w = p["x"].shape
     out = torch.full((b, p["weight"].shape[0], h, w), float("nan"), dtype=p["x"].dtype, device="cuda")
-    mode_kw = {"direction": p["direction"]} if "direction" in p else {"factor": p["factor"]}
     y = kc.masked_modconv_cuda(p["x"], p["weight"], p["bias"], p["style"], p["mask"], p["strength"],
-                               noise_weight=p["noise_weight"], out=out, **mode_kw, **kw)
+                               direction=p["direction"], noise_weight=p["noise_weight"], out=out, **kw)
     torch.cuda.synchronize()
     assert y.data_ptr() == out.data_ptr()
     return y
@@ -105,7 +90,7 @@ SHAPES = [  # (b, cin, cout, h, w)
 def test_region_explicit_xi(dtype, shape):
     b, cin, cout, h, w = shape
     for seed in range(2):
-        p = make_inputs(10 + seed, b, cin, cout, h, w, dtype, "region")
+        p = make_inputs(10 + seed, b, cin, cout, h, w, dtype)
         shared = torch.randn(1, 1, h, w, device="cuda").to(dtype)    # one map for the batch (the runtime's xi)
         per_sample = torch.randn(b, 1, h, w, device="cuda").to(dtype)
         for xi in (shared, per_sample):
@@ -115,7 +100,7 @@ def test_region_explicit_xi(dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 def test_region_generated_xi_in_a_window(dtype):
     b, cin, cout, h, w = 2, 64, 96, 29, 45
-    p = make_inputs(20, b, cin, cout, h, w, dtype, "region")
+    p = make_inputs(20, b, cin, cout, h, w, dtype)
     window, full_w, xi_seed = (17, 30), 96, 2 ** 40 + 3
     y = run(p, xi_seed=xi_seed, xi_stream=STREAM_XI, window=window, full_width=full_w)
     idx = np.arange(window[0], window[0] + h)[:, None] * full_w + np.arange(window[1], window[1] + w)[None]
@@ -123,83 +108,50 @@ def test_region_generated_xi_in_a_window(dtype):
     assert rel_err(y, expected(p, noise=xi)) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
-@pytest.mark.parametrize("generated_xi", [False, True], ids=["explicit-xi", "generated-xi"])
-def test_pixel_mode_in_a_window(dtype, generated_xi):
-    b, cin, cout, h, w = 2, 36, 40, 21, 35
-    p = make_inputs(30, b, cin, cout, h, w, dtype, "pixel")
-    seeds, window, full_w = (7, 2 ** 64 - 3), (11, 13), 64
-    if generated_xi:
-        idx = np.arange(window[0], window[0] + h)[:, None] * full_w + np.arange(window[1], window[1] + w)[None]
-        xi = torch.from_numpy(philox.gaussian_at(5, STREAM_XI, idx))[None, None].cuda()
-        kw = dict(xi_seed=5, xi_stream=STREAM_XI)
-    else:
-        xi = torch.randn(b, 1, h, w, device="cuda").to(dtype)
-        kw = dict(noise=xi)
-    y = run(p, seeds=seeds, pixel_stream=STREAM_PIX, window=window, full_width=full_w, **kw)
-    ref = expected(p, noise=xi, seeds=seeds, window=window, full_width=full_w)
-    assert rel_err(y, ref) <= TOL[dtype]
-
-
-@pytest.mark.parametrize("mode", ["region", "pixel"])
-def test_fp16_simt_variant(mode):
-    p = make_inputs(40, 2, 24, 33, 19, 23, torch.float16, mode)
-    kw = {} if mode == "region" else dict(seeds=(1, 2), full_width=23, pixel_stream=STREAM_PIX)
-    y = run(p, tensor_cores=False, noise=None, **kw)
-    assert rel_err(y, expected(p, seeds=kw.get("seeds", ()))) <= TOL[torch.float16]
+def test_fp16_simt_variant():
+    p = make_inputs(40, 2, 24, 33, 19, 23, torch.float16)
+    y = run(p, tensor_cores=False, noise=None)
+    assert rel_err(y, expected(p)) <= TOL[torch.float16]
 
 
 def test_no_noise_no_activation():
-    p = make_inputs(50, 2, 32, 20, 15, 31, torch.float32, "region")
+    p = make_inputs(50, 2, 32, 20, 15, 31, torch.float32)
     assert rel_err(run(p, activate=False), expected(p, activate=False)) <= 1e-4
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
-@pytest.mark.parametrize("mode", ["region", "pixel"])
-def test_strength_zero_is_the_unedited_layer(dtype, mode):
-    p = make_inputs(60, 3, 40, 24, 17, 26, dtype, mode)
+def test_strength_zero_is_the_unedited_layer(dtype):
+    p = make_inputs(60, 3, 40, 24, 17, 26, dtype)
     p["strength"] = torch.zeros(3, device="cuda", dtype=dtype)
     xi = torch.randn(1, 1, 17, 26, device="cuda").to(dtype)
     d = {k: v.double() for k, v in p.items()}
     s = d["style"] * torch.rsqrt(d["style"].pow(2).mean(1, keepdim=True) + reference.EPS)
     unedited = reference.lrelu_bias(F.conv2d(d["x"] * s[:, :, None, None], d["weight"], padding=1)
                                     + d["noise_weight"] * xi.double(), d["bias"])
-    kw = {} if mode == "region" else dict(seeds=(4, 5, 6))
-    assert rel_err(run(p, noise=xi, **kw), unedited) <= TOL[dtype]
+    assert rel_err(run(p, noise=xi), unedited) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "fp16"])
 def test_window_equals_crop_of_full_image(dtype):
     """Generated noise is indexed in full-image coordinates: a window's interior equals the full result's crop."""
-    p = make_inputs(70, 1, 32, 16, 48, 64, dtype, "pixel")
-    full = run(p, seeds=(9,), pixel_stream=STREAM_PIX, xi_seed=1, xi_stream=STREAM_XI)
+    p = make_inputs(70, 1, 32, 16, 48, 64, dtype)
+    full = run(p, xi_seed=1, xi_stream=STREAM_XI)
     y0, y1, x0, x1 = 10, 31, 20, 47
     crop = {k: (v[..., y0:y1, x0:x1].contiguous() if k in ("x", "mask") else v) for k, v in p.items()}
-    win = run(crop, seeds=(9,), pixel_stream=STREAM_PIX, xi_seed=1, xi_stream=STREAM_XI, window=(y0, x0),
-              full_width=64)
+    win = run(crop, xi_seed=1, xi_stream=STREAM_XI, window=(y0, x0), full_width=64)
     inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))  # the window's border sees zero padding
     tol = 1e-5 if dtype == torch.float32 else 2e-3  # tiles cut differently: at most a rounding apart
     torch.testing.assert_close(win[inner], full[..., y0:y1, x0:x1][inner], rtol=tol, atol=tol)
 
 
 def test_torch_custom_op_uses_the_kernel():
-    p = make_inputs(80, 2, 48, 48, 33, 27, torch.float32, "region")
+    p = make_inputs(80, 2, 48, 48, 33, 27, torch.float32)
     xi = torch.randn(1, 1, 33, 27, device="cuda")
     before = kc.LAUNCHES["ssae_masked_modconv_region_f32"]
     y = torch.ops.ssae.masked_modconv(p["x"], p["weight"], p["bias"], p["style"], p["direction"], p["mask"],
                                       p["strength"], xi, p["noise_weight"], True)
     assert kc.LAUNCHES["ssae_masked_modconv_region_f32"] == before + 1
     assert rel_err(y, expected(p, noise=xi)) <= 1e-4
-
-    q = make_inputs(81, 2, 40, 24, 19, 21, torch.float16, "pixel")
-    seeds = torch.tensor(kc.seed_tensor_values([3, 2 ** 63 + 1]), device="cuda")
-    before = kc.LAUNCHES["ssae_masked_modconv_pixel_f16"]
-    y = torch.ops.ssae.masked_modconv_pixel(q["x"], q["weight"], q["bias"], q["style"], q["factor"], seeds,
-                                            q["mask"], q["strength"], xi[..., :19, :21].half(), q["noise_weight"],
-                                            True, STREAM_PIX, 4, 6, 40)
-    assert kc.LAUNCHES["ssae_masked_modconv_pixel_f16"] == before + 1
-    ref = expected(q, noise=xi[..., :19, :21].half(), seeds=(3, 2 ** 63 + 1), window=(4, 6), full_width=40)
-    assert rel_err(y, ref) <= 1e-2
 
 
 def test_generator_layer_through_the_op_matches_reference():
