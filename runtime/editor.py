@@ -196,7 +196,7 @@ class Editor:
         """model: None (bundled), a checkpoint, an export folder or a preset name; backend: "auto" or an engine
         (`ssae.runtime.registry.ENGINES`); precision: "auto" (the engine's default) or one it offers."""
         src = resolve_model(model)
-        return cls(create_backend(backend, src, device, precision), cache_size, limits=limits)
+        return cls(create_backend(backend, src, precision, device), cache_size, limits=limits)
 
     # ---------------------------------------------------------------------------------------------- stages
     def _run(self, stage: str, timings: dict, **inputs) -> dict[str, np.ndarray]:

@@ -208,9 +208,13 @@ def auto_backend() -> tuple[str, str]:
     return "onnxruntime", "fp32"
 
 
-def create_backend(backend: str, src: ModelSource, device: str | None = None, precision: str = "auto") -> Backend:
-    """Instantiate a backend ("auto", an engine or an "engine-precision" label) at a precision for a model."""
+def create_backend(backend: str = "auto", model: ModelSource | str | os.PathLike | None = None,
+                   precision: str = "auto", device: str | None = None) -> Backend:
+    """A backend ("auto", an engine or an "engine-precision" label) at a precision ("auto": the engine's default)
+    for a model (a `ModelSource`, or what `resolve_model` takes: None = the bundled model). device: "cpu" or
+    "cuda[:N]" for the torch engine (default: CUDA when there is one)."""
     engine, precision = parse_backend(backend, precision)
+    src = model if isinstance(model, ModelSource) else resolve_model(model)
     return ENGINES[engine].factory(src, precision, device)
 
 
