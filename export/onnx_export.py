@@ -153,7 +153,8 @@ def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, sin
     old = out / MANIFEST
     if old.exists():  # exporting a subset keeps the other stages' entries
         prev = json.loads(old.read_text())
-        if prev.get("model_config") == manifest["model_config"] and \
+        # compared as JSON (the config's tuples are lists there)
+        if prev.get("model_config") == json.loads(json.dumps(manifest["model_config"])) and \
                 prev.get("upsample_mode", "separate") == manifest["upsample_mode"]:
             manifest["stages"] = {**prev.get("stages", {}), **entries}
     atomic_write(old, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
