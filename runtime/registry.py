@@ -25,7 +25,7 @@ from .backend import Backend, BackendError
 TORCH_PRECISIONS = {"torch": "fp32", "torch-bf16": "bf16", "torch-fp16": "fp16"}
 BACKENDS = (*TORCH_PRECISIONS, "onnxruntime", "openvino", "openvino-fp32", "tensorrt")
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
-EXPORT_REVISION = 6
+EXPORT_REVISION = 7
 
 
 class ModelError(SSAEError, ValueError):
