@@ -265,11 +265,9 @@ def write_simulated_export(export_dir: str | os.PathLike, out_dir: str | os.Path
     """An export folder of simulated graphs (fp32 I/O, every tensor rounded per the plan) that ONNX Runtime runs:
     the accuracy of the reduced-precision pipeline, measurable on this CPU. The plugin graph and the cpu_only
     graphs (fp32 CPU re-edits, which TensorRT never runs) are left out."""
-    import json
-
     import onnx
 
-    from ssae.export.onnx_export import MANIFEST, read_manifest, sha256_file
+    from ssae.export.onnx_export import finish_export, read_manifest
     from ssae.fileio import atomic_write
 
     src, out = Path(export_dir), Path(out_dir)
@@ -282,7 +280,5 @@ def write_simulated_export(export_dir: str | os.PathLike, out_dir: str | os.Path
         sim = simulate(onnx.load(str(src / e["file"])), plan.precision, plan.for_stage(stage))
         path = out / e["file"]
         atomic_write(path, lambda tmp, m=sim: onnx.save(m, tmp))
-        stages[stage] = dict(e, sha256=sha256_file(path), precision=f"{plan.precision}-simulated")
-    new = dict(man, stages=stages, precision=f"{plan.precision}-simulated")
-    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(new, indent=1)))
-    return new
+        stages[stage] = dict(e, precision=f"{plan.precision}-simulated")
+    return finish_export(out, dict(man, stages=stages, precision=f"{plan.precision}-simulated"))

@@ -3,21 +3,21 @@
 Each graph is calibrated on real data flowing through the pipeline: images -> `smpn` and `sae_encoder`; the
 encoder's fp32 outputs -> `sae_decoder_prefix`; the prefix outputs with the SMPN's masks and seeded noise ->
 `sae_decoder_edit`; its outputs -> `refine_<roi>`. The result is a new export folder (same stage names, manifest
-`precision: int8`) that the ONNX Runtime and OpenVINO backends run as is, and that TensorRT can consume (QDQ).
+`precision: int8`, its own shared weights file) that the ONNX Runtime and OpenVINO backends run as is, and that
+TensorRT can consume (QDQ).
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ssae.export.onnx_export import read_manifest, sha256_file
+from ssae.export.onnx_export import finish_export, read_manifest
+from ssae.export.weights import load_self_contained
 from ssae.fileio import atomic_write
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -120,6 +120,7 @@ def quantize_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, i
     cache_dir: the calibration cache (tensor ranges per graph, ONNX Runtime's JSON format, keyed by graph and
     method). When a graph's cache file exists, its calibration inference is skipped: re-quantizing with other
     exclusions or activation types costs no calibration pass."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     cfg = cfg or Int8Config()
@@ -162,9 +163,9 @@ def quantize_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, i
                                 extra_options={"ActivationSymmetric": cfg.activations == "s8", "WeightSymmetric": True})
             os.replace(tmp, path)
             entry["precision"] = "int8"
-        else:
-            shutil.copy(src / entry["file"], path)
-        entry["sha256"] = sha256_file(path)
+        else:  # with its weights, self-contained until finish_export shares them
+            model = load_self_contained(src / entry["file"])
+            atomic_write(path, lambda t, m=model: onnx.save(m, t))
         new["stages"][name] = entry
     new["precision"] = "int8"
     new["calibration"] = {"method": cfg.method, "images": int(len(images)), "source_export": str(src),
@@ -174,5 +175,4 @@ def quantize_export(export_dir: str | os.PathLike, out_dir: str | os.PathLike, i
                           "op_types": list(cfg.quantized_ops()), "kept_float": list(cfg.keep_float),
                           "excluded_nodes": {k: list(v) for k, v in cfg.exclude.items() if v},
                           "format": "QDQ", "cache": None if cache is None else str(cache)}
-    atomic_write(out / "manifest.json", lambda tmp: Path(tmp).write_text(json.dumps(new, indent=1)))
-    return new
+    return finish_export(out, new)

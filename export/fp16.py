@@ -15,7 +15,7 @@ rewrites an fp32 graph so that
 
 Every result passes `onnx.checker` (full check) and strict shape inference with type checking.
 `write_export` turns a whole fp32 export folder into an fp16 one (same manifest format, `"precision": "fp16"`,
-sha256 recomputed), which ONNX Runtime runs as is. Its CPU provider has no float16 kernel for most of these ops
+its own shared weights file, sha256 recomputed), which ONNX Runtime runs as is. Its CPU provider has no float16 kernel for most of these ops
 (Conv, ConvTranspose, Gemm, Resize, ReduceMean/Sum, Sqrt, Reciprocal, Pow, Einsum, Sigmoid, MaxPool, Pad and the
 elementwise arithmetic, ONNX Runtime 1.32): it inserts float32 Casts around them itself and moves their neighbours
 along, so on the CPU the fp16 export runs mostly in float32 with fp16-rounded weights (`ort_fp16_fallback_ops`
@@ -365,7 +365,7 @@ def ort_fp16_fallback_ops(path: str | os.PathLike) -> list[str]:
         so.optimized_model_filepath = str(Path(d) / "opt.onnx")
         so.log_severity_level = 3
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        opt = onnx.load(so.optimized_model_filepath)
+        opt = onnx.load(so.optimized_model_filepath, load_external_data=False)  # nodes only (weights stay behind)
     # ORT's InsertCastTransformer renames the outputs of the nodes it moved to float32
     return sorted({n.op_type for n in opt.graph.node
                    if n.op_type != "Cast" and any(o.startswith("InsertedPrecisionFreeCast_") for o in n.output)})
@@ -381,7 +381,7 @@ def write_export(src_dir: str | os.PathLike, out_dir: str | os.PathLike, plan: P
     precision: "fp16" (default; a plan's precision must agree). The plugin graph is converted too.
     source_label: recorded as the source instead of `src_dir` (e.g. when the fp32 export was temporary).
     """
-    from .onnx_export import ExportError, MANIFEST, read_manifest, sha256_file
+    from .onnx_export import ExportError, finish_export, read_manifest
     import onnx
 
     if plan is not None and precision is not None and plan.precision != precision:
@@ -406,16 +406,15 @@ def write_export(src_dir: str | os.PathLike, out_dir: str | os.PathLike, plan: P
         e = dict(manifest["stages"][name])
         if progress:
             progress(name)
-        model = onnx.load(str(src / e["file"]))
+        model = onnx.load(str(src / e["file"]))  # with its weights (the source's shared weights file)
         keep = plan.for_stage(name) if plan is not None else []
         try:
             low, rep = convert_model(model, keep, precision, io)
         except ValueError as err:
             raise ValueError(f"{name}: {err}") from None
         path = out / e["file"]
-        atomic_write(path, lambda tmp, m=low: onnx.save(m, tmp))
-        e.update({"sha256": sha256_file(path), "source_sha256": e["sha256"], "precision": precision,
-                  "conversion": rep.to_dict()})
+        atomic_write(path, lambda tmp, m=low: onnx.save(m, tmp))  # self-contained until finish_export
+        e.update({"source_sha256": e["sha256"], "precision": precision, "conversion": rep.to_dict()})
         if io == "fp16":
             e["inputs"] = [dict(t, dtype=low_name) if t.get("dtype", "float32") == "float32" else t
                            for t in e["inputs"]]
@@ -430,5 +429,4 @@ def write_export(src_dir: str | os.PathLike, out_dir: str | os.PathLike, plan: P
         "plan": plan.to_dict() if plan is not None else None, "plan_digest": plan.digest() if plan else None,
         "plan_stages_not_exported": sorted(set(plan.keep_fp32) - set(entries)) if plan else [],
     }
-    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(new, indent=1)))
-    return new
+    return finish_export(out, new)

@@ -7,6 +7,12 @@ checked with `onnx.checker` (full check) and shape inference, written to a tempo
 The injection layer is exported two ways from the same PyTorch code: `sae_decoder_edit` (standard ops, for ONNX
 Runtime and OpenVINO) and `sae_decoder_edit_plugin` (one `ssae::MaskedModConv` node carrying
 `plugin_namespace`/`plugin_version`, for the TensorRT plugin; no local function is attached).
+
+The graphs of a folder read their weights from one shared file, each tensor's bytes stored once
+(`ssae.export.weights`; the five-ROI SMPN graph and the single-ROI ones hold the same weights): `finish_export`
+moves them there and writes the manifest, which lists that file with its sha256 under "weights" (format
+`ssae-onnx-2`; `ssae-onnx-1` folders, every graph self-contained, are still read). Every writer of an export
+folder (this exporter, the fp16 conversion, int8 calibration, simulated precision) ends with it.
 """
 from __future__ import annotations
 
@@ -26,9 +32,12 @@ from ssae.fileio import atomic_write, read_json
 from ssae.kernels import ops as fused_ops
 from ssae.models.ssae_model import SSAE
 from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
+from .weights import share_weights
 
 MANIFEST = "manifest.json"
-FORMAT = "ssae-onnx-1"
+#: ssae-onnx-2: the graphs read their weights from the shared file the manifest lists under "weights".
+FORMAT = "ssae-onnx-2"
+READ_FORMATS = (FORMAT, "ssae-onnx-1")
 MAX_BATCH = 64
 
 
@@ -141,7 +150,7 @@ def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, sin
         path = out / f"{name}.onnx"
         _export_one(module, spec, path, opset, is_plugin, model.cfg.image_size)
         check_onnx(path)
-        entries[name] = {"file": path.name, "sha256": sha256_file(path), "plugin": is_plugin,
+        entries[name] = {"file": path.name, "plugin": is_plugin,
                          "cpu_only": name in CPU_ONLY_STAGES,
                          "inputs": [asdict(t) for t in spec.inputs], "outputs": [asdict(t) for t in spec.outputs]}
     manifest = {
@@ -153,23 +162,49 @@ def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, sin
     old = out / MANIFEST
     if old.exists():  # exporting a subset keeps the other stages' entries
         prev = json.loads(old.read_text())
-        if prev.get("model_config") == manifest["model_config"] and \
+        # compared as JSON (the config's tuples are lists there)
+        if prev.get("model_config") == json.loads(json.dumps(manifest["model_config"])) and \
                 prev.get("upsample_mode", "separate") == manifest["upsample_mode"]:
             manifest["stages"] = {**prev.get("stages", {}), **entries}
-    atomic_write(old, lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=1)))
-    return manifest
+    return finish_export(out, manifest)
+
+
+def finish_export(out_dir: str | os.PathLike, manifest: dict) -> dict:
+    """Complete an export folder whose graphs (the manifest's stages) are written: their weights moved into the
+    shared weights file (`share_weights`; graphs may hold them inline or in that file already), the file listed
+    under "weights" (absent when no tensor is large enough), every stage's sha256 recorded, the format set, and
+    manifest.json written last. Returns the manifest written."""
+    out = Path(out_dir)
+    man = {k: v for k, v in manifest.items() if k != "weights"}
+    man["format"] = FORMAT
+    weights = share_weights(out, [e["file"] for e in man["stages"].values()])
+    if weights is not None:
+        man["weights"] = weights
+    man["stages"] = {n: dict(e, sha256=sha256_file(out / e["file"])) for n, e in man["stages"].items()}
+    atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(man, indent=1)))
+    return man
 
 
 class ExportError(SSAEError, ValueError):
     """An export folder is missing, incomplete or corrupt."""
 
 
+def _confined(f) -> bool:
+    """A plain file name inside the export folder: no paths, no .."""
+    f = str(f)
+    return Path(f).name == f and f not in ("", ".", "..")
+
+
 def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
     """Read manifest.json: its structure checked (stages, each with a plain file name inside the folder, inputs
-    and outputs); with verify, every listed file exists and matches its sha256."""
+    and outputs; the shared weights file, if any, a plain file name too); with verify, every listed file (graphs
+    and weights file) exists and matches its sha256."""
     d = Path(export_dir)
-    manifest = read_json(d / MANIFEST, ExportError, "export manifest", fmt=FORMAT,
+    manifest = read_json(d / MANIFEST, ExportError, "export manifest",
                          missing=f"{d} is not an ssae ONNX export (no {MANIFEST})")
+    got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+    if got not in READ_FORMATS:
+        raise ExportError(f"{d / MANIFEST} has format {got!r}, expected {FORMAT!r}")
     stages = manifest.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise ExportError(f"export manifest {d / MANIFEST} has no stages")
@@ -179,9 +214,14 @@ def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
     for name, e in stages.items():
         if not isinstance(e, dict) or not all(k in e for k in ("file", "sha256", "inputs", "outputs")):
             raise ExportError(f"export manifest entry {name!r} lacks file, sha256, inputs or outputs")
-        f = str(e["file"])
-        if Path(f).name != f or f in ("", ".", ".."):  # confined to the export folder: no paths, no ..
-            raise ExportError(f"export manifest entry {name!r} names a file outside the export folder: {f!r}")
+        if not _confined(e["file"]):
+            raise ExportError(f"export manifest entry {name!r} names a file outside the export folder: {e['file']!r}")
+    weights = manifest.get("weights")
+    if weights is not None:
+        if not isinstance(weights, dict) or not all(k in weights for k in ("file", "sha256")):
+            raise ExportError(f"export manifest {d / MANIFEST}: \"weights\" lacks file or sha256")
+        if not _confined(weights["file"]):
+            raise ExportError(f"export manifest names a weights file outside the export folder: {weights['file']!r}")
     if verify:
         for name, e in stages.items():
             f = d / e["file"]
@@ -189,4 +229,10 @@ def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
                 raise ExportError(f"missing ONNX file {f}")
             if sha256_file(f) != e["sha256"]:
                 raise ExportError(f"corrupt ONNX file {f} (sha256 mismatch)")
+        if weights is not None:
+            f = d / weights["file"]
+            if not f.is_file():
+                raise ExportError(f"missing weights file {f} (the graphs' shared weights)")
+            if sha256_file(f) != weights["sha256"]:
+                raise ExportError(f"corrupt weights file {f} (sha256 mismatch)")
     return manifest

@@ -360,14 +360,15 @@ def resolve_plugin_mode(requested: str) -> str:
 
 def _model_bytes(path: Path, plugin_mode: str) -> bytes:
     """The ONNX bytes TensorRT parses: for the plugin graph, the custom node gets the `aot` attribute that
-    selects the plugin's AOT (1) or JIT (0) implementation in the ONNX parser."""
+    selects the plugin's AOT (1) or JIT (0) implementation in the ONNX parser. The weights stay where the graph
+    file keeps them (the export's shared weights file, which the parser reads given the graph's path)."""
     if plugin_mode not in ("aot", "jit"):
         return path.read_bytes()
     import onnx
     from onnx import helper
 
     from ssae.kernels import ops as fused_ops
-    m = onnx.load(str(path))
+    m = onnx.load(str(path), load_external_data=False)
     for n in m.graph.node:
         if n.domain == fused_ops.PLUGIN_NAMESPACE and n.op_type == fused_ops.PLUGIN_NAME:
             for a in list(n.attribute):
@@ -378,8 +379,9 @@ def _model_bytes(path: Path, plugin_mode: str) -> bytes:
 
 
 def build_engine(model_bytes: bytes, shapes: dict, timing_cache: Path | None, opts: BuildOptions,
-                 plugin_mode: str = "none", name: str = "") -> bytes:
-    """One serialized engine from ONNX bytes (strongly typed network, one optimization profile)."""
+                 plugin_mode: str = "none", name: str = "", path: Path | None = None) -> bytes:
+    """One serialized engine from ONNX bytes (strongly typed network, one optimization profile). path: the graph
+    file the bytes come from; the parser resolves external weights (ONNX external data) relative to it."""
     trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.VERBOSE if opts.verbose else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -393,7 +395,7 @@ def build_engine(model_bytes: bytes, shapes: dict, timing_cache: Path | None, op
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_JIT_PYTHON_PLUGINS)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model_bytes):
+    if not parser.parse(model_bytes, None if path is None else str(path)):
         errs = []
         for i in range(parser.num_errors):
             err = parser.get_error(i)
@@ -546,7 +548,8 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
                     progress(f"{stage}: building from {path.name} ({mode if mode != 'none' else precision})")
                 t0 = time.perf_counter()
                 try:
-                    blob = build_engine(_model_bytes(path, mode), shapes, timing, opts, mode, name=path.name)
+                    blob = build_engine(_model_bytes(path, mode), shapes, timing, opts, mode, name=path.name,
+                                        path=path)
                     break
                 except Exception as e:  # noqa: BLE001 - TensorRT and the plugin raise many types
                     from ssae.kernels.trt_plugin import PluginUnavailable

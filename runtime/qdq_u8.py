@@ -51,4 +51,5 @@ def float_convs(model) -> int:
     with tempfile.TemporaryDirectory() as d:
         so.optimized_model_filepath = str(Path(d) / "optimized.onnx")
         ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return sum(n.op_type == "Conv" for n in onnx.load(so.optimized_model_filepath).graph.node)
+        opt = onnx.load(so.optimized_model_filepath, load_external_data=False)  # nodes only
+        return sum(n.op_type == "Conv" for n in opt.graph.node)

@@ -23,7 +23,7 @@ from ssae.fileio import default_cache_dir
 from .backend import Backend, BackendError
 
 #: Bumped whenever the exported graphs change for the same weights (part of the export cache key).
-EXPORT_REVISION = 6
+EXPORT_REVISION = 7
 
 
 class ModelError(SSAEError, ValueError):

@@ -139,3 +139,142 @@ def test_subpixel_export_has_no_transposed_conv_and_matches_the_default(tiny_exp
     with pytest.raises(ValueError, match="unknown upsample mode"):
         export_onnx(tiny_model, tmp_path / "bad", stages=["sae_encoder"], plugin=False, upsample="nearest")
     assert not (tmp_path / "bad").exists()
+
+
+# ------------------------------------------------------------------------------------------------ shared weights
+def _external_ranges(folder):
+    """{(graph file, initializer name): (offset, length)} of every initializer read from the weights file, and
+    the largest inline initializer (bytes)."""
+    ranges, inline = {}, 0
+    for f in sorted(folder.glob("*.onnx")):
+        for t in onnx.load(str(f), load_external_data=False).graph.initializer:
+            if t.data_location == onnx.TensorProto.EXTERNAL:
+                ext = {e.key: e.value for e in t.external_data}
+                assert ext["location"] == "weights.onnx_data"
+                ranges[(f.name, t.name)] = (int(ext["offset"]), int(ext["length"]))
+            else:
+                inline = max(inline, len(t.raw_data))
+    return ranges, inline
+
+
+def test_layout_stores_pieces_inside_the_tensor_they_make_up():
+    """A tensor made of other tensors is written once and they read its slices, also for pieces made of pieces;
+    equal tensors are one entry; the rest follows, aligned."""
+    from ssae.export.weights import ALIGN, _digest, layout
+    p = [bytes([i]) * 100 for i in range(5)]
+    a, c = p[0] + p[1], p[2] + p[3]
+    blobs = {_digest(x): x for x in (p[0], p[1], p[2], p[3], a + c, a, c, p[4], p[4])}
+    where, written = layout(blobs)
+    assert [(off, len(d)) for off, d in written] == [(0, 400), (-(-400 // ALIGN) * ALIGN, 100)]
+    f = bytearray(written[-1][0] + 100)
+    for off, d in written:
+        f[off:off + len(d)] = d
+    for k, x in blobs.items():
+        off, n = where[k]
+        assert bytes(f[off:off + n]) == x
+
+
+def test_every_weight_is_stored_once(tiny_export):
+    """The graphs read their large initializers from one shared file in which no content is stored twice: equal
+    tensors share a range, the single-ROI SMPN graphs read slices of the five-ROI graph's tensors, and the file is
+    no larger than its distinct ranges (plus alignment)."""
+    from ssae.export.weights import ALIGN, MIN_BYTES, PAGE, PAGE_FROM
+    man = read_manifest(tiny_export)
+    w = tiny_export / man["weights"]["file"]
+    assert man["format"] == "ssae-onnx-2" and man["weights"]["bytes"] == w.stat().st_size
+    ranges, inline = _external_ranges(tiny_export)
+    assert inline < MIN_BYTES and {f for f, _ in ranges} == {e["file"] for e in man["stages"].values()}
+    data = w.read_bytes()
+    # maximal ranges: those not inside another; their contents are distinct and they tile the file
+    spans = sorted(set(ranges.values()), key=lambda r: (r[0], -r[1]))
+    outer, end = [], -1
+    for off, n in spans:
+        if off + n > end:
+            assert off >= end, "ranges overlap without nesting"
+            outer.append((off, n))
+            end = off + n
+    contents = [data[o:o + n] for o, n in outer]
+    assert len(set(contents)) == len(contents)
+    pad = sum(PAGE if n >= PAGE_FROM else ALIGN for _, n in outer)
+    assert sum(n for _, n in outer) <= len(data) <= sum(n for _, n in outer) + pad
+    # smpn_<roi> reads the roi-th slice of smpn's tensor of the same name
+    k = 0
+    for i, roi in enumerate(man["rois"]):
+        for (f, name), (off, n) in ranges.items():
+            if f == f"smpn_{roi}.onnx" and ("smpn.onnx", name) in ranges:
+                big_off, big_n = ranges[("smpn.onnx", name)]
+                assert big_n == 5 * n and off == big_off + i * n
+                k += 1
+    assert k >= 5 * 20
+    # every other equal-content pair shares its range
+    by_content = {}
+    for key, (off, n) in ranges.items():
+        by_content.setdefault(data[off:off + n], set()).add((off, n))
+    assert all(len(v) == 1 for v in by_content.values())
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_shared_weights_give_bit_identical_outputs(tiny_export, tiny_model, runtime, tmp_path):
+    """Every graph computes exactly what it computes with its weights inline (the same bytes), on ONNX Runtime and
+    OpenVINO; the SMPN graphs also match the PyTorch stages (as the other stages do in the parity tests above)."""
+    from ssae.export.weights import load_self_contained
+    man = read_manifest(tiny_export)
+    if runtime == "openvino":
+        ov = pytest.importorskip("openvino")
+        core = ov.Core()
+
+        def run(model, feed):
+            cm = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            res = cm(feed)
+            return [res[o] for o in cm.outputs]
+    else:
+        def run(model, feed):
+            return ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feed)
+    specs = stage_specs(tiny_model)
+    for name, e in man["stages"].items():
+        if e["plugin"]:
+            continue
+        feed = {t.name: a.numpy() for t, a in zip(specs[name].inputs, example_inputs(specs[name], 2, seed=5))}
+        inline = load_self_contained(tiny_export / e["file"])
+        assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in inline.graph.initializer)
+        onnx.save(inline, tmp_path / e["file"])
+        for a, b in zip(run(str(tiny_export / e["file"]), feed), run(str(tmp_path / e["file"]), feed)):
+            np.testing.assert_array_equal(a, b, err_msg=f"{runtime} {name}")
+    for name in ["smpn"] + [f"smpn_{r}" for r in man["rois"]]:
+        assert _parity(tiny_export, tiny_model, name, example_inputs(specs[name], 2, seed=9)) <= 1e-4
+
+
+def test_missing_altered_or_escaping_weights_file_is_detected(tiny_export, tmp_path):
+    import json
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_export, bad)
+    w = bad / read_manifest(bad)["weights"]["file"]
+    raw = bytearray(w.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    w.write_bytes(bytes(raw))
+    with pytest.raises(ExportError, match="corrupt weights file .*weights.onnx_data"):
+        read_manifest(bad)
+    w.unlink()
+    with pytest.raises(ExportError, match="missing weights file .*weights.onnx_data"):
+        read_manifest(bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    man["weights"]["file"] = "../weights.onnx_data"
+    (bad / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(ExportError, match="weights file outside the export folder"):
+        read_manifest(bad, verify=False)
+
+
+def test_exporting_a_subset_into_a_shared_folder_keeps_the_other_graphs(tiny_export, tiny_model, tmp_path):
+    """A partial export rewrites the shared file for every graph of the folder: the graphs it did not export
+    still read the same values."""
+    import shutil
+    from ssae.export.onnx_export import export_onnx
+    d = tmp_path / "e"
+    shutil.copytree(tiny_export, d)
+    export_onnx(tiny_model, d, stages=["refine_hair"], plugin=False)
+    assert set(read_manifest(d)["stages"]) == set(read_manifest(tiny_export)["stages"])  # hashes verified
+    spec = stage_specs(tiny_model)["smpn_lips"]
+    feed = {"image": example_inputs(spec, 1, seed=2)[0].numpy()}
+    run = lambda f: ort.InferenceSession(str(f), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(run(d / "smpn_lips.onnx"), run(tiny_export / "smpn_lips.onnx"))

@@ -487,7 +487,7 @@ def fake_builder(monkeypatch):
     monkeypatch.setattr(trt_build, "gpu_info", lambda device=0: {"gpu": ENV["gpu"],
                                                                   "compute_capability": ENV["compute_capability"]})
 
-    def build(model_bytes, shapes, timing, opts, plugin_mode="none", name=""):
+    def build(model_bytes, shapes, timing, opts, plugin_mode="none", name="", path=None):
         state.calls.append((name, plugin_mode))
         if plugin_mode not in state.works:
             if plugin_mode == "jit":

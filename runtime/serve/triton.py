@@ -265,10 +265,9 @@ def _ensemble(name: str, roi: str, models: Mapping[str, ModelSpec], use: Mapping
 def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      opts: TritonOptions | None = None) -> dict:
     """Write the model repository; returns a summary {"models": [...], "ensembles": [...], "skipped": {...}}."""
-    import onnx
-
     from ssae.export import trt_build
     from ssae.export.onnx_export import ExportError, read_manifest
+    from ssae.export.weights import load_self_contained
     from ssae import philox
 
     opts = (opts or TritonOptions()).validate()
@@ -295,7 +294,7 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
         if entry.get("cpu_only"):
             skipped[stage] = "in-process CPU re-edit graph (one edit, integer tile plans, no batch dimension)"
             continue
-        m = onnx.load(str(src / entry["file"]))
+        m = load_self_contained(src / entry["file"])  # each model folder holds its graph with its weights
         if stage in EDIT_STAGES and xi is not None:
             m = bake_inputs(m, {"xi": xi}, {"height": size, "width": size})
         spec = _onnx_model_spec(stage, m, opts)
