@@ -16,7 +16,6 @@ folder (this exporter, the fp16 conversion, int8 calibration, simulated precisio
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,26 +26,14 @@ from typing import Callable, Iterable
 
 import torch
 
-from ssae.errors import SSAEError
-from ssae.fileio import atomic_write, read_json
+from ssae.fileio import atomic_write
 from ssae.kernels import ops as fused_ops
 from ssae.models.ssae_model import SSAE
 from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
+from .manifest import FORMAT, MANIFEST, READ_FORMATS, ExportError, read_manifest, sha256_file  # noqa: F401
 from .weights import share_weights
 
-MANIFEST = "manifest.json"
-#: ssae-onnx-2: the graphs read their weights from the shared file the manifest lists under "weights".
-FORMAT = "ssae-onnx-2"
-READ_FORMATS = (FORMAT, "ssae-onnx-1")
 MAX_BATCH = 64
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def example_inputs(spec: StageSpec, batch: int = 2, seed: int = 0, hw: tuple[int, int] | None = None,
@@ -183,56 +170,3 @@ def finish_export(out_dir: str | os.PathLike, manifest: dict) -> dict:
     man["stages"] = {n: dict(e, sha256=sha256_file(out / e["file"])) for n, e in man["stages"].items()}
     atomic_write(out / MANIFEST, lambda tmp: Path(tmp).write_text(json.dumps(man, indent=1)))
     return man
-
-
-class ExportError(SSAEError, ValueError):
-    """An export folder is missing, incomplete or corrupt."""
-
-
-def _confined(f) -> bool:
-    """A plain file name inside the export folder: no paths, no .."""
-    f = str(f)
-    return Path(f).name == f and f not in ("", ".", "..")
-
-
-def read_manifest(export_dir: str | os.PathLike, verify: bool = True) -> dict:
-    """Read manifest.json: its structure checked (stages, each with a plain file name inside the folder, inputs
-    and outputs; the shared weights file, if any, a plain file name too); with verify, every listed file (graphs
-    and weights file) exists and matches its sha256."""
-    d = Path(export_dir)
-    manifest = read_json(d / MANIFEST, ExportError, "export manifest",
-                         missing=f"{d} is not an ssae ONNX export (no {MANIFEST})")
-    got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-    if got not in READ_FORMATS:
-        raise ExportError(f"{d / MANIFEST} has format {got!r}, expected {FORMAT!r}")
-    stages = manifest.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        raise ExportError(f"export manifest {d / MANIFEST} has no stages")
-    for key in ("model_config", "rois"):
-        if key not in manifest:
-            raise ExportError(f"export manifest {d / MANIFEST} has no {key}")
-    for name, e in stages.items():
-        if not isinstance(e, dict) or not all(k in e for k in ("file", "sha256", "inputs", "outputs")):
-            raise ExportError(f"export manifest entry {name!r} lacks file, sha256, inputs or outputs")
-        if not _confined(e["file"]):
-            raise ExportError(f"export manifest entry {name!r} names a file outside the export folder: {e['file']!r}")
-    weights = manifest.get("weights")
-    if weights is not None:
-        if not isinstance(weights, dict) or not all(k in weights for k in ("file", "sha256")):
-            raise ExportError(f"export manifest {d / MANIFEST}: \"weights\" lacks file or sha256")
-        if not _confined(weights["file"]):
-            raise ExportError(f"export manifest names a weights file outside the export folder: {weights['file']!r}")
-    if verify:
-        for name, e in stages.items():
-            f = d / e["file"]
-            if not f.exists():
-                raise ExportError(f"missing ONNX file {f}")
-            if sha256_file(f) != e["sha256"]:
-                raise ExportError(f"corrupt ONNX file {f} (sha256 mismatch)")
-        if weights is not None:
-            f = d / weights["file"]
-            if not f.is_file():
-                raise ExportError(f"missing weights file {f} (the graphs' shared weights)")
-            if sha256_file(f) != weights["sha256"]:
-                raise ExportError(f"corrupt weights file {f} (sha256 mismatch)")
-    return manifest

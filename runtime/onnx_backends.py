@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssae.export.onnx_export import ExportError, read_manifest
+from ssae.export.manifest import ExportError, read_manifest
 from .backend import Backend, BackendError, input_dtype
 from .qdq_u8 import u8_activations
 

@@ -98,7 +98,7 @@ class TensorRTBackend(Backend):
             src if (src / trt_build.INDEX).exists() else trt_build.default_engine_dir(src, precision))
         stale = False
         if (edir / trt_build.INDEX).exists() and edir != src and (src / "manifest.json").exists():
-            from ssae.export.onnx_export import ExportError, read_manifest
+            from ssae.export.manifest import ExportError, read_manifest
             try:  # engines of an earlier export of this folder (or another plan) are rebuilt, not used
                 stale = not trt_build.index_is_current(trt_build.read_index(edir), read_manifest(src, verify=False),
                                                        plan)

@@ -31,8 +31,8 @@ class TorchBackend(Backend):
             raise BackendError("torch backend: CUDA requested but no CUDA device is available")
         self.name = "torch" if precision == "fp32" else f"torch-{precision}"
         self._device = torch.device(device)
-        # single region re-edits on the sparse tiles on CPUs (benchmarks/results/runtime_cpu.json, paper256 hair
-        # re-edit: 46 vs 101 ms (fp32), 38 vs 103 ms (bf16) on the window); that graph runs in fp32 under bf16
+        # single region re-edits on the sparse tiles on CPUs (faster than the window for large sparse masks such as
+        # hair: benchmarks/bench_runtime.py); that graph runs in fp32 under bf16
         # autocast (bf16 would round the Winograd-transformed tiles), and not at all in fp16 (its weights are half).
         # On CUDA the fused kernel runs the window.
         self.sparse_reedit = self._device.type == "cpu" and precision != "fp16"

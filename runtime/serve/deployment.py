@@ -217,9 +217,7 @@ def deployment_class():
         def __init__(self, args: dict):
             cfg = ServeConfig.from_args(args)
             self.engine = Engine.load(cfg.engine_config())
-            warm = getattr(self.engine.editor.backend, "warmup", None)
-            if warm is not None:
-                warm()  # compile every graph now, not in the first request
+            self.engine.editor.backend.warmup()  # load every graph now, not in the first request
             self.api = Api(ApiConfig(cfg.max_image_mb, os.environ.get(TOKEN_ENV) or None), self.engine.rois)
             self.max_batch = cfg.max_batch
             self.batched_edit.set_max_batch_size(cfg.max_batch)

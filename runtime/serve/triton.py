@@ -266,7 +266,7 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      opts: TritonOptions | None = None) -> dict:
     """Write the model repository; returns a summary {"models": [...], "ensembles": [...], "skipped": {...}}."""
     from ssae.export import trt_build
-    from ssae.export.onnx_export import ExportError, read_manifest
+    from ssae.export.manifest import ExportError, read_manifest
     from ssae.export.weights import load_self_contained
     from ssae import philox
 

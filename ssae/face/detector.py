@@ -45,8 +45,8 @@ class DetectorConfig:
     copy's short side (smaller faces in a photo are too small to edit at the model's resolution); thresholds:
     P-/R-/O-Net scores; a larger photo is detected on a reduced copy whose short side is `short_side` (so the
     smallest face sought there is 25 px) and whose long side is at most `max_side`; scale_step: image pyramid
-    factor (0.5 instead of MTCNN's usual 0.709: on 200 LFW test photos and 60 off-centre scenes the same faces were
-    found, 199 and 59, landmarks within 0.7 px in the median, in 10.4 instead of 16.3 ms per LFW photo)."""
+    factor (0.5 instead of MTCNN's usual 0.709: fewer pyramid levels find the same faces with the same landmarks
+    on LFW photos and off-centre scenes, faster; benchmarks/bench_face_finding.py)."""
 
     min_face: int = 20
     min_face_frac: float = 1 / 16
