@@ -31,7 +31,7 @@ setup(
     python_requires=">=3.10",
     packages=list(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*/*.safetensors", "assets/*/*.md", "assets/*/*.json", "assets/*.jpg", "assets/*.png"]},
+    package_data={"ssae.kernels": ["*.cu", "*.cuh"], "ssae": ["assets/*/*.safetensors", "assets/*/*.onnx", "assets/*/*.md", "assets/*/*.json", "assets/*.jpg", "assets/*.png"]},
     include_package_data=True,
     # The runtime alone: runs an ONNX export folder (`ssae edit --model EXPORT_DIR`, `ssae serve`) on ONNX Runtime
     # without PyTorch; the extras add the rest.

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ssae.export.precision_plan import PrecisionPlan
+from ssae.pipeline import EDIT
 
 FP16_MAX = 65504.0
 ROUND_SUFFIX = "__unrounded"
@@ -249,9 +250,9 @@ def make_plan(export_dir: str | os.PathLike, feeds: dict[str, list[dict[str, np.
         results[stage] = plan_graph(onnx.load(str(src / e["file"])), feeds[stage], precision, target_snr_db)
     keep = {s: r.keep_fp32 for s, r in results.items() if r.keep_fp32}
     for stage, e in man["stages"].items():  # the plugin graph shares node names with the standard edit graph
-        if e.get("plugin") and "sae_decoder_edit" in keep:
+        if e.get("plugin") and EDIT in keep:
             names = {n.name for n in onnx.load(str(src / e["file"])).graph.node}
-            kept = [n for n in keep["sae_decoder_edit"] if n in names]
+            kept = [n for n in keep[EDIT] if n in names]
             if kept:
                 keep[stage] = kept
     prov = dict(provenance or {}, source_export=str(src), target_snr_db=target_snr_db,

@@ -17,15 +17,16 @@ import numpy as np
 
 from ssae.data.transforms import to_model_array
 from ssae.export.onnx_export import read_manifest
+from ssae.pipeline import EDIT, SMPN, is_smpn
 from .int8 import Int8Config, quantize_export
 
 
 def graph_group(stage: str) -> str:
     """Graphs that are kept in float together: all SMPN graphs, both edit graphs, all RBs; others alone."""
-    if stage.startswith("smpn"):
-        return "smpn"
-    if stage.startswith("sae_decoder_edit"):
-        return "sae_decoder_edit"
+    if is_smpn(stage):
+        return SMPN
+    if stage.startswith(EDIT):
+        return EDIT
     if stage.startswith("refine_"):
         return "refine"
     return stage

@@ -29,6 +29,7 @@ import torch
 from ssae.fileio import atomic_write
 from ssae.kernels import ops as fused_ops
 from ssae.models.ssae_model import SSAE
+from ssae.pipeline import EDIT, EDIT_PLUGIN
 from .stages import CPU_ONLY_STAGES, StageSpec, build_stages, model_facts, stage_specs
 from .manifest import FORMAT, MANIFEST, READ_FORMATS, ExportError, read_manifest, sha256_file  # noqa: F401
 from .weights import share_weights
@@ -127,9 +128,9 @@ def _export_stages(model: SSAE, out: Path, stages, opset: int, plugin: bool, sin
     specs = stage_specs(model)
     names = list(stages) if stages is not None else list(modules)
     jobs = [(n, modules[n], specs[n], False) for n in names]
-    if plugin and "sae_decoder_edit" in names:
-        plug = StageSpec("sae_decoder_edit_plugin", specs["sae_decoder_edit"].inputs, specs["sae_decoder_edit"].outputs)
-        jobs.append(("sae_decoder_edit_plugin", modules["sae_decoder_edit"], plug, True))
+    if plugin and EDIT in names:
+        plug = StageSpec(EDIT_PLUGIN, specs[EDIT].inputs, specs[EDIT].outputs)
+        jobs.append((EDIT_PLUGIN, modules[EDIT], plug, True))
     entries = {}
     for name, module, spec, is_plugin in jobs:
         if progress:

@@ -17,13 +17,14 @@ from ssae.kernels import sparse_tail
 from ssae.models.ops import SQRT2, l2_normalize
 from ssae.models.sae import LayerEdit, StyleEdit
 from ssae.models.ssae_model import SSAE
+from ssae.pipeline import EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, refine_for, smpn_for
 
 NOISE_SEED = 0
 
 #: Graphs only CPU runtimes use: the sparse re-edit takes one edit and integer tile plans (no batch dimension).
 #: The export manifest marks them `cpu_only`; the TensorRT build and the Triton repository leave them out (on GPUs
 #: the fused kernel runs the crop window).
-CPU_ONLY_STAGES = ("sae_decoder_edit_sparse",)
+CPU_ONLY_STAGES = (EDIT_SPARSE,)
 
 
 @dataclass(frozen=True)
@@ -195,21 +196,21 @@ def build_stages(model: SSAE, noise_seed: int = NOISE_SEED, single_roi_smpn: boo
     """All stage modules of a model, by stage name."""
     s = model.cfg.image_size
     stages: dict[str, nn.Module] = {
-        "smpn": SMPNStage(model.smpn),
-        "sae_encoder": EncoderStage(model.sae),
-        "sae_decoder_prefix": DecoderPrefixStage(model.sae, s, noise_seed),
-        "sae_decoder_edit": DecoderEditStage(model.sae, s, "region", noise_seed),
+        SMPN: SMPNStage(model.smpn),
+        ENCODER: EncoderStage(model.sae),
+        PREFIX: DecoderPrefixStage(model.sae, s, noise_seed),
+        EDIT: DecoderEditStage(model.sae, s, "region", noise_seed),
     }
     if len(model.sae.G.injection_layers) == 1:
-        stages["sae_decoder_edit_pixel"] = DecoderEditStage(model.sae, s, "pixel", noise_seed)
+        stages[EDIT_PIXEL] = DecoderEditStage(model.sae, s, "pixel", noise_seed)
     tile = sparse_tile(model)
     if tile:
-        stages["sae_decoder_edit_sparse"] = DecoderEditSparseStage(model.sae, s, tile, noise_seed)
+        stages[EDIT_SPARSE] = DecoderEditSparseStage(model.sae, s, tile, noise_seed)
     for roi in model.rois:
-        stages[f"refine_{roi}"] = RefineStage(model.refiners[roi])
+        stages[refine_for(roi)] = RefineStage(model.refiners[roi])
     if single_roi_smpn:
         for roi, net in zip(model.rois, model.smpn.unstack()):
-            stages[f"smpn_{roi}"] = SMPNStage(net.eval())
+            stages[smpn_for(roi)] = SMPNStage(net.eval())
     for m in stages.values():
         m.eval()
     return stages
@@ -240,28 +241,28 @@ def stage_specs(model: SSAE) -> dict[str, StageSpec]:
     else:
         mask_c, img_c, xi = mask, img, ()
     specs = {
-        "smpn": StageSpec("smpn", (img,), (TensorSpec("masks", ("batch", len(model.rois), s, s)),)),
-        "sae_encoder": StageSpec("sae_encoder", (img,), code),
-        "sae_decoder_prefix": StageSpec("sae_decoder_prefix", code, hs),
-        "sae_decoder_edit": StageSpec("sae_decoder_edit", hs + (code[1], mask_c, TensorSpec(
+        SMPN: StageSpec(SMPN, (img,), (TensorSpec("masks", ("batch", len(model.rois), s, s)),)),
+        ENCODER: StageSpec(ENCODER, (img,), code),
+        PREFIX: StageSpec(PREFIX, code, hs),
+        EDIT: StageSpec(EDIT, hs + (code[1], mask_c, TensorSpec(
             "noise", ("batch", cfg.sae.global_code_ch)), strength) + xi, (img_c,)),
     }
     if len(g.injection_layers) == 1:
         zshape = ("height", "width") if g.tail_is_local else tuple(res[layer.index])
-        specs["sae_decoder_edit_pixel"] = StageSpec("sae_decoder_edit_pixel", hs + (code[1], mask_c, TensorSpec(
+        specs[EDIT_PIXEL] = StageSpec(EDIT_PIXEL, hs + (code[1], mask_c, TensorSpec(
             "noise", ("batch",) + zshape + (layer.cin,)), strength) + xi, (img_c,))
     tile = sparse_tile(model)
     if tile:
         k2, m2 = (tile + 2) ** 2, tile * tile
-        specs["sae_decoder_edit_sparse"] = StageSpec("sae_decoder_edit_sparse", (
+        specs[EDIT_SPARSE] = StageSpec(EDIT_SPARSE, (
             TensorSpec("h_rows", ("rows", h_shape[0])), TensorSpec("skip_rows", ("rows", 3)),
             TensorSpec("mask_rows", ("rows", 1)), TensorSpec("patch_idx", (k2, "tiles"), "int64"),
             TensorSpec("out_idx", (m2, "tiles"), "int64"), TensorSpec("texture", (1, cfg.sae.global_code_ch)),
             TensorSpec("noise", (1, cfg.sae.global_code_ch)), TensorSpec("strength", (1,))),
             (TensorSpec("rgb", (m2, "tiles", 3)),))
     for roi in model.rois:
-        specs[f"refine_{roi}"] = StageSpec(f"refine_{roi}", (img_c, mask_c), (TensorSpec("refined", img_c.shape),))
-        specs[f"smpn_{roi}"] = StageSpec(f"smpn_{roi}", (img,), (TensorSpec("masks", ("batch", 1, s, s)),))
+        specs[refine_for(roi)] = StageSpec(refine_for(roi), (img_c, mask_c), (TensorSpec("refined", img_c.shape),))
+        specs[smpn_for(roi)] = StageSpec(smpn_for(roi), (img,), (TensorSpec("masks", ("batch", 1, s, s)),))
     return specs
 
 
@@ -275,7 +276,7 @@ def model_facts(model: SSAE) -> dict:
         "rb_radius": next(iter(model.refiners.values())).radius,
         "pixel_noise_shape": None, "sparse_tile": sparse_tile(model),
     }
-    pix = stage_specs(model).get("sae_decoder_edit_pixel")
+    pix = stage_specs(model).get(EDIT_PIXEL)
     if pix is not None:
         facts["pixel_noise_shape"] = list(next(t for t in pix.inputs if t.name == "noise").shape[1:])
     return facts

@@ -40,7 +40,7 @@ from typing import Callable, Iterable
 
 from ssae.errors import SSAEError
 from ssae.fileio import atomic_write, read_json
-from ssae.pipeline import ROI_MASK
+from ssae.pipeline import EDIT, EDIT_PLUGIN, ROI_MASK
 from .precision_plan import PrecisionPlan
 
 INDEX = "tensorrt.json"
@@ -485,7 +485,7 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
     man = read_manifest(onnx_dir)
     precision = man.get("precision", "fp32")
     size = int(man["model_config"]["image_size"])
-    modes = plugin_modes(opts.plugin) if "sae_decoder_edit_plugin" in man["stages"] else ["none"]
+    modes = plugin_modes(opts.plugin) if EDIT_PLUGIN in man["stages"] else ["none"]
     if modes[0] != "none":
         from ssae.kernels import trt_plugin
         try:
@@ -502,9 +502,9 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
         if e.get("plugin") or e.get("cpu_only") or (opts.stages and stage not in opts.stages):
             continue
         standard = (stage, onnx_dir / e["file"], e, "none")
-        if stage == "sae_decoder_edit" and modes[0] != "none":
-            pe = man["stages"]["sae_decoder_edit_plugin"]
-            jobs.append((stage, [("sae_decoder_edit_plugin", onnx_dir / pe["file"], pe, m) if m != "none"
+        if stage == EDIT and modes[0] != "none":
+            pe = man["stages"][EDIT_PLUGIN]
+            jobs.append((stage, [(EDIT_PLUGIN, onnx_dir / pe["file"], pe, m) if m != "none"
                                  else standard for m in modes]))
         else:
             jobs.append((stage, [standard]))
@@ -581,7 +581,7 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
              "onnx_dir": os.path.relpath(onnx_dir, out) if onnx_dir != src else str(src),
              "source_sha256": {n: e["sha256"] for n, e in srcm["stages"].items()},
              "plan_digest": plan.digest() if plan else None, "max_batch": max_batch, "opt_batch": opts.opt_batch,
-             "plugin": engines.get("sae_decoder_edit", {}).get("plugin", modes[0]), "manifest": man,
+             "plugin": engines.get(EDIT, {}).get("plugin", modes[0]), "manifest": man,
              "engines": engines}
     if opts.stages:  # a partial build keeps the other stages' entries
         try:

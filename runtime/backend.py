@@ -94,7 +94,7 @@ class Backend(abc.ABC):
         """Wait for queued device work (for timing); a no-op on synchronous backends."""
 
     def close(self) -> None:
-        """Release device memory and engines now; the backend is unusable afterwards. Idempotent."""
+        """Release what the backend loaded (sessions, engines, device memory) now. Idempotent."""
 
     def __enter__(self) -> "Backend":
         return self

@@ -39,7 +39,7 @@ from PIL import Image
 
 from ssae.data.transforms import from_model_array, to_model_array
 from ssae.errors import ParamError
-from ssae.pipeline import EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, refine_for, smpn_for
+from ssae.pipeline import EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, check_edit, refine_for, smpn_for
 from ssae.face import FaceCrop, FaceDetector, feather, frame_faces
 from ssae import philox
 from ssae.kernels import tile_plan
@@ -400,9 +400,7 @@ class Editor:
 
     def _check_params(self, roi: str, strength: float, noise: str, output: str = "photo", frame: str = "face",
                       faces: str = "largest", reference=None) -> None:
-        self._roi_index(roi)
-        if not np.isfinite(strength):
-            raise ParamError(f"strength must be a finite number, got {strength}")
+        check_edit(roi, self.rois, strength)
         if noise not in NOISE_MODES:
             raise ParamError(f"unknown noise mode {noise!r} (region or pixel)")
         self._check_choices(output=output, frame=frame, faces=faces)
@@ -420,9 +418,7 @@ class Editor:
                 raise ParamError(why)
 
     def _roi_index(self, roi: str) -> int:
-        if roi not in self.rois:
-            raise ParamError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
-        return self.rois.index(roi)
+        return check_edit(roi, self.rois, 0.0)
 
     def _user_mask(self, mask: np.ndarray, rgb: np.ndarray, enc: _Encoded) -> np.ndarray:
         m = np.asarray(mask, dtype=np.float32)

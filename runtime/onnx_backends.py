@@ -75,6 +75,12 @@ class _OnnxFolderBackend(Backend):
         for s in self.stages():
             self.compiled(s)
 
+    def close(self) -> None:
+        """Drop the loaded sessions / compiled models and their requests (a later run loads them again)."""
+        self._compiled.clear()
+        self.__dict__.pop("_requests", None)
+        self.__dict__.pop("_static_dims", None)
+
 
 class OrtBackend(_OnnxFolderBackend):
     """ONNX Runtime. providers: None = the best available (TensorRT > CUDA > CPU)."""

@@ -116,6 +116,9 @@ def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separ
         return src.path
     d = default_cache_dir() / "exports" / (src.key() + ("" if upsample == "separate" else f"-{upsample}"))
     if not (d / "manifest.json").exists():
+        if not _has("torch"):
+            raise BackendError(f"{src.path or src.preset} is a PyTorch checkpoint: exporting it to ONNX needs "
+                               f"PyTorch (pip install 'ssae[torch]'), or give an export folder (--model DIR)")
         from ssae.export.onnx_export import export_onnx
         if not quiet:
             print(f"ssae: exporting ONNX graphs once into {d} ...", file=sys.stderr)
@@ -182,8 +185,12 @@ def parse_backend(name: str, precision: str = "auto") -> tuple[str, str]:
 
 
 def _has(module: str) -> bool:
+    """Whether `module` can be imported here (without importing it)."""
     import importlib.util
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked installation counts as absent
+        return False
 
 
 def _cuda_available() -> bool:

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ssae.export import trt_build
-from ssae.pipeline import FULL, REEDIT, ROI_MASK, SMPN, chain_stages, slot as _slot, smpn_for
+from ssae.pipeline import EDIT, FULL, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, slot as _slot, smpn_for
 from .backend import Backend, BackendError, DeviceChain
 
 @dataclass
@@ -337,7 +337,7 @@ class TensorRTBackend(Backend):
             ctx = self._engines[st].engine.create_execution_context(
                 self.trt.ExecutionContextAllocationStrategy.USER_MANAGED)
             ctx.set_device_memory(*self._scratch)
-            self._bind(st, ctx, shapes[st], {"xi": "xi_full"} if st.startswith("sae_decoder_edit") else None)
+            self._bind(st, ctx, shapes[st], {"xi": "xi_full"} if st.startswith(EDIT) else None)
             ch.contexts[st] = ctx
         self._chains[key] = ch
         self._enqueue_chain(ch)  # first run outside a capture: TensorRT finishes its shape-dependent setup
@@ -386,10 +386,7 @@ class TensorRTBackend(Backend):
     def _stage_chain_inputs(self, roi: str, seed: int, strength: float, image: np.ndarray | None, smpn: str):
         s = self.size
         g = int(self.manifest["model_config"]["sae"]["global_code_ch"])
-        if roi not in self.rois:
-            raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
-        if not np.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
+        check_edit(roi, self.rois, strength)
         noise = self._philox.region_noise([seed], g)
         self._pinned_array("noise", (1, g), np.float32)[...] = noise
         self._pinned_array("strength", (1,), np.float32)[...] = strength
@@ -428,7 +425,7 @@ class TensorRTBackend(Backend):
         self._stage_chain_inputs(roi, seed, strength, image, smpn)
         ch = self._chain(FULL, roi, smpn)
         out = self._launch(ch)
-        self._chain_state = {"smpn": smpn, "rois": (roi,) if smpn.startswith("smpn_") else self.rois}
+        self._chain_state = {"smpn": smpn, "rois": (roi,) if smpn != SMPN else self.rois}
         return out
 
     def _run_reedit(self, roi: str, seed: int, strength: float) -> dict[str, np.ndarray]:

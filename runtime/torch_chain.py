@@ -18,7 +18,7 @@ import torch
 
 from ssae import philox
 from ssae.kernels.ops import use_fused_op
-from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, slot, smpn_for
+from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, slot, smpn_for
 from .backend import BackendError, DeviceChain
 
 
@@ -61,7 +61,7 @@ class TorchChain(DeviceChain):
         img = np.asarray(image, np.float32)
         if img.shape != (1, 3, self.size, self.size):
             raise ValueError(f"image must be (1, 3, {self.size}, {self.size}) float32 in [-1, 1], got {img.shape}")
-        self._check_roi(roi)
+        check_edit(roi, self.rois, strength)
         self._set_inputs(seed, strength)
         self._image.copy_(torch.from_numpy(img))
         out = self._execute(FULL, roi, smpn)
@@ -70,7 +70,7 @@ class TorchChain(DeviceChain):
 
     def reedit(self, roi: str, seed: int, strength: float) -> dict:
         """A new edit of the image of the last `full` (its codes and masks are still on the device)."""
-        self._check_roi(roi)
+        check_edit(roi, self.rois, strength)
         if self._held is None or not self._held_rois:
             raise BackendError("no image on the device: run a full edit first")
         if roi not in self._held_rois:
@@ -86,13 +86,7 @@ class TorchChain(DeviceChain):
         return out
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _check_roi(self, roi: str) -> None:
-        if roi not in self.rois:
-            raise ValueError(f"unknown ROI {roi!r} (choose from {', '.join(self.rois)})")
-
     def _set_inputs(self, seed: int, strength: float) -> None:
-        if not np.isfinite(strength):
-            raise ValueError(f"strength must be a finite number, got {strength}")
         noise = philox.region_noise([seed], self.code_ch)
         self._noise.copy_(torch.from_numpy(noise))
         self._strength.fill_(float(strength))

@@ -10,7 +10,6 @@ import json
 import os
 from pathlib import Path
 
-from safetensors import SafetensorError
 
 from .errors import SSAEError
 from .config import SSAEConfig
@@ -52,6 +51,7 @@ def _files(path: Path) -> list[Path]:
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torch.Tensor], dict]:
     """Return (config, merged state dict, metadata of the first file)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
     cfg, state, meta0 = None, {}, None
     for f in _files(Path(path)):

@@ -374,7 +374,7 @@ def _export(args: argparse.Namespace) -> int:
     man = export_onnx(model, args.out, opset=args.opset, plugin=not args.no_plugin,
                       single_roi_smpn=not args.no_single_roi_smpn, upsample=args.upsample,
                       progress=lambda n: print(f"exporting {n}", file=sys.stderr))
-    print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    print(json.dumps(_export_files(man)))
     return 0
 
 
@@ -397,6 +397,12 @@ def _export_triton(args: argparse.Namespace) -> int:
         raise UserError(str(e).splitlines()[0]) from None
     print(json.dumps({k: summary[k] for k in ("repository", "models", "tensorrt_models", "ensembles", "skipped")}))
     return 0
+
+
+def _export_files(man: dict) -> dict:
+    """What an export folder holds, for the export commands' output: each stage's graph and the shared weights."""
+    files = {k: v["file"] for k, v in man["stages"].items()}
+    return files | ({"weights": man["weights"]["file"]} if man.get("weights") else {})
 
 
 def _export_fp16(args: argparse.Namespace) -> int:
@@ -438,7 +444,7 @@ def _export_fp16(args: argparse.Namespace) -> int:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (ModelError, BackendError, ExportError, PrecisionPlanError, ValueError) as e:
         raise UserError(str(e).splitlines()[0]) from None
-    print(json.dumps({k: v["file"] for k, v in man["stages"].items()}))
+    print(json.dumps(_export_files(man)))
     return 0
 
 

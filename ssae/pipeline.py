@@ -9,6 +9,11 @@ stage's tensors to the buffers `slot` names, so an output feeds the next stage w
 """
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
+from .errors import ParamError
+
 #: The five-ROI SMPN: image -> masks (B, R, S, S).
 SMPN = "smpn"
 #: The SAE encoder: image -> structure, texture.
@@ -21,6 +26,8 @@ EDIT = "sae_decoder_edit"
 EDIT_PIXEL = "sae_decoder_edit_pixel"
 #: The edit tail on the tiles touching the mask (CPU runtimes).
 EDIT_SPARSE = "sae_decoder_edit_sparse"
+#: The edit tail with its injection layer as one custom node (the TensorRT plugin's graph).
+EDIT_PLUGIN = "sae_decoder_edit_plugin"
 #: Glue of the device chains: masks, roi -> the ROI's mask quantised to 8-bit levels (the Editor does it on the
 #: host): one channel of the five-ROI masks, or the single-ROI SMPN's output as it is.
 ROI_MASK = "roi_mask"
@@ -70,3 +77,17 @@ def slot(stage: str, tensor: str) -> str:
 
 #: The slots a full chain leaves on the device for the re-edits.
 HELD = ("h", "skip", "texture", "masks")
+
+
+def check_edit(roi: str, rois: Sequence[str], strength: float) -> int:
+    """The one check of an edit's ROI and strength (the Editor and the device chains): the ROI's index in the
+    model's `rois`; ParamError (a ValueError) for an unknown ROI or a non-finite strength."""
+    if roi not in rois:
+        raise ParamError(f"unknown ROI {roi!r} (choose from {', '.join(rois)})")
+    try:
+        finite = math.isfinite(float(strength))
+    except (TypeError, ValueError):
+        finite = False
+    if not finite:
+        raise ParamError(f"strength must be a finite number, got {strength}")
+    return list(rois).index(roi)

@@ -451,9 +451,10 @@ def test_engine_folder_staleness(tiny_export):
 
 
 def test_chain_binds_each_output_to_the_next_input(tiny_export):
-    """The device buffers of the TensorRT chain: every engine input is the output of an earlier engine in the chain
-    or one of the chain's host inputs."""
-    from ssae.runtime.tensorrt_backend import FULL, REEDIT, _slot, chain_stages
+    """The pipeline's chain wiring (`ssae.pipeline`, which the TensorRT engines, the torch chain and the Triton
+    ensemble all walk): every stage input is the output of an earlier stage in the chain or one of the chain's host
+    inputs; the re-edit starts from what the full chain left on the device."""
+    from ssae.pipeline import FULL, HELD, REEDIT, chain_stages, slot as _slot
     man = read_manifest(tiny_export)
     io = dict(man["stages"])
     io[trt_build.GLUE_ROI_MASK] = trt_build.roi_mask_spec(5, 32)
@@ -468,8 +469,12 @@ def test_chain_binds_each_output_to_the_next_input(tiny_export):
                 assert slot in made or slot in host_inputs, (st, t["name"], slot)
             made |= {_slot(st, t["name"]) for t in io[st]["outputs"]}
         assert _slot("refine_lips", "refined") == "refined" and "mask" in made
+        assert set(HELD) <= made
     # the re-edit reads what the full chain left on the device
     assert chain_stages("hair", "smpn", REEDIT) == [trt_build.GLUE_ROI_MASK, "sae_decoder_edit", "refine_hair"]
+    for st in chain_stages("hair", "smpn", REEDIT):
+        for t in io[st]["inputs"]:
+            assert _slot(st, t["name"]) in set(HELD) | host_inputs | {"mask", "coarse"}, (st, t["name"])
     assert _slot("sae_decoder_edit", "image") == _slot("refine_hair", "image") == "coarse"
     assert _slot("sae_decoder_edit_pixel", "noise") != _slot("sae_decoder_edit", "noise")
 

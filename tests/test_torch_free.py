@@ -77,3 +77,18 @@ def test_editor_and_http_api_import_no_torch(tiny_export, face_path):
     from ssae.runtime import Editor
     want = Editor.load(tiny_export, backend="onnxruntime").edit(face_path, roi="lips", seed=5).image
     assert got == {"torch": False, "same": True, "sum": int(np.asarray(want).sum()), "backend": "onnxruntime"}
+
+
+def test_a_checkpoint_without_torch_is_a_one_line_error(tmp_path, face_path):
+    """The bundled model is a checkpoint: without PyTorch (and no export of it cached) `ssae edit` says how to get
+    one, in one line, exit code 2, nothing written."""
+    import os
+
+    out = tmp_path / "edited.png"
+    r = subprocess.run([sys.executable, "-c", NO_TORCH + "import sys\nfrom ssae.cli import main\nsys.exit(main())",
+                        "edit", str(face_path), "-o", str(out)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SSAE_CACHE": str(tmp_path / "cache")})
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs PyTorch (pip install 'ssae[torch]')" in lines[0], r.stderr
+    assert not out.exists()

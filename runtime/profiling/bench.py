@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssae.pipeline import EDIT, ENCODER, PREFIX, SMPN, refine_for
 from .stats import STAT_KEYS, cuda_peak_mb, peak_rss_mb, summarize, time_call
 
 SCHEMA = "ssae-bench-1"
 STAGE_KEYS = ("smpn", "encoder", "decoder_prefix", "edit_tail", "refine", "full_edit", "cached_reedit")
-GRAPH_STAGE = {"smpn": "smpn", "encoder": "sae_encoder", "decoder_prefix": "sae_decoder_prefix",
-               "edit_tail": "sae_decoder_edit"}
+GRAPH_STAGE = {"smpn": SMPN, "encoder": ENCODER, "decoder_prefix": PREFIX, "edit_tail": EDIT}
 
 
 @dataclass
@@ -101,7 +101,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
     first = next(iter(editors.values()))
     feeds = first.stage_feeds(img, cfg.roi)
     stage_in = {key: feeds[g] for key, g in GRAPH_STAGE.items()}
-    stage_in["refine"] = feeds[f"refine_{cfg.roi}"]
+    stage_in["refine"] = feeds[refine_for(cfg.roi)]
     samples = {n: {k: [] for k in STAGE_KEYS} for n in editors}
 
     def one_round(record: bool, k: int) -> None:
@@ -113,7 +113,7 @@ def run_bench(cfg: BenchConfig, log=None) -> dict:
                 if key in GRAPH_STAGE:
                     t = time_call_(lambda: be.run(GRAPH_STAGE[key], stage_in[key]), be.synchronize)
                 elif key == "refine":
-                    t = time_call_(lambda: be.run(f"refine_{cfg.roi}", stage_in["refine"]), be.synchronize)
+                    t = time_call_(lambda: be.run(refine_for(cfg.roi), stage_in["refine"]), be.synchronize)
                 elif key == "full_edit":
                     ed.clear_cache()
                     t = time_call(lambda: ed.edit(img, roi=cfg.roi, seed=k), be.synchronize)

@@ -45,7 +45,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ssae.errors import SSAEError
-from ssae.pipeline import EDIT, ENCODER, FULL, PREFIX, ROI_MASK, SMPN, chain_stages, is_smpn, refine_for, slot
+from ssae.pipeline import (
+    EDIT, EDIT_PIXEL, EDIT_PLUGIN, ENCODER, FULL, PREFIX, ROI_MASK, SMPN, chain_stages, refine_for, slot, smpn_for,
+)
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 10: "TYPE_FP16", 16: "TYPE_BF16", 11: "TYPE_FP64", 6: "TYPE_INT32",
                   7: "TYPE_INT64", 2: "TYPE_UINT8", 3: "TYPE_INT8", 9: "TYPE_BOOL"}
@@ -55,8 +57,8 @@ TRITON_TO_NUMPY = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT32
 ENSEMBLE_PREFIX = "ssae_edit_"
 GLUE_PREFIX = "roi_mask_"
 TRT_SUFFIX = "_trt"
-SKIP_STAGES = ("sae_decoder_edit_plugin",)
-EDIT_STAGES = ("sae_decoder_edit", "sae_decoder_edit_pixel")
+SKIP_STAGES = (EDIT_PLUGIN,)
+EDIT_STAGES = (EDIT, EDIT_PIXEL)
 
 
 class TritonError(SSAEError, ValueError):
@@ -237,28 +239,27 @@ def _write_model(repo: Path, spec: ModelSpec, opts: TritonOptions, model=None, p
 
 def _ensemble(name: str, roi: str, models: Mapping[str, ModelSpec], use: Mapping[str, str], max_batch: int,
               ) -> ModelSpec:
-    """The edit ensemble of one ROI. `use` maps a role (smpn, mask, encoder, prefix, edit, refine) to a model."""
+    """The edit ensemble of one ROI: the pipeline's full chain (`ssae.pipeline.chain_stages`), `use` mapping each of
+    its stages to the model that runs it."""
     def io(model: str, tensor: str, out: bool = False) -> TensorIO:
         for t in (models[model].outputs if out else models[model].inputs):
             if t.name == tensor:
                 return t
         raise TritonError(f"model {model} has no {'output' if out else 'input'} {tensor!r}")
 
-    role = {SMPN: "smpn", ROI_MASK: "mask", ENCODER: "encoder", PREFIX: "prefix", EDIT: "edit",
-            refine_for(roi): "refine"}
+    refine = refine_for(roi)
     steps = []
     for stage in chain_stages(roi, SMPN, FULL):   # the pipeline's wiring: each tensor in its slot
-        model = models[use[role[stage]]]
-        key = SMPN if is_smpn(stage) else stage
-        outputs = {t.name: slot(key, t.name) for t in model.outputs}
-        if stage == refine_for(roi):
+        model = models[use[stage]]
+        outputs = {t.name: slot(stage, t.name) for t in model.outputs}
+        if stage == refine:
             outputs = {t.name: "edited" for t in model.outputs}   # the ensemble's output
-        steps.append({"model": model.name, "inputs": {t.name: slot(key, t.name) for t in model.inputs},
+        steps.append({"model": model.name, "inputs": {t.name: slot(stage, t.name) for t in model.inputs},
                       "outputs": outputs})
-    inputs = [TensorIO("image", io(use["encoder"], "image").data_type, io(use["encoder"], "image").dims),
-              io(use["edit"], "noise"), io(use["edit"], "strength")]
-    outputs = [TensorIO("edited", io(use["refine"], "refined", True).data_type, io(use["edit"], "image", True).dims),
-               TensorIO("mask", io(use["mask"], "mask", True).data_type, io(use["mask"], "mask", True).dims)]
+    inputs = [TensorIO("image", io(use[ENCODER], "image").data_type, io(use[ENCODER], "image").dims),
+              io(use[EDIT], "noise"), io(use[EDIT], "strength")]
+    outputs = [TensorIO("edited", io(use[refine], "refined", True).data_type, io(use[EDIT], "image", True).dims),
+               TensorIO("mask", io(use[ROI_MASK], "mask", True).data_type, io(use[ROI_MASK], "mask", True).dims)]
     return ModelSpec(name, "ensemble", inputs, outputs, max_batch, steps=steps)
 
 
@@ -301,8 +302,8 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
         _write_model(repo, spec, opts, model=m)
         models[stage] = spec
 
-    single = all(f"smpn_{r}" in models for r in rois)
-    if not single and "smpn" not in models:
+    single = all(smpn_for(r) in models for r in rois)
+    if not single and SMPN not in models:
         raise TritonError(f"{src} has no SMPN graph")
     for k, roi in enumerate(rois):
         g = trt_build.roi_mask_graph(1 if single else len(rois), size)
@@ -313,13 +314,13 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
         models[spec.name] = spec
 
     ensembles = []
-    need = ("sae_encoder", "sae_decoder_prefix", "sae_decoder_edit")
+    need = (ENCODER, PREFIX, EDIT)
     if all(n in models for n in need):
         for roi in rois:
-            if f"refine_{roi}" not in models:
+            if refine_for(roi) not in models:
                 continue
-            use = {"smpn": f"smpn_{roi}" if single else "smpn", "mask": GLUE_PREFIX + roi, "encoder": "sae_encoder",
-                   "prefix": "sae_decoder_prefix", "edit": "sae_decoder_edit", "refine": f"refine_{roi}"}
+            use = {SMPN: smpn_for(roi) if single else SMPN, ROI_MASK: GLUE_PREFIX + roi, ENCODER: ENCODER,
+                   PREFIX: PREFIX, EDIT: EDIT, refine_for(roi): refine_for(roi)}
             ens = _ensemble(ENSEMBLE_PREFIX + roi, roi, models, use, opts.max_batch_size)
             _write_model(repo, ens, opts)
             models[ens.name] = ens
@@ -335,9 +336,8 @@ def write_repository(export_dir: str | os.PathLike, out_dir: str | os.PathLike,
             if base not in models:
                 continue
             pick = lambda s: s + TRT_SUFFIX if s + TRT_SUFFIX in models else s  # noqa: E731
-            use = {"smpn": pick(f"smpn_{roi}" if single else "smpn"), "mask": GLUE_PREFIX + roi,
-                   "encoder": pick("sae_encoder"), "prefix": pick("sae_decoder_prefix"),
-                   "edit": "sae_decoder_edit", "refine": pick(f"refine_{roi}")}
+            use = {SMPN: pick(smpn_for(roi) if single else SMPN), ROI_MASK: GLUE_PREFIX + roi,
+                   ENCODER: pick(ENCODER), PREFIX: pick(PREFIX), EDIT: EDIT, refine_for(roi): pick(refine_for(roi))}
             if not any(v.endswith(TRT_SUFFIX) for v in use.values()):
                 continue
             ens = _ensemble(base + TRT_SUFFIX, roi, models, use, trt_max)

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import SSAEError
+
 WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "mtcnn"
 
 
@@ -64,7 +66,10 @@ def _session(name: str):
     opts.inter_op_num_threads = 1
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(WEIGHTS / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+    path = WEIGHTS / f"{name}.onnx"
+    if not path.is_file():
+        raise SSAEError(f"face detector weights missing: {path} (reinstall ssae)")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, thresh: float, union: bool = True) -> np.ndarray:
