@@ -326,6 +326,18 @@ def render_generic(d: Any) -> list[str]:
     return out
 
 
+def render_ssae_bench(d: dict) -> list[str]:
+    """`ssae bench --json`: p50 (p90) ms per stage and backend."""
+    keys = list(next(iter(d["backends"].values()))["stages"]) if d.get("backends") else []
+    out = [f"Model {d.get('model', '?')} ({d.get('image_size', '?')} px), ROI {d.get('roi', '?')}, "
+           f"{d.get('repeats', '?')} runs per stage; p50 (p90) ms." + (f" {d['note']}." if d.get("note") else ""), ""]
+    out += table(["backend", *keys],
+                 [[f"{name} ({b.get('precision', '?')})",
+                   *[f"{num(b['stages'][k]['p50'])} ({num(b['stages'][k]['p90'])})" for k in keys]]
+                  for name, b in d["backends"].items()])
+    return out
+
+
 #: (file-stem prefix, kind, what was measured, renderer); the first matching prefix wins.
 KINDS: list[tuple[str, str, str, Callable[[dict], list[str]]]] = [
     ("runtime_cpu_wide_hair", "runtime_cpu",
@@ -364,6 +376,9 @@ KINDS: list[tuple[str, str, str, Callable[[dict], list[str]]]] = [
     ("ort_threads_", "ort_threads",
      "Full edits per ONNX Runtime thread-pool mode (spin, no-spin, global), fp32 and int8 graphs "
      "(`benchmarks/bench_ort_threads.py`).", render_ort_threads),
+    ("ssae_bench_", "ssae_bench",
+     "Latency per stage and backend, whole edits and cached re-edits (`ssae bench --json`; two reports of one "
+     "session compare with `ssae bench --compare`).", render_ssae_bench),
     ("calibration_", "calibration",
      "Reduced precision against fp32 on held-out LFW faces: accuracy, IoU change and full-edit speed per "
      "precision and backend; how the INT8 graphs were made (`ssae calibrate`).", render_calibration),
