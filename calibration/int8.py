@@ -24,8 +24,8 @@ METHODS = ("minmax", "entropy", "percentile")
 ACTIVATIONS = ("s8", "u8")
 #: Ops whose inputs are quantized by default: the MAC-heavy ones. Quantizing the elementwise style/normalisation
 #: ops too only adds Q/DQ pairs that run in float anyway (measured slower on ONNX Runtime here). ONNX Runtime's CPU
-#: provider has no int8 ConvTranspose, so for its u8 profile ConvTranspose stays float (decoder prefix at 128 px,
-#: one thread: 1.22x with, 1.11x without that exclusion); TensorRT (s8) quantizes it. `ssae calibrate` quantizes
+#: provider has no int8 ConvTranspose, so for its u8 profile ConvTranspose stays float (a quantized one runs as
+#: float between Q/DQ pairs, slower than leaving it float); TensorRT (s8) quantizes it. `ssae calibrate` quantizes
 #: the decoder's subpixel layout (ordinary convs, no ConvTranspose) by default, so this only matters for exports
 #: in the default layout.
 DEFAULT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -1,12 +1,17 @@
-"""Model sources and backend selection.
+"""Model sources and the backend registry.
 
 A model is given as None (the bundled model), a preset name (random weights, for benchmarks), a checkpoint
 (file or folder of `.safetensors`) or an ONNX export folder (`manifest.json`). ONNX backends given a checkpoint
 export it once into a cache folder keyed by the weights' hash (`$SSAE_CACHE/exports/<key>`).
 
+Backends are engines (`ENGINES`: torch, onnxruntime, openvino, tensorrt), each registered with `register` as a
+factory and the precisions it runs; `create_backend(engine, model, precision)` builds one, and the CLI's
+`--backend` / `--precision` flags take their choices from here. A new backend is one module implementing
+`ssae.runtime.backend.Backend` plus one `register` entry below.
+
 `auto` picks, in order: TensorRT (CUDA GPU with TensorRT), torch on CUDA, OpenVINO bf16 (installed, CPU with
-AMX), torch bf16 channels-last (CPU with AMX), ONNX Runtime fp32. The order follows the measured speeds in
-`benchmarks/bench_runtime.py` (README); bf16 paths are within 40 dB PSNR of fp32 (tests/test_runtime.py).
+AMX), torch bf16 channels-last (CPU with AMX), ONNX Runtime. The order follows the measured speeds
+(`benchmarks/bench_runtime.py`); bf16 paths are within 40 dB PSNR of fp32 (tests/test_runtime.py).
 """
 from __future__ import annotations
 
