@@ -8,7 +8,6 @@ and are baked into the decoder graphs as constants, so re-edits of one image dif
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -17,7 +16,9 @@ from ssae.kernels import sparse_tail
 from ssae.models.ops import SQRT2, l2_normalize
 from ssae.models.sae import LayerEdit, StyleEdit
 from ssae.models.ssae_model import SSAE
-from ssae.pipeline import EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, refine_for, smpn_for
+from ssae.pipeline import (  # noqa: F401  (TensorSpec, StageSpec re-exported)
+    EDIT, EDIT_PIXEL, EDIT_SPARSE, ENCODER, PREFIX, SMPN, StageSpec, TensorSpec, refine_for, smpn_for,
+)
 
 NOISE_SEED = 0
 
@@ -25,20 +26,6 @@ NOISE_SEED = 0
 #: The export manifest marks them `cpu_only`; the TensorRT build and the Triton repository leave them out (on GPUs
 #: the fused kernel runs the crop window).
 CPU_ONLY_STAGES = (EDIT_SPARSE,)
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple  # ints, or "batch" for the dynamic batch dimension
-    dtype: str = "float32"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
 
 
 class SMPNStage(nn.Module):

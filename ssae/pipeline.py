@@ -3,13 +3,15 @@
     image -> SMPN (masks) -> ROI mask -> encoder (structure, texture) -> decoder prefix (h, skip)
           -> edit tail (mask, noise, strength) -> RB of the ROI (refined)
 
-Every backend runs stages with these names and the tensor names of `ssae.export.stages.stage_specs`; the Editor
+Every backend runs stages with these names and their `StageSpec`s (a model's: `ssae.export.stages.stage_specs`,
+carried to the runtimes by an export's manifest); the Editor
 runs them one by one on the host; the device chains (PyTorch on CUDA, TensorRT) walk `chain_stages`, binding each
 stage's tensors to the buffers `slot` names, so an output feeds the next stage without a copy.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 from .errors import ParamError
@@ -34,6 +36,26 @@ ROI_MASK = "roi_mask"
 
 #: Chain kinds: the whole edit of a new image, or a new edit of the image the device holds.
 FULL, REEDIT = "full", "reedit"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named tensor of a stage: its shape (ints, or symbolic dims such as "batch", "height", "width") and
+    element type."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """A stage's named inputs and outputs (`ssae.export.stages.stage_specs` gives them for a model; an export's
+    manifest carries them to the runtimes)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
 
 
 def smpn_for(roi: str) -> str:
