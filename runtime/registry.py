@@ -132,7 +132,7 @@ def export_dir_for(src: ModelSource, quiet: bool = False, upsample: str = "separ
 
 
 @dataclass(frozen=True)
-class Engine:
+class EngineEntry:
     """One way of running the pipeline: its precisions (the first is its default) and how to build it."""
 
     name: str
@@ -144,14 +144,14 @@ class Engine:
 
 
 #: The engines, in registration order (`register`). A new backend is one module plus one entry here.
-ENGINES: dict[str, Engine] = {}
+ENGINES: dict[str, EngineEntry] = {}
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def register(name: str, precisions: tuple[str, ...], summary: str, follows_export: bool = False):
     """Decorator: register `factory(model source, precision, device) -> Backend` as engine `name`."""
     def deco(factory):
-        ENGINES[name] = Engine(name, tuple(precisions), summary, factory, follows_export)
+        ENGINES[name] = EngineEntry(name, tuple(precisions), summary, factory, follows_export)
         return factory
     return deco
 

@@ -4,9 +4,9 @@
           -> edit tail (mask, noise, strength) -> RB of the ROI (refined)
 
 Every backend runs stages with these names and their `StageSpec`s (a model's: `ssae.export.stages.stage_specs`,
-carried to the runtimes by an export's manifest); the Editor
-runs them one by one on the host; the device chains (PyTorch on CUDA, TensorRT) walk `chain_stages`, binding each
-stage's tensors to the buffers `slot` names, so an output feeds the next stage without a copy.
+carried to the runtimes by an export's manifest). The Editor runs them one by one on the host; the device chains
+(PyTorch on CUDA, TensorRT) and the Triton ensembles walk `chain_stages`, binding each stage's tensors to the
+buffers `slot` names, so an output feeds the next stage without a copy.
 """
 from __future__ import annotations
 
