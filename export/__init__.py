@@ -1,1 +1,2 @@
-"""ssae.export: ONNX export of the SSAE stages and TensorRT engine building."""
+"""ssae.export: the pipeline stages as modules with named I/O, their ONNX export (one shared weights file per
+folder, the manifest), FP16 graphs and TensorRT engine building."""

@@ -1,2 +1,3 @@
-"""ssae.kernels: the fused masked modulated convolution (reference, CUDA source, bindings) and the
-counter-based noise generator shared by every backend."""
+"""ssae.kernels: fast paths of the core ops: the fused masked modulated convolution (CUDA source, its loader, the
+PyTorch custom op and the TensorRT plugin; its reference is `ssae.models.injection`) and the sparse CPU re-edit
+(Winograd tiles)."""
