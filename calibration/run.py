@@ -122,7 +122,7 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
     """Run the whole calibration; returns the report (also written as report.json / report.md)."""
     from ssae.export.onnx_export import read_manifest
     from ssae.runtime.profiling.bench import machine_info
-    from ssae.runtime.registry import export_dir_for, load_torch_model, resolve_model
+    from ssae.runtime.registry import create_backend, export_dir_for, resolve_model
     from .accuracy import Variant, markdown_report
     from .int8 import stage_feeds
 
@@ -147,7 +147,6 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
     feeds = stage_feeds(fp32_dir, calib_imgs)
     report: dict = {"calibration_set": cs.provenance, "test_set": ts.description, "source_export": str(fp32_dir),
                     "machine": _machine_line(machine_info()), "precisions": {}}
-    torch_model = None
     for prec in cfg.precisions:
         backends = tuple(cfg.backends) or DEFAULT_BACKENDS[prec]
         variants: list[Variant] = []
@@ -177,12 +176,11 @@ def calibrate(cfg: CalibrateConfig, log=None) -> dict:
                     fp16.write_export(fp32_dir, out / "fp16", plan=plan, precision="fp16")
                     variants.append(_onnx_variant(prec, b, out / "fp16"))
                 elif prec == "bf16" and b == "openvino":
-                    variants.append(Variant(prec, b, lambda: _openvino(fp32_dir, "bf16")))
+                    variants.append(Variant(prec, b, lambda: create_backend("openvino", fp32_dir, "bf16")))
                 elif prec == "bf16" and b == "torch-bf16":
                     if src.kind == "export":
                         continue
-                    torch_model = torch_model or load_torch_model(src)
-                    variants.append(Variant(prec, b, lambda: _torch_bf16(torch_model)))
+                    variants.append(Variant(prec, b, lambda: create_backend("torch", src, "bf16", device="cpu")))
         rows = _report_rows(fp32_dir, variants, ts, log)
         report["precisions"][prec] = rows
         report[prec] = dict(_summary(rows, backends), backends=rows)
@@ -222,21 +220,13 @@ def _int8(cfg, fp32_dir, q_src, out, calib_imgs, val_imgs, feeds, log) -> dict:
 
 
 def _onnx_variant(prec: str, backend: str, folder: Path):
+    """The export in `folder` on ONNX Runtime ("onnxruntime", "simulated": its graphs as written) or OpenVINO
+    (fp32 inference: an int8 export's kernels come from its QDQ graphs)."""
+    from ssae.runtime.registry import create_backend
     from .accuracy import Variant
     if backend == "openvino":
-        return Variant(prec, backend, lambda: _openvino(folder, "fp32"))  # int8 kernels come from the QDQ graph
-    from ssae.runtime.onnx_backends import OrtBackend
-    return Variant(prec, backend, lambda: OrtBackend(folder))
-
-
-def _openvino(folder, precision: str):
-    from ssae.runtime.onnx_backends import OpenVINOBackend
-    return OpenVINOBackend(folder, precision=precision)
-
-
-def _torch_bf16(model):
-    from ssae.runtime.torch_backend import TorchBackend
-    return TorchBackend(model, "cpu", "bf16")
+        return Variant(prec, backend, lambda: create_backend("openvino", folder, "fp32"))
+    return Variant(prec, backend, lambda: create_backend("onnxruntime", folder))
 
 
 def _machine_line(m: dict) -> str:

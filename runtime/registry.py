@@ -141,6 +141,8 @@ class EngineEntry:
     factory: Callable[[ModelSource, str, str | None], Backend]   # (model, precision, device) -> Backend
     #: The precision is the export's (its graphs are run as written): "auto" reaches the factory unresolved.
     follows_export: bool = False
+    #: The precision "auto" means on this machine (None: the first of `precisions`).
+    default: Callable[[], str] | None = None
 
 
 #: The engines, in registration order (`register`). A new backend is one module plus one entry here.
@@ -148,10 +150,11 @@ ENGINES: dict[str, EngineEntry] = {}
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
-def register(name: str, precisions: tuple[str, ...], summary: str, follows_export: bool = False):
+def register(name: str, precisions: tuple[str, ...], summary: str, follows_export: bool = False,
+             default: Callable[[], str] | None = None):
     """Decorator: register `factory(model source, precision, device) -> Backend` as engine `name`."""
     def deco(factory):
-        ENGINES[name] = EngineEntry(name, tuple(precisions), summary, factory, follows_export)
+        ENGINES[name] = EngineEntry(name, tuple(precisions), summary, factory, follows_export, default)
         return factory
     return deco
 
@@ -182,8 +185,9 @@ def parse_backend(name: str, precision: str = "auto") -> tuple[str, str]:
     if label_precision and precision not in ("auto", label_precision):
         raise BackendError(f"backend {name!r} is {label_precision}: it cannot also be {precision}")
     precision = label_precision or precision
-    if precision == "auto" and not ENGINES[engine].follows_export:
-        precision = ENGINES[engine].precisions[0]
+    entry = ENGINES[engine]
+    if precision == "auto" and not entry.follows_export:
+        precision = entry.default() if entry.default else entry.precisions[0]
     if precision not in ("auto", *ENGINES[engine].precisions):
         raise BackendError(f"{engine} runs {', '.join(ENGINES[engine].precisions)}, not {precision!r}")
     return engine, precision
@@ -206,18 +210,23 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _amx() -> bool:
+    """Whether the CPU has AMX bf16 (where bf16 inference is fast)."""
+    from ssae.info import cpu_flags
+    return "amx_bf16" in cpu_flags()
+
+
 def auto_backend() -> tuple[str, str]:
     """The fastest (engine, precision) here: TensorRT fp16 (CUDA GPU with TensorRT), torch on CUDA, OpenVINO bf16
-    (installed, CPU with AMX), torch bf16 channels-last (CPU with AMX), ONNX Runtime."""
-    from ssae.info import cpu_flags
+    (installed, CPU with AMX), torch bf16 channels-last (CPU with AMX), ONNX Runtime at the export's precision."""
     if _cuda_available():
         return ("tensorrt", "fp16") if _has("tensorrt") else ("torch", "fp32")
-    amx = "amx_bf16" in cpu_flags()
+    amx = _amx()
     if amx and _has("openvino"):
         return "openvino", "bf16"
     if amx and _has("torch"):
         return "torch", "bf16"
-    return "onnxruntime", "fp32"
+    return "onnxruntime", "auto"
 
 
 def create_backend(backend: str = "auto", model: ModelSource | str | os.PathLike | None = None,
@@ -252,10 +261,11 @@ def _onnxruntime(src: ModelSource, precision: str, device: str | None) -> Backen
     return be
 
 
-@register("openvino", ("bf16", "fp32"), "OpenVINO on the export's graphs (bf16 on AMX CPUs, else fp32)")
+@register("openvino", ("bf16", "fp32"), "OpenVINO on the export's graphs (default: bf16 on AMX CPUs, else fp32)",
+          default=lambda: "bf16" if _amx() else "fp32")
 def _openvino(src: ModelSource, precision: str, device: str | None) -> Backend:
     from .onnx_backends import OpenVINOBackend
-    return OpenVINOBackend(export_dir_for(src), precision="auto" if precision == "bf16" else precision)
+    return OpenVINOBackend(export_dir_for(src), precision=precision)
 
 
 @register("tensorrt", ("fp16", "fp32", "int8"), "TensorRT engines built from the export (CUDA GPU; int8: an export "

@@ -69,7 +69,9 @@ def test_a_registered_backend_runs_everywhere(delegate_engine, tiny_export, face
 def test_backend_names_and_precisions():
     assert parse_backend("torch") == ("torch", "fp32")
     assert parse_backend("torch", "bf16") == parse_backend("torch-bf16") == ("torch", "bf16")
-    assert parse_backend("openvino") == ("openvino", "bf16") and parse_backend("openvino-fp32")[1] == "fp32"
+    from ssae.info import cpu_flags   # openvino's default: bf16 where the CPU has AMX, else fp32
+    assert parse_backend("openvino") == ("openvino", "bf16" if "amx_bf16" in cpu_flags() else "fp32")
+    assert parse_backend("openvino", "bf16") == ("openvino", "bf16") and parse_backend("openvino-fp32")[1] == "fp32"
     assert parse_backend("onnxruntime") == ("onnxruntime", "auto")   # the export's own precision
     assert parse_backend("tensorrt") == ("tensorrt", "fp16")
     assert backend_label("torch", "bf16") == "torch-bf16" and backend_label("openvino", "bf16") == "openvino"
