@@ -46,7 +46,6 @@ from .precision_plan import PrecisionPlan
 INDEX = "tensorrt.json"
 INDEX_FORMAT = "ssae-tensorrt-1"
 SIDECAR_FORMAT = "ssae-tensorrt-engine-1"
-GLUE_ROI_MASK = ROI_MASK
 DEFAULT_MAX_BATCH = 8
 MIN_CROP = 4  # the export's smallest "height"/"width" (export.onnx_export._export_one)
 PLUGIN_MODES = ("auto", "aot", "jit", "off")
@@ -299,7 +298,7 @@ def roi_mask_graph(num_rois: int, size: int, dtype: str = "float32"):
          helper.make_node("Mul", ["sel", "levels"], ["scaled"], name="scale"),
          helper.make_node("Round", ["scaled"], ["rounded"], name="round"),
          helper.make_node("Div", ["rounded", "levels"], ["mask"], name="quantise")],
-        GLUE_ROI_MASK,
+        ROI_MASK,
         [helper.make_tensor_value_info("masks", ty, ["batch", "rois", size, size]),
          helper.make_tensor_value_info("roi", TensorProto.INT32, [1])],
         [helper.make_tensor_value_info("mask", ty, ["batch", 1, size, size])],
@@ -508,12 +507,12 @@ def build_engines(export_dir: str | os.PathLike, engine_dir: str | os.PathLike |
                                  else standard for m in modes]))
         else:
             jobs.append((stage, [standard]))
-    if not opts.stages or GLUE_ROI_MASK in opts.stages:
-        glue = out / "glue" / f"{GLUE_ROI_MASK}.onnx"
+    if not opts.stages or ROI_MASK in opts.stages:
+        glue = out / "glue" / f"{ROI_MASK}.onnx"
         import onnx
         gm = roi_mask_graph(len(man["rois"]), size)
         atomic_write(glue, lambda tmp: onnx.save(gm, tmp))
-        jobs.append((GLUE_ROI_MASK, [(GLUE_ROI_MASK, glue, roi_mask_spec(len(man["rois"]), size), "none")]))
+        jobs.append((ROI_MASK, [(ROI_MASK, glue, roi_mask_spec(len(man["rois"]), size), "none")]))
 
     timing = out / timing_cache_name(env)
     engines, attempts = {}, {}

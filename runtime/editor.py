@@ -171,7 +171,8 @@ class Editor:
         self.sparse_tile = manifest.get("sparse_tile")
         #: Run region edits' tail on the tiles touching the mask (`EDIT_SPARSE`) where the backend prefers it and has
         #: the graph (benchmarks compare it with the window by setting it).
-        self.sparse = bool(backend.sparse_reedit and self.local and self.sparse_tile and EDIT_SPARSE in backend.stages())
+        self.sparse = bool(backend.sparse_reedit and self.local and self.sparse_tile
+                           and EDIT_SPARSE in backend.stages())
         self.xi = philox.tail_noise_map(manifest) if self.local else None
 
     # ---------------------------------------------------------------------------------------------- cache

@@ -197,9 +197,10 @@ class OrtBackend(_OnnxFolderBackend):
 
 
 class OpenVINOBackend(_OnnxFolderBackend):
-    """OpenVINO on the same ONNX files. precision: "auto" (bf16 on AMX CPUs), "bf16", "fp32"."""
+    """OpenVINO on the same ONNX files. precision: "bf16" or "fp32" (the registry's default for the engine: bf16
+    on AMX CPUs, else fp32)."""
 
-    def __init__(self, export_dir, device: str = "CPU", precision: str = "auto"):
+    def __init__(self, export_dir, device: str = "CPU", precision: str = "fp32"):
         try:
             import openvino as ov
         except ImportError:
@@ -210,9 +211,8 @@ class OpenVINOBackend(_OnnxFolderBackend):
         if device not in self.core.available_devices:
             raise BackendError(f"OpenVINO device {device} not available (have: {', '.join(self.core.available_devices)})")
         self._dev = device
-        from ssae.info import cpu_flags
-        if precision == "auto":
-            precision = "bf16" if (device == "CPU" and "amx_bf16" in cpu_flags()) else "fp32"
+        if precision not in ("bf16", "fp32"):
+            raise BackendError(f"OpenVINO precision must be bf16 or fp32, not {precision!r}")
         self._precision = precision
         self.name = "openvino" if precision == "bf16" else "openvino-fp32"
 

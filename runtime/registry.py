@@ -79,20 +79,17 @@ def resolve_model(model: str | os.PathLike | None) -> ModelSource:
 def model_rois(src: ModelSource) -> tuple[str, ...]:
     """The ROIs a model edits, read from its files without loading it (no PyTorch): the export manifest, the
     checkpoint's config metadata, or the preset."""
-    from ssae.config import SSAEConfig, preset
     if src.kind == "preset":
+        from ssae.config import preset
         return tuple(preset(src.preset).smpn.rois)
     if src.kind == "export":
-        from ssae.fileio import read_json
-        return tuple(read_json(src.path / "manifest.json", ModelError, "export manifest")["rois"])
-    files = sorted(src.path.glob("*.safetensors")) if src.path.is_dir() else [src.path]
+        from ssae.export.manifest import read_manifest
+        return tuple(read_manifest(src.path, verify=False)["rois"])
+    from ssae.checkpoint import CheckpointError, read_config
     try:
-        from safetensors import safe_open
-        with safe_open(str(files[0]), framework="numpy") as fh:
-            return tuple(SSAEConfig.from_json((fh.metadata() or {})["config"]).smpn.rois)
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint: one line
-        raise ModelError(f"cannot read the model config of {files[0] if files else src.path}: "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return tuple(read_config(src.path).smpn.rois)
+    except CheckpointError as e:
+        raise ModelError(str(e)) from None
 
 
 def load_torch_model(src: ModelSource):
@@ -188,8 +185,8 @@ def parse_backend(name: str, precision: str = "auto") -> tuple[str, str]:
     entry = ENGINES[engine]
     if precision == "auto" and not entry.follows_export:
         precision = entry.default() if entry.default else entry.precisions[0]
-    if precision not in ("auto", *ENGINES[engine].precisions):
-        raise BackendError(f"{engine} runs {', '.join(ENGINES[engine].precisions)}, not {precision!r}")
+    if precision not in ("auto", *entry.precisions):
+        raise BackendError(f"{engine} runs {', '.join(entry.precisions)}, not {precision!r}")
     return engine, precision
 
 

@@ -29,8 +29,9 @@ class TorchChain(DeviceChain):
                  dtype: torch.dtype = torch.float32, autocast_dtype: torch.dtype | None = None,
                  fused_kernel: bool = False, cuda_graphs: bool | None = None):
         """stages: `export.stages.build_stages` modules already on `device` in `dtype` (float32 or float16), and
-        their `stage_specs` (the tensor names of their arguments); facts: `export.stages.model_facts`. autocast_dtype: run under torch.autocast in this dtype (None: the
-        modules' own dtype). cuda_graphs: capture the chains (default: on CUDA devices)."""
+        their `stage_specs` (the tensor names of their arguments); facts: `export.stages.model_facts`.
+        autocast_dtype: run under torch.autocast in this dtype (None: the modules' own dtype). cuda_graphs: capture
+        the chains (default: on CUDA devices)."""
         self.stages, self.specs, self.device = stages, specs, device
         self.rois: tuple[str, ...] = tuple(facts["rois"])
         self.size = int(facts["model_config"]["image_size"])

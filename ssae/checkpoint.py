@@ -49,29 +49,55 @@ def _files(path: Path) -> list[Path]:
     return [path]
 
 
+def _metadata(f: Path) -> dict:
+    """A checkpoint file's safetensors metadata (its header only: no tensor is read, no PyTorch needed)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(f), framework="numpy") as fh:
+            return fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt checkpoint {f}: {e}") from None
+
+
+def _config(f: Path, meta: dict) -> SSAEConfig:
+    """The model config in a checkpoint file's metadata (CheckpointError when it is no SSAE checkpoint)."""
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{f} is not an SSAE checkpoint (format {meta.get('format')!r})")
+    if "config" not in meta:
+        raise CheckpointError(f"{f} has no model config in its metadata")
+    try:
+        return SSAEConfig.from_json(meta["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{f}: {e}") from None
+
+
+def _same_config(cfg: SSAEConfig | None, c: SSAEConfig, f: Path, path) -> SSAEConfig:
+    if cfg is not None and c != cfg:
+        raise CheckpointError(f"{f} has a different model config than the other files in {path}")
+    return c
+
+
+def read_config(path: str | os.PathLike) -> SSAEConfig:
+    """The model config of a checkpoint file or folder, from the files' headers alone (no PyTorch)."""
+    cfg = None
+    for f in _files(Path(path)):
+        cfg = _same_config(cfg, _config(f, _metadata(f)), f, path)
+    return cfg
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[SSAEConfig, dict[str, torch.Tensor], dict]:
     """Return (config, merged state dict, metadata of the first file)."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import load_file
     cfg, state, meta0 = None, {}, None
     for f in _files(Path(path)):
+        meta = _metadata(f)
         try:
-            with safe_open(str(f), framework="pt") as fh:
-                meta = fh.metadata() or {}
             tensors = load_file(str(f))
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"corrupt checkpoint {f}: {e}") from None
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{f} is not an SSAE checkpoint (format {meta.get('format')!r})")
-        if "config" not in meta:
-            raise CheckpointError(f"{f} has no model config in its metadata")
-        try:
-            c = SSAEConfig.from_json(meta["config"])
-        except ValueError as e:
-            raise CheckpointError(f"{f}: {e}") from None
-        if cfg is not None and c != cfg:
-            raise CheckpointError(f"{f} has a different model config than the other files in {path}")
-        cfg, meta0 = c, meta0 or meta
+        cfg = _same_config(cfg, _config(f, meta), f, path)
+        meta0 = meta0 or meta
         state.update(tensors)
     return cfg, state, meta0
 

@@ -100,3 +100,20 @@ def test_onnx_backend_warmup_and_close(tiny_export, face_path):
     assert not be._compiled
     Editor(be).edit(face_path, roi="lips", seed=1)   # loads again on use
     assert be._compiled
+
+
+def test_model_rois_without_loading_the_model(tiny_model, tiny_ckpt, tiny_export, tmp_path):
+    """The ROIs the CLI checks against come from the model's own files: the export manifest, the checkpoint's
+    header (`read_config`: no tensor read), or the preset; an unreadable checkpoint is a one-line ModelError."""
+    from ssae.checkpoint import read_checkpoint, read_config
+    from ssae.runtime.registry import ModelError, model_rois, resolve_model
+
+    want = tuple(tiny_model.rois)
+    assert model_rois(resolve_model(tiny_export)) == want
+    assert model_rois(resolve_model(tiny_ckpt)) == want
+    assert model_rois(resolve_model("tiny")) == want
+    assert read_config(tiny_ckpt) == read_checkpoint(tiny_ckpt)[0]
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
+    with pytest.raises(ModelError, match="corrupt checkpoint"):
+        model_rois(resolve_model(bad))

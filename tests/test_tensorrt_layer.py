@@ -19,6 +19,7 @@ from ssae.export.onnx_export import example_inputs, read_manifest, sha256_file
 from ssae.export.precision_plan import FORMAT, PrecisionPlan, PrecisionPlanError
 from ssae.export.stages import stage_specs
 from ssae.kernels import ops as fused_ops
+from ssae.pipeline import ROI_MASK
 
 F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
 #: fp16 vs fp32 on ONNX Runtime CPU, max |diff| relative to the fp32 output's max |value|, random inputs. (ORT's CPU
@@ -457,7 +458,7 @@ def test_chain_binds_each_output_to_the_next_input(tiny_export):
     from ssae.pipeline import FULL, HELD, REEDIT, chain_stages, slot as _slot
     man = read_manifest(tiny_export)
     io = dict(man["stages"])
-    io[trt_build.GLUE_ROI_MASK] = trt_build.roi_mask_spec(5, 32)
+    io[ROI_MASK] = trt_build.roi_mask_spec(5, 32)
     host_inputs = {"image", "noise", "strength", "roi", "xi"}
     for smpn in ("smpn", "smpn_lips"):
         stages = chain_stages("lips", smpn, FULL)
@@ -471,7 +472,7 @@ def test_chain_binds_each_output_to_the_next_input(tiny_export):
         assert _slot("refine_lips", "refined") == "refined" and "mask" in made
         assert set(HELD) <= made
     # the re-edit reads what the full chain left on the device
-    assert chain_stages("hair", "smpn", REEDIT) == [trt_build.GLUE_ROI_MASK, "sae_decoder_edit", "refine_hair"]
+    assert chain_stages("hair", "smpn", REEDIT) == [ROI_MASK, "sae_decoder_edit", "refine_hair"]
     for st in chain_stages("hair", "smpn", REEDIT):
         for t in io[st]["inputs"]:
             assert _slot(st, t["name"]) in set(HELD) | host_inputs | {"mask", "coarse"}, (st, t["name"])

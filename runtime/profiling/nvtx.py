@@ -5,14 +5,16 @@ from __future__ import annotations
 import contextlib
 import sys
 
-_NVTX: list = []   # [torch.cuda.nvtx or None], decided on the first range
+_NVTX: list = []   # [torch.cuda.nvtx or None], decided on the first range after PyTorch is loaded
 
 
 def _nvtx():
     if not _NVTX:
         torch = sys.modules.get("torch")
+        if torch is None:  # not loaded (yet): no ranges, and decide again once it is
+            return None
         try:
-            _NVTX.append(torch.cuda.nvtx if torch is not None and torch.cuda.is_available() else None)
+            _NVTX.append(torch.cuda.nvtx if torch.cuda.is_available() else None)
         except Exception:  # noqa: BLE001 - a broken CUDA setup only loses the ranges
             _NVTX.append(None)
     return _NVTX[0]

@@ -15,7 +15,8 @@ image (the first edit of an image; `run_ensemble` runs an ensemble with ONNX Run
 with the Editor).
 
 What the client does (the Editor does it on the host; `prepare_inputs` / `finish` here do it for a Triton client):
-- fits the image to the model size (pad to square, resize) and scales it to [-1, 1]: input `image` (3, S, S);
+- cuts the largest face's crop at the model size (`ssae.face`, as `Editor.edit` does) and scales it to [-1, 1]:
+  input `image` (3, S, S);
 - draws the edit noise from the seed with the counter-based generator (`ssae.philox`): input `noise`
   (global_code_ch,) of region mode. Noise stays on the client so an edit is a pure function of (image, seed) on
   every server; a Philox graph in ONNX would need integer ops the backends do not all support;

@@ -15,6 +15,7 @@ import pytest
 from ssae.export import trt_build
 from ssae.export.onnx_export import example_inputs, read_manifest
 from ssae.export.stages import stage_specs
+from ssae.pipeline import ROI_MASK
 
 #: TensorRT FP16 engines vs ONNX Runtime fp32: max |diff| / max |fp32 output| on random inputs (fp16 has an 11-bit
 #: significand; the tiny model's graphs are a few layers deep)
@@ -68,7 +69,7 @@ def test_build_writes_engines_sidecars_and_timing_cache(engine_dir, tiny_export,
     assert idx["environment"] == env and idx["precision"] == "fp16"
     src = read_manifest(tiny_export)
     # every stage but the plugin graph and the CPU-only sparse tail (the fp16 export and the build leave it out)
-    want = {s for s, e in src["stages"].items() if not e["plugin"] and not e.get("cpu_only")} | {trt_build.GLUE_ROI_MASK}
+    want = {s for s, e in src["stages"].items() if not e["plugin"] and not e.get("cpu_only")} | {ROI_MASK}
     assert set(idx["engines"]) == want
     edit = idx["engines"]["sae_decoder_edit"]
     assert edit["graph"] == ("sae_decoder_edit_plugin" if idx["plugin"] != "none" else "sae_decoder_edit")
