@@ -7,10 +7,12 @@ index tensors of the sparse edit graph (int64; the manifest's dtype says which).
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import numpy as np
 
 from ssae.errors import SSAEError
+from ssae.face import FaceCrop
 
 
 class BackendError(SSAEError, RuntimeError):
@@ -27,6 +29,18 @@ def input_dtype(spec_dtype: str | None):
     return _FED_AS.get(spec_dtype, np.float32)
 
 
+@dataclass
+class PhotoPatch:
+    """One face of a photo edited by a device chain (`DeviceChain.edit_photo`): `patch` (uint8 (y1 - y0, x1 - x0,
+    3)) replaces the photo's pixels in `box` (x0, y0, x1, y1); both None when the region is empty. `mask`: the
+    crop's region mask (1, 1, S, S); `kind`: "full" or "reedit", what the chain ran."""
+
+    box: tuple[int, int, int, int] | None
+    patch: np.ndarray | None
+    mask: np.ndarray
+    kind: str
+
+
 class DeviceChain(abc.ABC):
     """A single region edit run whole on the backend's device (batch 1, full crop, region noise): the codes and
     masks of the last `full` edit stay there, so a new seed or strength replays only mask -> edit tail -> RB.
@@ -41,6 +55,15 @@ class DeviceChain(abc.ABC):
     def reedit(self, roi: str, seed: int, strength: float) -> dict:
         """A new edit of the image of the last `full` (same outputs); BackendError when the device does not hold
         it (another call reused the buffers) or holds only another ROI's mask."""
+
+    def edit_photo(self, photo: np.ndarray, key: str, crop: FaceCrop, roi: str, seed: int, strength: float,
+                   feather: float) -> PhotoPatch | None:
+        """A region edit of one face of a photo with its framing and compositing on the device too: the crop cut
+        from `photo` (uint8 (H, W, 3)), a full edit, or a re-edit when the chain already holds `key` (the photo
+        and crop), and the edit's change (refined edit minus the refined edit at strength 0) pasted under the
+        mask feathered by `feather` crop pixels, as `FaceCrop.paste_change` does on the host. None: this chain
+        frames on the host (the Editor cuts, calls `full` / `reedit` and pastes)."""
+        return None
 
     def info(self) -> dict[str, str]:
         """How each chain ran so far (e.g. "cuda graph", or "eager: <why>")."""

@@ -32,7 +32,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -121,8 +121,9 @@ class _Encoded:
     """One crop of a photo and what re-edits reuse."""
 
     crop: FaceCrop
-    x: np.ndarray                   # (1, 3, S, S) model input
+    rgb: Callable[[], np.ndarray] = field(repr=False)  # the photo (a function: caches count its bytes once)
     key: str = ""                    # photo hash + framing + face index
+    x: np.ndarray | None = None      # (1, 3, S, S) model input, cut on the host when first needed (`Editor._input`)
     masks: dict = field(default_factory=dict)  # roi -> (1, 1, S, S), quantised to 8-bit levels
     structure: np.ndarray | None = None
     texture: np.ndarray | None = None
@@ -230,20 +231,25 @@ class Editor:
             if not crops:
                 raise FaceNotFoundError(f"no face found in {what} (edit the whole frame instead: frame='whole', "
                                         f"--whole-frame)")
-        t = time.perf_counter()
-        encs = []
-        for i, c in enumerate(crops):
-            encs.append(_Encoded(c, to_model_array(c.cut_rgb(rgb)), key=f"{key}/{i}"))
-        timings["frame"] = timings.get("frame", 0.0) + (time.perf_counter() - t) * 1e3
+        encs = [_Encoded(c, lambda: rgb, key=f"{key}/{i}") for i, c in enumerate(crops)]
         ph = _Photo(rgb, encs)
         self._cache[key] = ph
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
         return ph
 
+    def _input(self, enc: _Encoded, timings: dict) -> np.ndarray:
+        """The crop's model input, cut on the host on first use (device chains that frame on the device never
+        ask for it)."""
+        if enc.x is None:
+            t = time.perf_counter()
+            enc.x = to_model_array(enc.crop.cut_rgb(enc.rgb()))
+            timings["frame"] = timings.get("frame", 0.0) + (time.perf_counter() - t) * 1e3
+        return enc.x
+
     def _codes(self, enc: _Encoded, timings: dict) -> None:
         if enc.texture is None:
-            codes = self._run(ENCODER, timings, image=enc.x)
+            codes = self._run(ENCODER, timings, image=self._input(enc, timings))
             enc.structure, enc.texture = codes["structure"], codes["texture"]
 
     def _prefix(self, enc: _Encoded, timings: dict) -> None:
@@ -262,9 +268,9 @@ class Editor:
         stages = self.backend.stages()
         if len(missing) <= 2 and all(smpn_for(r) in stages for r in missing):
             for r in missing:
-                enc.masks[r] = _quantise(self._run(smpn_for(r), timings, image=enc.x)["masks"])
+                enc.masks[r] = _quantise(self._run(smpn_for(r), timings, image=self._input(enc, timings))["masks"])
             return
-        allm = _quantise(self._run(SMPN, timings, image=enc.x)["masks"])
+        allm = _quantise(self._run(SMPN, timings, image=self._input(enc, timings))["masks"])
         enc.masks.update({r: allm[:, i: i + 1] for i, r in enumerate(self.rois)})
 
     def _stage_inputs(self, enc: _Encoded, mask, direction, seed: int, strength, noise, win=None) -> dict:
@@ -380,7 +386,7 @@ class Editor:
                 except BackendError:  # the device holds another crop or ROI
                     out = None
             if out is None:
-                out, stage = dc.full(enc.x, roi, seed, s), "chain_full"
+                out, stage = dc.full(self._input(enc, timings), roi, seed, s), "chain_full"
                 self._chain_key = enc.key
             timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
             return out
@@ -392,6 +398,27 @@ class Editor:
             enc.base_refined[key] = chain(0.0)["refined"]
         full = (0, self.size, 0, self.size)
         return out["refined"], enc.base_refined[key], full, full
+
+    def _edit_photo_on_device(self, ph: _Photo, enc: _Encoded, p: EditParams, image: np.ndarray, timings: dict):
+        """One face edited by a device chain that frames and pastes on the device (`DeviceChain.edit_photo`):
+        (`image` with the face's patch written, the crop's mask), or None when the chain frames on the host.
+        `image` is copied first while it is still the cached photo."""
+        t = time.perf_counter()
+        pp = self._device_chain.edit_photo(ph.rgb, enc.key, enc.crop, p.roi, p.seed, p.strength, FEATHER)
+        if pp is None:
+            return None
+        self._chain_key = None  # the chain's held crop is now its own business (it knows the photo by its key)
+        stage = f"chain_{pp.kind}"
+        timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
+        t = time.perf_counter()
+        enc.masks.setdefault(p.roi, pp.mask)
+        if pp.box is not None:
+            if image is ph.rgb:
+                image = image.copy()
+            x0, y0, x1, y1 = pp.box
+            image[y0:y1, x0:x1] = pp.patch
+        timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
+        return image, pp.mask
 
     def _reference_texture(self, reference, frame: str, timings: dict) -> np.ndarray:
         """The texture code (1, D) of a reference photo's largest face (or whole frame)."""
@@ -498,6 +525,12 @@ class Editor:
         raw = None
         chained = self._device_chain is not None and user_mask is None and ref_texture is None and p.noise == "region"
         for enc in crops:
+            if chained and p.output == "photo":
+                done = self._edit_photo_on_device(ph, enc, p, image, timings)
+                if done is not None:
+                    image, m = done
+                    pasted.append((enc.crop, m[0, 0]))
+                    continue
             if user_mask is not None:
                 m = self._user_mask(user_mask, ph.rgb, enc)
             else:
@@ -552,7 +585,8 @@ class Editor:
         self._prefix(enc, {})
         m = enc.masks[roi]
         direction = self._direction(seed, None)
-        feeds = {SMPN: {"image": enc.x}, ENCODER: {"image": enc.x},
+        x = self._input(enc, {})
+        feeds = {SMPN: {"image": x}, ENCODER: {"image": x},
                  PREFIX: {"structure": enc.structure, "texture": enc.texture},
                  EDIT: self._stage_inputs(enc, m, direction, seed, 1.0, "region")}
         stages = self.backend.stages()
@@ -561,7 +595,7 @@ class Editor:
         coarse = self.backend.run(EDIT, feeds[EDIT])["image"]
         for r in self.rois:
             feeds[refine_for(r)] = {"image": coarse, "mask": enc.masks[r]}
-            feeds[smpn_for(r)] = {"image": enc.x}
+            feeds[smpn_for(r)] = {"image": x}
         return {s: f for s, f in feeds.items() if s in stages}
 
 

@@ -7,6 +7,10 @@ at the ends: the image, noise and strength in, the edited image and mask out. On
 per (kind, ROI, SMPN graph) into a CUDA graph and replayed with one launch; inputs are copied into the graph's
 static buffers first, and the held codes live in buffers owned by the chain, so every re-edit graph reads what the
 last full edit wrote.
+
+`edit_photo` also frames on the device (`ssae.face.device`): the photo region under the crop is copied in once, the
+crop is cut there, and the change is pasted there; only the edited pixels and the crop's mask come back. The
+unedited reference of each ROI (the chain at strength 0) stays on the device with the photo.
 """
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ import numpy as np
 import torch
 
 from ssae import philox
+from ssae.face import FaceCrop
+from ssae.face import device as framing
 from ssae.kernels.ops import use_fused_op
 from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, slot, smpn_for
-from .backend import BackendError, DeviceChain
+from .backend import BackendError, DeviceChain, PhotoPatch
 
 
 class TorchChain(DeviceChain):
@@ -54,6 +60,8 @@ class TorchChain(DeviceChain):
         # copied to the host before any other chain runs, so their intermediates may share memory (one chain's
         # worth of activations instead of one per ROI and kind). Inputs and held codes live outside the pool.
         self._pool = None
+        self._photo: framing.DevicePhoto | None = None   # the photo region whose crop the chain holds
+        self._bases: dict[str, torch.Tensor] = {}        # ROI -> refined edit at strength 0 of that crop
 
     # ---------------------------------------------------------------------------------------------- public
     def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
@@ -63,11 +71,9 @@ class TorchChain(DeviceChain):
         if img.shape != (1, 3, self.size, self.size):
             raise ValueError(f"image must be (1, 3, {self.size}, {self.size}) float32 in [-1, 1], got {img.shape}")
         check_edit(roi, self.rois, strength)
-        self._set_inputs(seed, strength)
+        self._photo = None
         self._image.copy_(torch.from_numpy(img))
-        out = self._execute(FULL, roi, smpn)
-        self._held_rois = (roi,) if smpn != SMPN else self.rois
-        return out
+        return _to_host(self._full(roi, seed, strength, smpn))
 
     def reedit(self, roi: str, seed: int, strength: float) -> dict:
         """A new edit of the image of the last `full` (its codes and masks are still on the device)."""
@@ -77,8 +83,31 @@ class TorchChain(DeviceChain):
         if roi not in self._held_rois:
             raise BackendError(f"the device holds only the {', '.join(self._held_rois)} mask: run a full edit "
                                f"with single_roi=False to re-edit other ROIs")
-        self._set_inputs(seed, strength)
-        return self._execute(REEDIT, roi, f"held{len(self._held_rois)}")
+        return _to_host(self._reedit(roi, seed, strength))
+
+    def edit_photo(self, photo: np.ndarray, key: str, crop: FaceCrop, roi: str, seed: int, strength: float,
+                   feather: float) -> PhotoPatch:
+        """See `DeviceChain.edit_photo`: cut, chain and paste on the device (the five-ROI SMPN on a full edit, so
+        every ROI of the photo re-edits)."""
+        check_edit(roi, self.rois, strength)
+        with torch.no_grad():
+            if self._photo is not None and self._photo.key == key and self._held is not None:
+                kind, out = "reedit", self._reedit(roi, seed, strength)
+            else:
+                self._photo = framing.DevicePhoto.upload(photo, crop, self.device, key)
+                self._image.copy_(framing.cut(self._photo, crop))
+                self._bases = {}
+                kind, out = "full", self._full(roi, seed, strength, SMPN)
+            refined, mask = out["refined"].float(), out["mask"].float()
+            if roi not in self._bases:
+                refined = refined.clone()  # the graph's output buffer is reused by the strength-0 run
+                self._bases[roi] = self._reedit(roi, 0, 0.0)["refined"].float().clone()
+            change = (refined - self._bases[roi])[0] * 127.5
+            soft = framing.feather(mask[0, 0], feather)
+            mask_host, soft_host = torch.stack([mask[0, 0], soft]).cpu().numpy()
+            box = crop.support_box(soft_host)
+            patch = None if box is None else framing.paste_change(self._photo, crop, change, soft, box).cpu().numpy()
+        return PhotoPatch(box, patch, np.ascontiguousarray(mask_host[None, None]), kind)
 
     def info(self) -> dict[str, str]:
         """How each chain ran so far: "cuda graph", or "eager" with the reason."""
@@ -87,6 +116,17 @@ class TorchChain(DeviceChain):
         return out
 
     # ---------------------------------------------------------------------------------------------- internals
+    def _full(self, roi: str, seed: int, strength: float, smpn: str) -> dict[str, torch.Tensor]:
+        """A full edit of the image in the input buffer (device tensors, the graph's buffers when replayed)."""
+        self._set_inputs(seed, strength)
+        out = self._execute(FULL, roi, smpn)
+        self._held_rois = (roi,) if smpn != SMPN else self.rois
+        return out
+
+    def _reedit(self, roi: str, seed: int, strength: float) -> dict[str, torch.Tensor]:
+        self._set_inputs(seed, strength)
+        return self._execute(REEDIT, roi, f"held{len(self._held_rois)}")
+
     def _set_inputs(self, seed: int, strength: float) -> None:
         noise = philox.region_noise([seed], self.code_ch)
         self._noise.copy_(torch.from_numpy(noise))
@@ -131,7 +171,7 @@ class TorchChain(DeviceChain):
         for k, v in held.items():
             self._held[k].copy_(v)
 
-    def _execute(self, kind: str, roi: str, smpn: str) -> dict[str, np.ndarray]:
+    def _execute(self, kind: str, roi: str, smpn: str) -> dict[str, torch.Tensor]:
         key = (kind, roi, smpn)
         with self._context():
             if not self.cuda_graphs or key in self.graph_errors:
@@ -144,7 +184,7 @@ class TorchChain(DeviceChain):
                     replay()
                 else:
                     out = self._forward(kind, roi, smpn)
-        return {k: v.float().cpu().numpy() for k, v in out.items()}
+        return out
 
     def _capture(self, key: tuple[str, str, str]) -> None:
         """Capture one chain into a CUDA graph (after warm-up runs on a side stream, which also allocate the held
@@ -165,3 +205,7 @@ class TorchChain(DeviceChain):
             self._graphs[key] = (graph.replay, out)
         except RuntimeError as e:
             self.graph_errors[key] = str(e).splitlines()[0][:200]
+
+
+def _to_host(out: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -153,3 +153,93 @@ def test_photo_metrics_against_known_edits():
     assert photo_metrics(src, smooth, mask)["detail"] < 0.2
     noisy = src.astype(int) + rng.integers(-4, 5, src.shape)
     assert 30 < photo_metrics(src, np.clip(noisy, 0, 255).astype(np.uint8), mask)["outside_psnr"] < 45
+
+
+# ---------------------------------------------------------------------------------------------- the device path
+def _exact_paste(photo, crop, change, soft, box):
+    """(round(photo + w * change), w) with the change and the soft mask (w, in 8-bit levels) sampled bilinearly at
+    every photo pixel of `box`, in float64: what both paste paths approximate."""
+    x0, y0, x1, y1 = box
+    s = crop.size
+    xs, ys = np.arange(x0, x1) + 0.5 - crop.tx, np.arange(y0, y1) + 0.5 - crop.ty
+    det = crop.a ** 2 + crop.b ** 2
+    u = (crop.a * xs[None] + crop.b * ys[:, None]) / det - 0.5
+    v = (-crop.b * xs[None] + crop.a * ys[:, None]) / det - 0.5
+    planes = np.concatenate([change, soft[..., None]], -1).astype(np.float64)
+
+    def at(iy, ix):
+        ok = (iy >= 0) & (iy < s) & (ix >= 0) & (ix < s)
+        return np.where(ok[..., None], planes[np.clip(iy, 0, s - 1), np.clip(ix, 0, s - 1)], 0.0)
+
+    fx, fy = np.floor(u).astype(int), np.floor(v).astype(int)
+    dx, dy = (u - fx)[..., None], (v - fy)[..., None]
+    p = (at(fy, fx) * (1 - dx) * (1 - dy) + at(fy, fx + 1) * dx * (1 - dy) + at(fy + 1, fx) * (1 - dx) * dy
+         + at(fy + 1, fx + 1) * dx * dy)
+    w = np.round(np.clip(p[..., 3], 0, 1) * 255) / 255
+    return np.clip(np.round(photo[y0:y1, x0:x1] + p[..., :3] * w[..., None]), 0, 255).astype(int), w
+
+
+DEVICE_CROPS = [  # (crop, photo height, width): rotated and reduced, enlarged, the whole frame, 1:1 at an offset
+    lambda h, w: FaceCrop(2.7 * np.cos(0.2), 2.7 * np.sin(0.2), 300.0, 100.0, 128, h, w),
+    lambda h, w: FaceCrop(0.8, 0.1, -20.0, 600.0, 64, h, w),
+    lambda h, w: FaceCrop.whole_frame(h, w, 256),
+    lambda h, w: FaceCrop(1.0, 0.0, 10.0, 10.0, 128, h, w),
+]
+
+
+@pytest.mark.parametrize("make_crop", DEVICE_CROPS)
+def test_device_framing_is_the_host_framing(make_crop):
+    """`ssae.face.device` (what a GPU chain runs) against `framing.py`: the cut is the PIL cut bit for bit (box
+    reduction and bicubic warp, edge pixels replicated beyond the photo); the feathered mask is the same; the paste
+    is the exact bilinear paste (within one level from float rounding, where the host's 8-bit codes are off by up to
+    several levels on large changes), and the photo bit for bit wherever the pasted soft mask is zero."""
+    torch = pytest.importorskip("torch")
+    from ssae.data.transforms import to_model_array
+    from ssae.face import device as fd
+
+    rng = np.random.default_rng(0)
+    h, w = 700, 900
+    yy, xx = np.mgrid[0:h, 0:w]
+    photo = (np.stack([xx * 0.25, yy * 0.3, (xx + yy) * 0.12], -1) + rng.integers(0, 40, (h, w, 3))).astype(np.uint8)
+    c = make_crop(h, w)
+    on_device = fd.DevicePhoto.upload(photo, c, torch.device("cpu"), key="p")
+    assert np.array_equal(fd.cut(on_device, c).numpy(), to_model_array(c.cut_rgb(photo)))
+
+    s = c.size
+    m = np.zeros((s, s), np.float32)
+    m[s // 4: s // 2, s // 5: s // 2] = 1
+    m[s // 2, s // 2] = 0.4
+    soft = feather(m, 1.5)
+    soft_dev = fd.feather(torch.from_numpy(m), 1.5)
+    assert np.abs(soft_dev.numpy() - soft).max() < 1e-6 and np.array_equal(soft_dev.numpy() == 0, soft == 0)
+    for sd in (20.0, 150.0):
+        change = rng.normal(0, sd, (s, s, 3)).astype(np.float32)
+        box = c.support_box(soft)
+        patch = fd.paste_change(on_device, c, torch.from_numpy(change.transpose(2, 0, 1).copy()), soft_dev, box)
+        patch = patch.numpy().astype(int)
+        exact, pasted = _exact_paste(photo, c, change, soft, box)
+        assert np.abs(patch - exact).max() <= 1 and (patch != exact).mean() < 1e-3
+        x0, y0, x1, y1 = box
+        zero = pasted == 0
+        assert zero.sum() > 100 and np.array_equal(patch[zero], photo[y0:y1, x0:x1][zero])
+    with pytest.raises(ValueError, match="outside the photo region"):
+        fd.paste_change(on_device, c, torch.zeros(3, s, s), soft_dev, (0, 0, w + 1, h))
+
+
+def test_device_cut_is_the_host_cut_on_random_crops():
+    """Random similarity crops (scale 0.3-9 photo px per crop px, any rotation, partly or wholly outside the photo)
+    of random photos: the device cut is `cut_rgb` bit for bit."""
+    torch = pytest.importorskip("torch")
+    from ssae.data.transforms import to_model_array
+    from ssae.face import device as fd
+
+    rng = np.random.default_rng(7)
+    for _ in range(16):
+        h, w = (int(v) for v in rng.integers(40, 900, 2))
+        photo = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+        size = int(rng.choice([32, 64, 128]))
+        z = np.exp(rng.uniform(np.log(0.3), np.log(9.0))) * np.exp(1j * rng.uniform(-np.pi, np.pi))
+        t = rng.uniform(-0.5, 1.2, 2) * (w, h)
+        c = FaceCrop(float(z.real), float(z.imag), float(t[0]), float(t[1]), size, h, w)
+        dev = fd.cut(fd.DevicePhoto.upload(photo, c, torch.device("cpu")), c).numpy()
+        assert np.array_equal(dev, to_model_array(c.cut_rgb(photo))), c

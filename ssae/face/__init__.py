@@ -8,7 +8,7 @@ from .detector import DetectorConfig, Face, FaceDetector, shared_detector
 from .framing import TEMPLATE, FaceCrop, feather
 
 #: Bump when the framing of training data changes (decoded-dataset caches are keyed by it).
-FRAMING_REVISION = 2
+FRAMING_REVISION = 3
 
 
 def frame_faces(rgb: np.ndarray, size: int, detector: FaceDetector | None = None) -> list[FaceCrop]:

@@ -5,7 +5,7 @@ photo's: `x + i y = z (u + i v) + t` with complex z, in continuous coordinates (
 [j, j+1) x [i, i+1)). It is fitted to the detector's five landmarks so that they land on `TEMPLATE`, the mean
 landmark positions of the LFW Part Labels training images (funneled LFW: the framing the models are trained on).
 
-Bounded memory on photos of any size: `cut_rgb` box-reduces only the part of the photo under the crop to about the
+Bounded memory on photos of any size: `cut_rgb` box-reduces (horizontally, then vertically) only the part of the photo under the crop to about the
 crop's resolution before the sub-pixel warp, pads at that reduced size (edge pixels replicated where the crop leaves
 the photo), and never builds a padded copy of the photo; `paste_change` and `paste_mask` write only the photo pixels
 under the region being pasted.
@@ -97,32 +97,44 @@ class FaceCrop:
         return ((self.a / fx), (-self.b / fx), (self.tx - ox) / fx, (self.b / fy), (self.a / fy), (self.ty - oy) / fy)
 
     # ------------------------------------------------------------------------------------------ photo -> crop
-    def _cut(self, photo: np.ndarray, channels_mode: str, pad_mode: str) -> Image.Image:
-        s = self.size
+    def cut_plan(self) -> "CutPlan":
+        """How the crop is cut (shared by the PIL path here and the device path, `ssae.face.device`): the photo
+        region read, its box-reduced size, the edge padding at that size and the affine warp into the crop."""
         margin = 3 * max(1.0, self.scale)
         bx0, by0, bx1, by1 = self.photo_box(margin=margin, clip=False)
         rx0, ry0, rx1, ry1 = max(0, bx0), max(0, by0), min(self.width, bx1), min(self.height, by1)
         if rx1 <= rx0 or ry1 <= ry0:  # the crop lies wholly outside the photo: nearest edge pixels
             rx0, ry0 = min(max(0, bx0), self.width - 1), min(max(0, by0), self.height - 1)
             rx1, ry1 = rx0 + 1, ry0 + 1
-        region = Image.fromarray(np.ascontiguousarray(photo[ry0:ry1, rx0:rx1]), channels_mode)
         f = max(1.0, self.scale)  # reduce to about one pixel per crop pixel before the sub-pixel warp
         rw, rh = max(1, int(round((rx1 - rx0) / f))), max(1, int(round((ry1 - ry0) / f)))
-        if (rw, rh) != region.size:
-            region = region.resize((rw, rh), Image.BOX)
         fx, fy = (rx1 - rx0) / rw, (ry1 - ry0) / rh
-        # pad (at the reduced size) to cover the whole crop
         pl = int(np.ceil(max(0, rx0 - bx0) / fx)) + 2
         pt = int(np.ceil(max(0, ry0 - by0) / fy)) + 2
         pr = int(np.ceil(max(0, bx1 - rx1) / fx)) + 2
         pb = int(np.ceil(max(0, by1 - ry1) / fy)) + 2
+        return CutPlan((rx0, ry0, rx1, ry1), (rw, rh), (pl, pt, pr, pb),
+                       self._affine_from(rx0 - pl * fx, ry0 - pt * fy, fx, fy))
+
+    def _cut(self, photo: np.ndarray, channels_mode: str, pad_mode: str) -> Image.Image:
+        s = self.size
+        plan = self.cut_plan()
+        rx0, ry0, rx1, ry1 = plan.region
+        region = Image.fromarray(np.ascontiguousarray(photo[ry0:ry1, rx0:rx1]), channels_mode)
+        rw, rh = plan.reduced
+        # two one-axis passes in a fixed order, horizontal first (a two-axis resize lets Pillow pick the order: it
+        # changed in Pillow 13, and the 8-bit rounding between the passes depends on it)
+        if rw != region.width:
+            region = region.resize((rw, region.height), Image.BOX)
+        if rh != region.height:
+            region = region.resize((rw, rh), Image.BOX)
+        pl, pt, pr, pb = plan.pad  # pad (at the reduced size) to cover the whole crop
         arr = np.asarray(region)
         widths = ((pt, pb), (pl, pr)) + (((0, 0),) if arr.ndim == 3 else ())
         arr = np.pad(arr, widths, mode=pad_mode)
         padded = Image.fromarray(arr, channels_mode)
-        coeffs = self._affine_from(rx0 - pl * fx, ry0 - pt * fy, fx, fy)
         resample = Image.BICUBIC if channels_mode == "RGB" else Image.BILINEAR
-        return padded.transform((s, s), Image.AFFINE, coeffs, resample=resample)
+        return padded.transform((s, s), Image.AFFINE, plan.affine, resample=resample)
 
     def cut_rgb(self, rgb: np.ndarray) -> np.ndarray:
         """uint8 photo (H, W, 3) -> uint8 crop (size, size, 3)."""
@@ -133,7 +145,7 @@ class FaceCrop:
         return np.clip(np.asarray(self._cut(np.asarray(mask, np.float32), "F", "constant"), np.float32), 0.0, 1.0)
 
     # ------------------------------------------------------------------------------------------ crop -> photo
-    def _support_box(self, m: np.ndarray, grow: float = 1.0):
+    def support_box(self, m: np.ndarray, grow: float = 1.0):
         """Photo box over the crop pixels where m > 0 (grown by `grow` crop pixels), or None when empty."""
         ys, xs = np.nonzero(m > 0)
         if len(ys) == 0:
@@ -172,7 +184,7 @@ class FaceCrop:
         """float crop mask (size, size) in [0, 1] -> float32 photo mask (H, W) (zero outside the crop; 8-bit
         levels, as the model's masks). The warp `paste_change` applies to its soft mask."""
         out = np.zeros((self.height, self.width), np.float32)
-        box = self._support_box(mask)
+        box = self.support_box(mask)
         if box is not None:
             x0, y0, x1, y1 = box
             out[y0:y1, x0:x1] = self._warp_planes([_levels(mask)], box)[..., 0] * np.float32(1 / 255)
@@ -187,7 +199,7 @@ class FaceCrop:
         bit for bit. A new array. The change is warped as 8-bit codes on a per-edit scale (max |change| / 127: at
         most half a level of error for changes up to 127 levels), together with the soft mask: one warp."""
         out = rgb.copy()
-        box = self._support_box(soft)
+        box = self.support_box(soft)
         if box is None:
             return out
         x0, y0, x1, y1 = box
@@ -208,6 +220,19 @@ class FaceCrop:
         np.clip(d, 0, 255, out=d)
         patch[...] = d
         return out
+
+
+@dataclass(frozen=True)
+class CutPlan:
+    """The cut of one crop (`FaceCrop.cut_plan`): read the photo's `region` (x0, y0, x1, y1), box-reduce it to
+    `reduced` (width, height), pad it by `pad` (left, top, right, bottom) pixels at that size, then sample the crop
+    pixel (u, v) at padded-image coordinates (a u' + b v' + c, d u' + e v' + f) with (u', v') = (u + 0.5, v + 0.5)
+    and `affine` = (a, b, c, d, e, f) (PIL's AFFINE convention: pixel (i, j) covers [j, j+1) x [i, i+1))."""
+
+    region: tuple[int, int, int, int]
+    reduced: tuple[int, int]
+    pad: tuple[int, int, int, int]
+    affine: tuple[float, ...]
 
 
 def _levels(m: np.ndarray) -> np.ndarray:
