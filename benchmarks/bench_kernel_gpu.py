@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime_gpu import captured, timed_ms  # noqa: E402
+from gpu_timing import captured, timed_ms  # noqa: E402
 
 from ssae.kernels import cuda as kc
 from ssae.models import injection as reference

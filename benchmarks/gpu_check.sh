@@ -4,7 +4,8 @@
 #   2. makes `ssae` importable (pip install --no-deps, offline; else a symlinked package on PYTHONPATH);
 #   3. pytest -m "gpu or tensorrt" tests/gpu (the fused kernel vs the reference; TensorRT tests where present);
 #   4. benchmarks/bench_kernel_gpu.py (fused kernel vs unfused torch, JSON with the GPU's name);
-#   5. every other benchmarks/bench_*_gpu.py (bench_runtime_gpu.py: the chain on the device, the Editor on CUDA);
+#   5. benchmarks/bench_runtime_gpu.py: the chain on the device and the Editor on photos, then the chain levers
+#      (channels-last, torch.compile) in a step of its own; then any other benchmarks/bench_*_gpu.py;
 #   6. compute-sanitizer memcheck over the kernel tests at small sizes (out-of-bounds accesses), when installed.
 # Every step runs under a time limit, its exit status is recorded, and a failure does not stop the rest.
 # Results (benchmarks/results/*gpu*.json, and one gpu_check_logs.tar.gz with the logs, junit XML and the step
@@ -12,14 +13,15 @@
 # The summary table lists each step (ok, FAIL, TIMEOUT, SKIP) and TensorRT apart: ABSENT when its tests were skipped
 # because TensorRT is not installed, which is not a pass. Exit status: 0 when every step passed, 1 otherwise.
 #
-#   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 330)
+#   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 450),
+#                                           #      LEVERS_TIMEOUT (s, default 150)
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
-TOTAL_BUDGET="${TOTAL_BUDGET:-330}"
+TOTAL_BUDGET="${TOTAL_BUDGET:-450}"
 LOGDIR="$(mktemp -d -t ssae_gpu_check.XXXXXX)"
 SUMMARY="$LOGDIR/summary.txt"
 START=$(date +%s)
@@ -95,9 +97,14 @@ else:
 '
 [ -f "$LOGDIR/pytest-gpu.xml" ] && "$PY" -c "$JUNIT_PY" "$LOGDIR/pytest-gpu.xml" | tee -a "$SUMMARY"
 step bench_kernel_gpu "$PY" benchmarks/bench_kernel_gpu.py
+# the chain and the Editor on photos first; the chain levers (torch.compile: minutes of compilation) in a step of
+# their own, so that a slow compile costs only its own rows (each row is saved as soon as it is measured)
+step bench_runtime_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants base
+STEP_TIMEOUT="${LEVERS_TIMEOUT:-150}" step chain_levers_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants levers \
+    --models paper256 --no-editor --reps 50
 for bench in benchmarks/bench_*_gpu.py; do
     [ -e "$bench" ] || continue
-    [ "$bench" = "benchmarks/bench_kernel_gpu.py" ] && continue
+    case "$bench" in benchmarks/bench_kernel_gpu.py|benchmarks/bench_runtime_gpu.py) continue ;; esac
     step "$(basename "$bench" .py)" "$PY" "$bench"
 done
 

@@ -9,7 +9,7 @@ from ssae.export.stages import CPU_ONLY_STAGES, build_stages, model_facts
 from ssae.kernels.ops import use_fused_op
 from ssae.models.ssae_model import SSAE
 from .backend import Backend, BackendError, input_dtype
-from .torch_chain import TorchChain
+from .torch_chain import ChainLevers, TorchChain
 
 
 class TorchBackend(Backend):
@@ -19,6 +19,8 @@ class TorchBackend(Backend):
     fused_kernel: bool
     #: Replay the device chain from captured CUDA graphs (benchmarks turn it off to time eager chains).
     cuda_graphs: bool = True
+    #: How the device chain's stages execute (memory format, torch.compile); set before the first edit.
+    chain_levers: ChainLevers = ChainLevers()
 
     def __init__(self, model: SSAE, device: str = "cpu", precision: str = "fp32"):
         """precision: fp32; bf16 (autocast, channels-last: fast on AMX CPUs); fp16 (half weights and activations,
@@ -100,11 +102,25 @@ class TorchBackend(Backend):
     def chain(self) -> TorchChain:
         """This backend's `TorchChain`, on any device (the CPU one serves tests of the chaining contract)."""
         if self._chain is None:
+            if self.chain_levers.channels_last and self._precision != "bf16":  # bf16 modules are channels-last already
+                _to_channels_last(self._stages.values())
             self._chain = TorchChain(self._stages, self._specs(), self.manifest, self._device, self._dtype,
                                      torch.bfloat16 if self._precision == "bf16" else None, self.fused_kernel,
-                                     self.cuda_graphs)
+                                     self.cuda_graphs, self.chain_levers)
         return self._chain
 
     def synchronize(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
+
+
+def _to_channels_last(modules) -> None:
+    """Modules, and the folded kernels their frozen layers cache as plain attributes, in channels-last memory
+    format (the same values: a layout change only)."""
+    for module in modules:
+        module.to(memory_format=torch.channels_last)
+        for m in module.modules():
+            for name in ("w_fold", "w_gain"):
+                t = getattr(m, name, None)
+                if isinstance(t, torch.Tensor) and t.dim() == 4:
+                    setattr(m, name, t.contiguous(memory_format=torch.channels_last))

@@ -15,6 +15,7 @@ unedited reference of each ROI (the chain at strength 0) stays on the device wit
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -28,17 +29,34 @@ from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stag
 from .backend import BackendError, DeviceChain, PhotoPatch
 
 
+@dataclass(frozen=True)
+class ChainLevers:
+    """How the chain's stage modules execute (`benchmarks/bench_runtime_gpu.py` measures each).
+
+    channels_last: NHWC activations and weights (cuDNN's tensor-core layout for float16). compile_mode: wrap each
+    stage in `torch.compile` (Inductor) with this mode, e.g. "default" or "max-autotune-no-cudagraphs" (modes that
+    capture CUDA graphs themselves need cuda_graphs=False); the first run of each chain compiles it."""
+
+    channels_last: bool = False
+    compile_mode: str | None = None
+
+
 class TorchChain(DeviceChain):
     """Device-resident chain over the stage modules of one model (see the module docstring)."""
 
     def __init__(self, stages: dict[str, torch.nn.Module], specs: dict, facts: dict, device: torch.device,
                  dtype: torch.dtype = torch.float32, autocast_dtype: torch.dtype | None = None,
-                 fused_kernel: bool = False, cuda_graphs: bool | None = None):
+                 fused_kernel: bool = False, cuda_graphs: bool | None = None, levers: ChainLevers | None = None):
         """stages: `export.stages.build_stages` modules already on `device` in `dtype` (float32 or float16), and
         their `stage_specs` (the tensor names of their arguments); facts: `export.stages.model_facts`.
         autocast_dtype: run under torch.autocast in this dtype (None: the modules' own dtype). cuda_graphs: capture
-        the chains (default: on CUDA devices)."""
-        self.stages, self.specs, self.device = stages, specs, device
+        the chains (default: on CUDA devices). levers: memory format (the modules already in it) and compilation
+        (default: neither)."""
+        self.levers = levers or ChainLevers()
+        self.specs, self.device = specs, device
+        fmt = torch.channels_last if self.levers.channels_last else torch.contiguous_format
+        self.stages = stages if self.levers.compile_mode is None else {
+            k: torch.compile(m, mode=self.levers.compile_mode, dynamic=False) for k, m in stages.items()}
         self.rois: tuple[str, ...] = tuple(facts["rois"])
         self.size = int(facts["model_config"]["image_size"])
         self.code_ch = int(facts["model_config"]["sae"]["global_code_ch"])
@@ -48,7 +66,8 @@ class TorchChain(DeviceChain):
         self.dtype = dtype
         zeros = lambda *shape: torch.zeros(*shape, device=device, dtype=dtype)  # noqa: E731
         # inputs (copied in before every run) and the state one full edit leaves for the re-edits
-        self._image, self._noise, self._strength = zeros(1, 3, s, s), zeros(1, self.code_ch), zeros(1)
+        self._image, self._noise, self._strength = zeros(1, 3, s, s).contiguous(memory_format=fmt), \
+            zeros(1, self.code_ch), zeros(1)
         self._xi = None
         if facts.get("local_tail"):
             self._xi = torch.from_numpy(philox.tail_noise_map(facts)).to(device, dtype)
@@ -87,17 +106,21 @@ class TorchChain(DeviceChain):
 
     def edit_photo(self, photo: np.ndarray, key: str, crop: FaceCrop, roi: str, seed: int, strength: float,
                    feather: float) -> PhotoPatch:
-        """See `DeviceChain.edit_photo`: cut, chain and paste on the device (the five-ROI SMPN on a full edit, so
-        every ROI of the photo re-edits)."""
+        """See `DeviceChain.edit_photo`: cut, chain and paste on the device. A full edit predicts only this ROI's
+        mask (its single-ROI SMPN); an edit of another ROI of the same photo runs a full edit of the crop already
+        on the device."""
         check_edit(roi, self.rois, strength)
         with torch.no_grad():
-            if self._photo is not None and self._photo.key == key and self._held is not None:
+            same = self._photo is not None and self._photo.key == key
+            if same and self._held is not None and roi in self._held_rois:
                 kind, out = "reedit", self._reedit(roi, seed, strength)
             else:
-                self._photo = framing.DevicePhoto.upload(photo, crop, self.device, key)
-                self._image.copy_(framing.cut(self._photo, crop))
-                self._bases = {}
-                kind, out = "full", self._full(roi, seed, strength, SMPN)
+                if not same:
+                    self._photo = framing.DevicePhoto.upload(photo, crop, self.device, key)
+                    self._image.copy_(framing.cut(self._photo, crop))
+                    self._bases = {}
+                smpn = smpn_for(roi) if smpn_for(roi) in self.stages else SMPN
+                kind, out = "full", self._full(roi, seed, strength, smpn)
             refined, mask = out["refined"].float(), out["mask"].float()
             if roi not in self._bases:
                 refined = refined.clone()  # the graph's output buffer is reused by the strength-0 run
