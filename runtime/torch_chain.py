@@ -123,7 +123,8 @@ class TorchChain(DeviceChain):
                 kind, out = "full", self._full(roi, seed, strength, smpn)
             refined, mask = out["refined"].float(), out["mask"].float()
             if roi not in self._bases:
-                refined = refined.clone()  # the graph's output buffer is reused by the strength-0 run
+                # the captured chains share one memory pool: this run's outputs are copied before the next one
+                refined, mask = refined.clone(), mask.clone()
                 self._bases[roi] = self._reedit(roi, 0, 0.0)["refined"].float().clone()
             change = (refined - self._bases[roi])[0] * 127.5
             soft = framing.feather(mask[0, 0], feather)

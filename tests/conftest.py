@@ -96,3 +96,25 @@ def lfw_mini() -> Path:
 @pytest.fixture(scope="session")
 def face_path():
     return LFW_MINI / "images" / "AJ_Cook_0001.jpg"
+
+
+@pytest.fixture
+def exact_host_paste(monkeypatch):
+    """Make the host paste (`FaceCrop.paste_change`, which carries the change as 8-bit codes and warps large photos
+    in two steps, to be fast on a CPU) exact, by running the device paste (`ssae.face.device.paste_change`) on CPU
+    tensors: then a chain that pastes on the device and the stage path paste alike (exactness of both:
+    tests/test_framing.py)."""
+    from ssae.face import FaceCrop
+    from ssae.face import device as fd
+
+    def exact(self, rgb, change, soft):
+        out = rgb.copy()
+        box = self.support_box(soft)
+        if box is not None:
+            x0, y0, x1, y1 = box
+            on_cpu = fd.DevicePhoto.upload(rgb, self, torch.device("cpu"))
+            out[y0:y1, x0:x1] = fd.paste_change(on_cpu, self, torch.from_numpy(change.transpose(2, 0, 1).copy()),
+                                                torch.from_numpy(soft), box).numpy()
+        return out
+
+    monkeypatch.setattr(FaceCrop, "paste_change", exact)

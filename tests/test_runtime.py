@@ -323,33 +323,13 @@ def test_editor_hands_single_region_edits_to_a_chaining_backend(tiny_export, fac
     assert calls[5:] == ["reedit", "reedit"]
 
 
-def _exact_host_paste(monkeypatch):
-    """Make the host paste (`FaceCrop.paste_change`, which carries the change as 8-bit codes and warps large photos
-    in two steps) exact, by running the device paste on CPU tensors (exact: tests/test_framing.py)."""
-    from ssae.face import FaceCrop
-    from ssae.face import device as fd
-
-    def exact(self, rgb, change, soft):
-        out = rgb.copy()
-        box = self.support_box(soft)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            on_cpu = fd.DevicePhoto.upload(rgb, self, torch.device("cpu"))
-            out[y0:y1, x0:x1] = fd.paste_change(on_cpu, self, torch.from_numpy(change.transpose(2, 0, 1).copy()),
-                                                torch.from_numpy(soft), box).numpy()
-        return out
-
-    monkeypatch.setattr(FaceCrop, "paste_change", exact)
-
-
-def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path, monkeypatch):
+def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path, exact_host_paste):
     """The torch backend's device chain (`TorchChain`, walking `ssae.pipeline.chain_stages`): the Editor hands it
     single region edits of a photo, framed and pasted on the device too (`DeviceChain.edit_photo`: the host never
     cuts the crop; on CUDA the chains replay from CUDA graphs: tests/gpu). Its results are the stage path's, framed
     on the host, with the paste made exact."""
     import copy
 
-    _exact_host_paste(monkeypatch)
     chained = _TorchChainedOnCPU(copy.deepcopy(tiny_model))
     plain = TorchBackend(copy.deepcopy(tiny_model))
     assert chained.device_chain() is not None and plain.device_chain() is None  # off by default on the CPU
@@ -380,13 +360,12 @@ def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path,
     assert dc.info() == {}  # no CUDA graphs on the CPU
 
 
-def test_torch_fp16_backend_matches_fp32(tiny_model, face_path, monkeypatch):
+def test_torch_fp16_backend_matches_fp32(tiny_model, face_path, exact_host_paste):
     """torch-fp16 (half weights and activations; meant for CUDA, where the fused kernel's tensor-core path runs):
     the same edits as fp32 within 2 levels, through the device chain and the stage path (pasted exactly, as the
     device chain pastes); the registry refuses it without a CUDA device."""
     import copy
 
-    _exact_host_paste(monkeypatch)
 
     fp32 = TorchBackend(copy.deepcopy(tiny_model))
     ref = Editor(fp32)

@@ -71,23 +71,24 @@ def test_region_edit_runs_the_fused_kernel(backends, tiny_model):
 
 @needs_cuda
 @pytest.mark.parametrize("noise", ["region", "pixel"])
-def test_editor_on_cuda_matches_cpu(backends, noise):
-    """Region edits go through the device chain (CUDA graphs: full edit, then re-edits), pixel edits through the
-    stage path; both equal the CPU stage path."""
+def test_editor_on_cuda_matches_cpu(backends, noise, exact_host_paste):
+    """Region edits go through the device chain (CUDA graphs: full edit, then re-edits; the crop cut and the change
+    pasted on the device), pixel edits through the stage path; both equal the CPU stage path (pasted exactly, as on
+    the device)."""
     cpu, gpu = backends
     assert gpu.device_chain() is not None and cpu.device_chain() is None
     rng = np.random.default_rng(5)
     face = Image.fromarray(rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
     ea, eb = Editor(cpu), Editor(gpu)
-    for k, (roi, seed) in enumerate((("hair", 11), ("hair", 12), ("lips", 13))):
-        a = ea.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise)
-        b = eb.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise)
+    for roi, seed, kind in (("hair", 11, "full"), ("hair", 12, "reedit"), ("lips", 13, "full"), ("lips", 14, "reedit")):
+        a = ea.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise, frame="whole")
+        b = eb.edit(face, roi=roi, seed=seed, strength=2.0, noise=noise, frame="whole")
         assert b.image.size == face.size
         diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
         assert diff.max() <= 2, (roi, seed, diff.max())
         np.testing.assert_allclose(b.mask, a.mask, atol=1.5 / 255)
         if noise == "region":
-            assert ("chain_full" if k == 0 else "chain_reedit") in b.timings
+            assert f"chain_{kind}" in b.timings and "frame" not in b.timings, b.timings
     if noise == "region":
         info = gpu.device_chain().info()
         assert info and all(v == "cuda graph" for v in info.values()), info
@@ -124,7 +125,7 @@ def test_device_chain_eager_equals_cuda_graphs(tiny_model):
 
 @needs_cuda
 @needs_kernel
-def test_fp16_backend_on_cuda(backends, tiny_model):
+def test_fp16_backend_on_cuda(backends, tiny_model, exact_host_paste):
     """torch-fp16 on CUDA: region edits through the device chain (CUDA graphs) with the kernel's tensor-core entry,
     within 3 levels of the CPU's fp32 edits."""
     cpu, _ = backends
@@ -134,9 +135,33 @@ def test_fp16_backend_on_cuda(backends, tiny_model):
     ea, eb = Editor(cpu), Editor(fp16)
     before = sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16"))
     for roi, seed in (("hair", 21), ("skin", 22)):
-        a, b = ea.edit(face, roi=roi, seed=seed, strength=2.0), eb.edit(face, roi=roi, seed=seed, strength=2.0)
+        a = ea.edit(face, roi=roi, seed=seed, strength=2.0, frame="whole")
+        b = eb.edit(face, roi=roi, seed=seed, strength=2.0, frame="whole")
         diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
         assert diff.max() <= 3, (roi, diff.max())
     assert sum(v for k, v in kc.LAUNCHES.items() if k.startswith("ssae_masked_modconv_region_f16")) > before
     info = fp16.device_chain().info()
+    assert info and all(v == "cuda graph" for v in info.values()), info
+
+
+@needs_cuda
+def test_photo_edits_on_the_device_eager_equal_cuda_graphs(tiny_model):
+    """`DeviceChain.edit_photo` (cut, chain, strength-0 reference, paste on the device) with the chains replayed
+    from CUDA graphs, which share one memory pool, against the same edits launched eagerly: equal photos over an
+    interleaving of two photos, ROI switches and re-edits (a graph output read after another graph ran would show)."""
+    graphs = TorchBackend(copy.deepcopy(tiny_model), "cuda")
+    eager = TorchBackend(copy.deepcopy(tiny_model), "cuda")
+    eager.cuda_graphs = False  # before its chain exists
+    rng = np.random.default_rng(4)
+    photos = [rng.integers(0, 256, (90, 120, 3), dtype=np.uint8) for _ in range(2)]
+    ea, eb = Editor(graphs), Editor(eager)
+    steps = [(0, "hair", 1), (0, "hair", 2), (0, "skin", 3), (1, "skin", 4), (0, "skin", 5), (1, "lips", 6),
+             (1, "lips", 7)]
+    for k, (p, roi, seed) in enumerate(steps):
+        a = ea.edit(photos[p], roi=roi, seed=seed, strength=1.5, frame="whole")
+        b = eb.edit(photos[p], roi=roi, seed=seed, strength=1.5, frame="whole")
+        diff = np.abs(np.asarray(a.image, dtype=np.int16) - np.asarray(b.image, dtype=np.int16))
+        assert diff.max() <= 1, (k, diff.max())
+        assert any(t.startswith("chain_") for t in a.timings) and "frame" not in a.timings, a.timings
+    info = graphs.device_chain().info()
     assert info and all(v == "cuda graph" for v in info.values()), info
