@@ -153,22 +153,37 @@ def render_runtime_cpu(d: dict) -> list[str]:
 
 
 def render_runtime_gpu(d: dict) -> list[str]:
-    """bench_runtime_gpu.py: the stage chain on the device (eager / CUDA graph, fused / unfused) and the Editor."""
+    """bench_runtime_gpu.py: the chain on the device (eager / CUDA graph, fused / unfused, levers) and the Editor
+    (older files: a stage chain of the benchmark's own and one `Editor.edit` row of the stage path)."""
     out = [f"ROI {d.get('roi', '?')}, batch {d.get('batch', '?')}, median of {d.get('reps', '?')}; "
            f"fused kernel: {d.get('fused_kernel', 'n/a')}.", ""]
     for model, m in d["models"].items():
-        out.append(f"**{model}** ({m.get('image_size', '?')} px): stage chain on the device, ms.")
+        out.append(f"**{model}** ({m.get('image_size', '?')} px): the chain on the device, ms.")
         out.append("")
-        out += table(["what", "dtype", "injection layer", "CUDA graph", "median ms", "p90 ms",
-                      "rel. err vs unfused eager", "rel. err vs fp32"],
-                     [[c["what"], c["dtype"], "fused kernel" if c["fused"] else "unfused", num(c["cuda_graph"]),
-                       num(c["median_ms"]), num(c.get("p90_ms")), num(c.get("rel_err_vs_unfused_eager")),
-                       num(c.get("rel_err_vs_fp32"))] for c in m["chain"]])
+        out += table(["what", "precision", "injection layer", "CUDA graph", "channels-last", "compile", "median ms",
+                      "p90 ms", "rel. err vs unfused eager", "rel. err vs fp32"],
+                     [[c.get("what", "?"), c.get("precision", c.get("dtype", "?")),
+                       "fused kernel" if c.get("fused") else "unfused", num(c.get("cuda_graph")),
+                       num(c.get("channels_last", False)), c.get("compile_mode") or "-",
+                       f"error: {c['error'][:80]}" if "error" in c else num(c.get("median_ms")), num(c.get("p90_ms")),
+                       num(c.get("rel_err_vs_unfused_eager")), num(c.get("rel_err_vs_fp32"))] for c in m["chain"]])
         ed = m.get("editor")
-        if ed:
+        if isinstance(ed, dict) and ed:
             out.append(f"`Editor.edit` on CUDA (stage path): full edit {ms(ed, 'full_edit')} ms, cached re-edit "
                        f"{ms(ed, 'reedit')} ms (fused kernel: {num(ed.get('fused_kernel'))}).")
             out.append("")
+        elif ed:
+            out.append("`Editor.edit` on photos, ms: total (framing / model / compositing); device framing: the crop "
+                       "cut and the change pasted on the device, inside the model time.")
+            out.append("")
+
+            def cell(e):
+                return f"{num(e['total'])} ({num(e['framing'])} / {num(e['model'])} / {num(e['compositing'])})"
+
+            out += table(["precision", "way", "photo", "full edit", "re-edit"],
+                         [[r.get("precision", "?"), r.get("way", "?"), r.get("photo", "-"),
+                           f"error: {r['error'][:80]}" if "error" in r else cell(r["full_edit"]),
+                           "" if "error" in r else cell(r["reedit"])] for r in ed])
     return out
 
 
@@ -347,8 +362,11 @@ KINDS: list[tuple[str, str, str, Callable[[dict], list[str]]]] = [
      "CPU latency per stage and whole edits (`Editor.edit`, photo in, photo out) per backend, against the "
      "official SAE networks (`benchmarks/bench_runtime.py`).", render_runtime_cpu),
     ("runtime_gpu_", "runtime_gpu",
-     "The stage chain on a CUDA device (eager and CUDA graph, fused kernel and unfused ops) and `Editor.edit` "
-     "with the torch backend on CUDA (`benchmarks/bench_runtime_gpu.py`).", render_runtime_gpu),
+     "The chain on a CUDA device (eager and CUDA graph, fused kernel and unfused ops) and `Editor.edit` with the "
+     "torch backend on CUDA (`benchmarks/bench_runtime_gpu.py`).", render_runtime_gpu),
+    ("chain_levers_gpu_", "runtime_gpu",
+     "The device chain's levers on a CUDA device: channels-last and torch.compile (Inductor) under the chain's CUDA "
+     "graphs or Inductor's own (`benchmarks/bench_runtime_gpu.py --variants levers`).", render_runtime_gpu),
     ("kernel_gpu_", "kernel_gpu",
      "The fused masked modulated conv kernel against the unfused cuDNN conv + elementwise ops "
      "(`benchmarks/bench_kernel_gpu.py`).", render_kernel_gpu),
