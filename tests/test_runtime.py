@@ -349,6 +349,16 @@ def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path,
         raw = ec.edit(photo, roi="lips", seed=3, output="raw")            # the crop output: the host cut, then the chain
         assert "frame" in raw.timings and np.array_equal(np.asarray(raw.image),
                                                          np.asarray(ep.edit(photo, roi="lips", seed=3, output="raw").image))
+    # every face of a photo, each cut and pasted on the device in turn; strength 0 gives the photo back
+    two = np.zeros((300, 560, 3), np.uint8) + np.array([60, 110, 150], np.uint8)
+    two[25:275, 10:260], two[25:275, 300:550] = src, src[:, ::-1]
+    ec, ep = Editor(chained), Editor(plain)
+    a, b = ec.edit(two, roi="hair", seed=5, faces="all"), ep.edit(two, roi="hair", seed=5, faces="all")
+    assert len(a.faces) == 2 and a.timings["chain_full"] > 0
+    assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int)).max() <= 1
+    changed = (np.asarray(a.image) != two).any(-1)
+    assert changed[:, :280].sum() > 1000 and changed[:, 280:].sum() > 1000
+    assert np.array_equal(np.asarray(ec.edit(two, roi="skin", seed=6, strength=0.0).image), two)
     # a chain on the single-ROI SMPN holds only that mask
     img = np.zeros((1, 3, 32, 32), np.float32)
     dc = chained.device_chain()
