@@ -9,7 +9,8 @@ For each model (default: the paper's 256 px config with random weights, and the 
           eager or replayed from CUDA graphs (fp32 without TF32);
     levers: fp16 fused with the chain levers (`ChainLevers`): channels-last, torch.compile (Inductor "default",
           "max-autotune-no-cudagraphs" under the chain's CUDA graphs; "max-autotune" with Inductor's own graphs).
-  Each output is checked against the unfused eager chain of its dtype (and fp16 against fp32).
+  Each output is checked against the unfused eager chain of its dtype (and fp16 against fp32); "launches" counts
+  the kernels one eager run launches (on a CPU: top-level ATen ops).
 - "editor": `Editor.edit` on photos of three sizes (the example face; a 1024 x 1024 and a 3000 x 2000 scene), full
   edit (empty cache) and re-edit (new seed), split into framing, model and compositing: the device chain with
   framing and compositing on the device (`DeviceChain.edit_photo`, the default), the device chain framed on the
@@ -40,7 +41,7 @@ import torch
 from bench_framing import photos, split
 from gpu_timing import timed_ms
 from ssae.kernels import cuda as kc
-from ssae.pipeline import smpn_for
+from ssae.pipeline import FULL, REEDIT, smpn_for
 from ssae.runtime.profiling.bench import save_json, source_revision
 from ssae.runtime.registry import load_torch_model, resolve_model
 from ssae.runtime.torch_backend import TorchBackend
@@ -67,6 +68,22 @@ class _Chained(TorchBackend):
 
     def device_chain(self):
         return self.chain()
+
+
+def launches(chain, kind: str, smpn: str) -> int:
+    """How many device kernels (and copies) one eager run of a chain launches (a CPU: top-level ATen ops): the
+    number a CUDA graph replays, and what fusion reduces."""
+    cuda = chain.device.type == "cuda"
+    acts = [torch.profiler.ProfilerActivity.CUDA] if cuda else [torch.profiler.ProfilerActivity.CPU]
+    with torch.no_grad(), chain._context(), torch.profiler.profile(activities=acts) as prof:
+        chain._forward(kind, ROI, smpn)
+        if cuda:
+            torch.cuda.synchronize(chain.device)
+    events = prof.events()
+    if cuda:
+        return sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA)
+    return sum(1 for e in events if e.name.startswith("aten::")
+               and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -118,6 +135,8 @@ def bench_chain(model, device: torch.device, variants: list, reps: int, warmup: 
                 if precision != "fp32" and (what, "fp32") in refs:
                     row["rel_err_vs_fp32"] = rel(out.float(), refs[(what, "fp32")].float())
                 row["chains"] = chain.info()
+                row["launches"] = launches(chain, FULL if what == "full_edit" else REEDIT,
+                                           smpn if what == "full_edit" else "held1")
             except Exception as e:  # noqa: BLE001
                 row.update(error=f"{type(e).__name__}: {e}", trace=traceback.format_exc(limit=-4))
             emit(row)
@@ -172,8 +191,8 @@ def device_slug(name: str) -> str:
 def print_table(result: dict) -> None:
     print(f"\n{result['device']}: median ms, batch 1, ROI {ROI}")
     print("| model | what | precision | fused | graph | channels-last | compile | median | min | first run s | "
-          "err vs unfused eager | err vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "launches | err vs unfused eager | err vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m, r in result["models"].items():
         for row in r["chain"]:
             head = (f"| {m} | {row['what']} | {row['precision']} | {row['fused']} | {row['cuda_graph']} | "
@@ -182,7 +201,7 @@ def print_table(result: dict) -> None:
                 print(f"{head} ERROR {row['error'][:90]} |")
                 continue
             print(f"{head} {row['median_ms']:.3f} | {row['min_ms']:.3f} | {row.get('first_run_s', 0):.1f} | "
-                  f"{row.get('rel_err_vs_unfused_eager', float('nan')):.2e} | "
+                  f"{row.get('launches', '-')} | {row.get('rel_err_vs_unfused_eager', float('nan')):.2e} | "
                   f"{row.get('rel_err_vs_fp32', float('nan')):.2e} |")
     print("\n| model | precision | way | photo | full edit (framing / model / compositing) | re-edit (framing / "
           "model / compositing) |")

@@ -161,12 +161,13 @@ def render_runtime_gpu(d: dict) -> list[str]:
         out.append(f"**{model}** ({m.get('image_size', '?')} px): the chain on the device, ms.")
         out.append("")
         out += table(["what", "precision", "injection layer", "CUDA graph", "channels-last", "compile", "median ms",
-                      "p90 ms", "rel. err vs unfused eager", "rel. err vs fp32"],
+                      "p90 ms", "launches", "rel. err vs unfused eager", "rel. err vs fp32"],
                      [[c.get("what", "?"), c.get("precision", c.get("dtype", "?")),
                        "fused kernel" if c.get("fused") else "unfused", num(c.get("cuda_graph")),
                        num(c.get("channels_last", False)), c.get("compile_mode") or "-",
                        f"error: {c['error'][:80]}" if "error" in c else num(c.get("median_ms")), num(c.get("p90_ms")),
-                       num(c.get("rel_err_vs_unfused_eager")), num(c.get("rel_err_vs_fp32"))] for c in m["chain"]])
+                       num(c.get("launches")), num(c.get("rel_err_vs_unfused_eager")), num(c.get("rel_err_vs_fp32"))]
+                      for c in m["chain"]])
         ed = m.get("editor")
         if isinstance(ed, dict) and ed:
             out.append(f"`Editor.edit` on CUDA (stage path): full edit {ms(ed, 'full_edit')} ms, cached re-edit "

@@ -372,9 +372,10 @@ class Editor:
         return refined, self._base_refined(enc, roi, mask, comp, timings), outer, comp
 
     def _edit_chained(self, enc: _Encoded, roi: str, seed: int, strength: float, timings: dict):
-        """One region edit on the backend's device chain (TensorRT, or PyTorch on CUDA, with CUDA graphs); a new
-        edit of the crop it holds replays only the tail (`DeviceChain.reedit`). The unedited reference is the same
-        chain at strength 0 (cached per ROI). Same tuple as `_edit_crop`."""
+        """One region edit on the backend's device chain (TensorRT, or PyTorch on CUDA, with CUDA graphs), framed on
+        the host; a new edit of the crop and ROI it holds replays only the tail (`DeviceChain.reedit`; a full edit
+        predicts only its ROI's mask). The unedited reference is the same chain at strength 0 (cached per ROI). Same
+        tuple as `_edit_crop`."""
         dc = self._device_chain
 
         def chain(s):
@@ -386,7 +387,7 @@ class Editor:
                 except BackendError:  # the device holds another crop or ROI
                     out = None
             if out is None:
-                out, stage = dc.full(self._input(enc, timings), roi, seed, s), "chain_full"
+                out, stage = dc.full(self._input(enc, timings), roi, seed, s, single_roi=True), "chain_full"
                 self._chain_key = enc.key
             timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
             return out

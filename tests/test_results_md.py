@@ -127,14 +127,14 @@ def test_runtime_gpu_tables_read_both_formats():
     the older ones (dtype, one stage-path Editor row)."""
     new = {"roi": "hair", "batch": 1, "reps": 5, "models": {"paper256": {"image_size": 256, "chain": [
         {"what": "full_edit", "precision": "fp16", "fused": True, "cuda_graph": True, "channels_last": True,
-         "compile_mode": "default", "median_ms": 1.234, "p90_ms": 1.3},
+         "compile_mode": "default", "median_ms": 1.234, "p90_ms": 1.3, "launches": 212},
         {"what": "setup", "precision": "fp16", "fused": True, "cuda_graph": False, "channels_last": True,
          "compile_mode": "max-autotune", "error": "RuntimeError: capture failed"}],
         "editor": [{"precision": "fp16", "way": "device framing", "photo": "1024x1024",
                     "full_edit": {"total": 9.0, "framing": 5.0, "model": 3.5, "compositing": 0.5},
                     "reedit": {"total": 4.0, "framing": 2.0, "model": 1.5, "compositing": 0.5}}]}}}
     text = "\n".join(mr.render_runtime_gpu(new))
-    assert "| full_edit | fp16 | fused kernel | yes | yes | default | 1.23 |" in text
+    assert "| full_edit | fp16 | fused kernel | yes | yes | default | 1.23 | 1.30 | 212 |" in text
     assert "error: RuntimeError: capture failed" in text
     assert "| fp16 | device framing | 1024x1024 | 9.00 (5.00 / 3.50 / 0.500) | 4.00 (2.00 / 1.50 / 0.500) |" in text
     old = {"models": {"lfw128": {"image_size": 128, "chain": [
