@@ -7,8 +7,9 @@ For each model (default: the paper's 256 px config with random weights, and the 
   held codes. Variants (`--variants`):
     base: fp32 / fp16, the injection layer unfused (cuDNN conv + elementwise) or fused (`masked_modconv.cu`),
           eager or replayed from CUDA graphs (fp32 without TF32);
-    levers: fp16 fused with the chain levers (`ChainLevers`): channels-last, torch.compile (Inductor "default",
-          "max-autotune-no-cudagraphs" under the chain's CUDA graphs; "max-autotune" with Inductor's own graphs).
+    levers: fp16 with the chain levers (`ChainLevers`): channels-last, torch.compile (Inductor "default",
+          "max-autotune-no-cudagraphs" under the chain's CUDA graphs; "max-autotune" with Inductor's own graphs),
+          with the fused kernel, and once with the unfused injection layer left to Inductor to fuse.
   Each output is checked against the unfused eager chain of its dtype (and fp16 against fp32); "launches" counts
   the kernels one eager run launches (on a CPU: top-level ATen ops).
 - "editor": `Editor.edit` on photos of three sizes (the example face; a 1024 x 1024 and a 3000 x 2000 scene), full
@@ -58,6 +59,7 @@ VARIANTS = {
     "levers": [("fp16", True, True, ChainLevers(channels_last=True)),
                ("fp16", True, True, ChainLevers(compile_mode="default")),
                ("fp16", True, True, ChainLevers(channels_last=True, compile_mode="default")),
+               ("fp16", False, True, ChainLevers(channels_last=True, compile_mode="default")),
                ("fp16", True, True, ChainLevers(channels_last=True, compile_mode="max-autotune-no-cudagraphs")),
                ("fp16", True, False, ChainLevers(channels_last=True, compile_mode="max-autotune"))],
 }

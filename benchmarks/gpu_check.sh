@@ -13,15 +13,15 @@
 # The summary table lists each step (ok, FAIL, TIMEOUT, SKIP) and TensorRT apart: ABSENT when its tests were skipped
 # because TensorRT is not installed, which is not a pass. Exit status: 0 when every step passed, 1 otherwise.
 #
-#   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 450),
-#                                           #      LEVERS_TIMEOUT (s, default 150)
+#   bash benchmarks/gpu_check.sh            # env: OUT, STEP_TIMEOUT (s, default 240), TOTAL_BUDGET (s, default 470),
+#                                           #      LEVERS_TIMEOUT (s, default 120)
 set -u
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
-TOTAL_BUDGET="${TOTAL_BUDGET:-450}"
+TOTAL_BUDGET="${TOTAL_BUDGET:-470}"
 LOGDIR="$(mktemp -d -t ssae_gpu_check.XXXXXX)"
 SUMMARY="$LOGDIR/summary.txt"
 START=$(date +%s)
@@ -99,8 +99,8 @@ else:
 step bench_kernel_gpu "$PY" benchmarks/bench_kernel_gpu.py
 # the chain and the Editor on photos first; the chain levers (torch.compile: minutes of compilation) in a step of
 # their own, so that a slow compile costs only its own rows (each row is saved as soon as it is measured)
-step bench_runtime_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants base
-STEP_TIMEOUT="${LEVERS_TIMEOUT:-150}" step chain_levers_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants levers \
+step bench_runtime_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants base --editor-reps 5
+STEP_TIMEOUT="${LEVERS_TIMEOUT:-120}" step chain_levers_gpu "$PY" benchmarks/bench_runtime_gpu.py --variants levers \
     --models paper256 --no-editor --reps 50
 for bench in benchmarks/bench_*_gpu.py; do
     [ -e "$bench" ] || continue
