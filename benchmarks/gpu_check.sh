@@ -8,8 +8,8 @@
 #      (channels-last, torch.compile) in a step of its own; then any other benchmarks/bench_*_gpu.py;
 #   6. compute-sanitizer memcheck over the kernel tests at small sizes (out-of-bounds accesses), when installed.
 # Every step runs under a time limit, its exit status is recorded, and a failure does not stop the rest.
-# Results (benchmarks/results/*gpu*.json, and one gpu_check_logs.tar.gz with the logs, junit XML and the step
-# summary) are copied into $OUT when it is set.
+# This run's results (benchmarks/results/*gpu*.json) and the logs, junit XML and step summary end in one folder:
+# $OUT when it is set (the logs as gpu_check_logs.tar.gz), else the log folder the script names at the end.
 # The summary table lists each step (ok, FAIL, TIMEOUT, SKIP) and TensorRT apart: ABSENT when its tests were skipped
 # because TensorRT is not installed, which is not a pass. Exit status: 0 when every step passed, 1 otherwise.
 #
@@ -27,6 +27,7 @@ SUMMARY="$LOGDIR/summary.txt"
 START=$(date +%s)
 FAILED=0
 : >"$SUMMARY"
+touch "$LOGDIR/.start"
 
 # step NAME CMD...: run CMD with a time limit (never past the total budget), log it, record its exit status.
 step() {
@@ -116,9 +117,14 @@ fi
 
 echo "=== summary ($(($(date +%s) - START))s)"
 cat "$SUMMARY"
+# this run's JSON results (not older ones in the checkout) and the logs, in one folder
+FRESH="$(find benchmarks/results -maxdepth 1 -name '*gpu*.json' -newer "$LOGDIR/.start" 2>/dev/null)"
 if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/gpu_check_logs.tar.gz" -C "$LOGDIR" --exclude=site . 2>/dev/null
-    cp benchmarks/results/*gpu*.json "$OUT/" 2>/dev/null
-    echo "copied results to $OUT"
+    tar czf "$OUT/gpu_check_logs.tar.gz" -C "$LOGDIR" --exclude=site --exclude=.start . 2>/dev/null
+    [ -n "$FRESH" ] && cp $FRESH "$OUT/"
+    echo "results and logs in $OUT"
+else
+    [ -n "$FRESH" ] && cp $FRESH "$LOGDIR/"
+    echo "results and logs in $LOGDIR"
 fi
 exit "$FAILED"

@@ -37,6 +37,7 @@ def test_gpu_check_runs_every_step_and_each_benchmark_only_finds_no_gpu(tmp_path
     with tarfile.open(tmp_path / "gpu_check_logs.tar.gz") as t:
         names = t.getnames()
     assert "./summary.txt" in names and "./bench_runtime_gpu.log" in names and "./pytest-gpu.xml" in names
+    assert not list(tmp_path.glob("*.json"))  # no GPU result was measured, and older ones are not passed off as new
 
 
 def test_runtime_gpu_benchmark_smoke_run_on_the_cpu(tmp_path):
