@@ -7,7 +7,8 @@ For each model (default: the paper's 256 px config with random weights, and the 
   held codes. Variants (`--variants`):
     base: fp32 / fp16, the injection layer unfused (cuDNN conv + elementwise) or fused (`masked_modconv.cu`),
           eager or replayed from CUDA graphs (fp32 without TF32);
-    levers: fp16 with the chain levers (`ChainLevers`): channels-last, torch.compile (Inductor "default",
+    levers: fp16 with the chain levers (`ChainLevers`): channels-last, the SMPN on a second stream beside the
+          encoder and prefix, torch.compile (Inductor "default",
           "max-autotune-no-cudagraphs" under the chain's CUDA graphs; "max-autotune" with Inductor's own graphs),
           with the fused kernel, and once with the unfused injection layer left to Inductor to fuse.
   Each output is checked against the unfused eager chain of its dtype (and fp16 against fp32); "launches" counts
@@ -57,6 +58,8 @@ VARIANTS = {
              ("fp16", False, False, ChainLevers()), ("fp16", False, True, ChainLevers()),
              ("fp16", True, False, ChainLevers()), ("fp16", True, True, ChainLevers())],
     "levers": [("fp16", True, True, ChainLevers(channels_last=True)),
+               ("fp16", True, True, ChainLevers(concurrent_smpn=True)),
+               ("fp16", True, True, ChainLevers(channels_last=True, concurrent_smpn=True)),
                ("fp16", True, True, ChainLevers(compile_mode="default")),
                ("fp16", True, True, ChainLevers(channels_last=True, compile_mode="default")),
                ("fp16", False, True, ChainLevers(channels_last=True, compile_mode="default")),
@@ -192,13 +195,13 @@ def device_slug(name: str) -> str:
 
 def print_table(result: dict) -> None:
     print(f"\n{result['device']}: median ms, batch 1, ROI {ROI}")
-    print("| model | what | precision | fused | graph | channels-last | compile | median | min | first run s | "
-          "launches | err vs unfused eager | err vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | what | precision | fused | graph | channels-last | concurrent SMPN | compile | median | min | "
+          "first run s | launches | err vs unfused eager | err vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m, r in result["models"].items():
         for row in r["chain"]:
             head = (f"| {m} | {row['what']} | {row['precision']} | {row['fused']} | {row['cuda_graph']} | "
-                    f"{row['channels_last']} | {row['compile_mode'] or '-'} |")
+                    f"{row['channels_last']} | {row['concurrent_smpn']} | {row['compile_mode'] or '-'} |")
             if "error" in row:
                 print(f"{head} ERROR {row['error'][:90]} |")
                 continue

@@ -160,11 +160,12 @@ def render_runtime_gpu(d: dict) -> list[str]:
     for model, m in d["models"].items():
         out.append(f"**{model}** ({m.get('image_size', '?')} px): the chain on the device, ms.")
         out.append("")
-        out += table(["what", "precision", "injection layer", "CUDA graph", "channels-last", "compile", "median ms",
-                      "p90 ms", "launches", "rel. err vs unfused eager", "rel. err vs fp32"],
+        out += table(["what", "precision", "injection layer", "CUDA graph", "channels-last", "concurrent SMPN",
+                      "compile", "median ms", "p90 ms", "launches", "rel. err vs unfused eager", "rel. err vs fp32"],
                      [[c.get("what", "?"), c.get("precision", c.get("dtype", "?")),
                        "fused kernel" if c.get("fused") else "unfused", num(c.get("cuda_graph")),
-                       num(c.get("channels_last", False)), c.get("compile_mode") or "-",
+                       num(c.get("channels_last", False)), num(c.get("concurrent_smpn", False)),
+                       c.get("compile_mode") or "-",
                        f"error: {c['error'][:80]}" if "error" in c else num(c.get("median_ms")), num(c.get("p90_ms")),
                        num(c.get("launches")), num(c.get("rel_err_vs_unfused_eager")), num(c.get("rel_err_vs_fp32"))]
                       for c in m["chain"]])

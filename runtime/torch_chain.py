@@ -25,13 +25,14 @@ from ssae import philox
 from ssae.face import FaceCrop
 from ssae.face import device as framing
 from ssae.kernels.ops import use_fused_op
-from ssae.pipeline import FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, slot, smpn_for
+from ssae.pipeline import (FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, is_smpn, slot,
+                           smpn_for)
 from .backend import BackendError, DeviceChain, PhotoPatch
 
 
 @dataclass(frozen=True)
 class ChainLevers:
-    """How the chain's stage modules execute (`benchmarks/bench_runtime_gpu.py` measures each).
+    """How the chain executes (`benchmarks/bench_runtime_gpu.py` measures each).
 
     channels_last: NHWC activations and weights (cuDNN's tensor-core layout for float16). compile_mode: wrap each
     stage in `torch.compile` (Inductor) with this mode, e.g. "default" or "max-autotune-no-cudagraphs" (modes that
@@ -39,6 +40,9 @@ class ChainLevers:
 
     channels_last: bool = False
     compile_mode: str | None = None
+    #: CUDA: the SMPN of a full edit on a second stream, beside the encoder and decoder prefix (at batch 1 neither
+    #: fills the GPU); captured as two branches of one CUDA graph.
+    concurrent_smpn: bool = False
 
 
 class TorchChain(DeviceChain):
@@ -79,6 +83,7 @@ class TorchChain(DeviceChain):
         # copied to the host before any other chain runs, so their intermediates may share memory (one chain's
         # worth of activations instead of one per ROI and kind). Inputs and held codes live outside the pool.
         self._pool = None
+        self._side = torch.cuda.Stream(device) if self.levers.concurrent_smpn and device.type == "cuda" else None
         self._photo: framing.DevicePhoto | None = None   # the photo region whose crop the chain holds
         self._bases: dict[str, torch.Tensor] = {}        # ROI -> refined edit at strength 0 of that crop
 
@@ -166,26 +171,40 @@ class TorchChain(DeviceChain):
 
     def _forward(self, kind: str, roi: str, smpn: str) -> dict[str, torch.Tensor]:
         """One chain on the current inputs (`chain_stages`); a full edit also writes the held state (`smpn` names its
-        SMPN graph; for a re-edit it only tells the captured graphs apart)."""
+        SMPN graph; for a re-edit it only tells the captured graphs apart). With `concurrent_smpn` the SMPN and the
+        ROI mask run on a second stream, forked from the current one here and joined before the held state is
+        written (each fork waits for all earlier work, so memory the other stream used is free again)."""
         t: dict[str, torch.Tensor] = {"image": self._image, "noise": self._noise, "strength": self._strength}
         if self._xi is not None:
             t["xi"] = self._xi
         if kind == REEDIT:
             t.update(self._held)
+        side = self._side if kind == FULL else None
+        if side is not None:
+            main = torch.cuda.current_stream(self.device)
+            side.wait_stream(main)
         for stage in chain_stages(roi, smpn, kind):
-            if stage == ROI_MASK:
-                masks = t["masks"]
-                if masks.shape[1] > 1:
-                    masks = masks[:, self.rois.index(roi): self.rois.index(roi) + 1]
-                t["mask"] = (torch.round(masks.float() * 255.0) / 255.0).to(self.dtype)
-                continue
-            spec = self.specs[stage]
-            outs = self.stages[stage](*[t[slot(stage, i.name)] for i in spec.inputs])
-            outs = outs if isinstance(outs, tuple) else (outs,)
-            t.update({slot(stage, o.name): v for o, v in zip(spec.outputs, outs)})
+            on_side = side is not None and (is_smpn(stage) or stage == ROI_MASK)
+            with torch.cuda.stream(side) if on_side else contextlib.nullcontext():
+                self._run_stage(stage, roi, t)
             if kind == FULL and stage == PREFIX:
+                if side is not None:
+                    main.wait_stream(side)
                 self._hold({k: t[k] for k in HELD})
         return {"refined": t["refined"], "mask": t["mask"]}
+
+    def _run_stage(self, stage: str, roi: str, t: dict[str, torch.Tensor]) -> None:
+        """One stage of a chain on the tensors `t` (its outputs written into their slots)."""
+        if stage == ROI_MASK:
+            masks = t["masks"]
+            if masks.shape[1] > 1:
+                masks = masks[:, self.rois.index(roi): self.rois.index(roi) + 1]
+            t["mask"] = (torch.round(masks.float() * 255.0) / 255.0).to(self.dtype)
+            return
+        spec = self.specs[stage]
+        outs = self.stages[stage](*[t[slot(stage, i.name)] for i in spec.inputs])
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        t.update({slot(stage, o.name): v for o, v in zip(spec.outputs, outs)})
 
     def _hold(self, held: dict[str, torch.Tensor]) -> None:
         if self._held is None or any(self._held[k].shape != v.shape or self._held[k].dtype != v.dtype

@@ -165,3 +165,27 @@ def test_photo_edits_on_the_device_eager_equal_cuda_graphs(tiny_model):
         assert any(t.startswith("chain_") for t in a.timings) and "frame" not in a.timings, a.timings
     info = graphs.device_chain().info()
     assert info and all(v == "cuda graph" for v in info.values()), info
+
+
+@needs_cuda
+@pytest.mark.parametrize("graphs", [True, False])
+def test_concurrent_smpn_equals_the_sequential_chain(tiny_model, graphs):
+    """`ChainLevers(concurrent_smpn=True)`: the SMPN on a second stream (two branches of one CUDA graph, or two
+    streams launched eagerly) gives the sequential chain's outputs, full edits and re-edits over two images."""
+    from ssae.runtime.torch_chain import ChainLevers
+
+    seq = TorchBackend(copy.deepcopy(tiny_model), "cuda")
+    par = TorchBackend(copy.deepcopy(tiny_model), "cuda")
+    par.chain_levers = ChainLevers(concurrent_smpn=True)
+    seq.cuda_graphs = par.cuda_graphs = graphs
+    rng = np.random.default_rng(3)
+    s = tiny_model.cfg.image_size
+    for k in range(4):
+        img = rng.uniform(-1, 1, (1, 3, s, s)).astype(np.float32)
+        outs = [be.chain().full(img, roi="hair", seed=k, strength=1.5, single_roi=k % 2 == 0) for be in (seq, par)]
+        outs += [be.chain().reedit(roi="hair", seed=k + 10, strength=2.0) for be in (seq, par)]
+        for a, b in (outs[:2], outs[2:]):
+            for name in a:
+                np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=f"{k} {name}")
+    info = par.chain().info()
+    assert all(v == "cuda graph" for v in info.values()) and bool(info) == graphs, info
