@@ -14,6 +14,7 @@ them:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,7 @@ class DevicePhoto:
 _PRECISION_BITS = 22
 
 
+@functools.lru_cache(maxsize=16)
 def box_weights(in_size: int, out_size: int) -> np.ndarray:
     """PIL's BOX resize of 8-bit images along one axis: the (out_size, in_size) matrix of its fixed-point
     coefficients (integers in float64; output pixel i averages the input pixels whose centres fall in its
@@ -69,15 +71,27 @@ def box_weights(in_size: int, out_size: int) -> np.ndarray:
         if w.sum():
             w /= w.sum()
         k[i, lo:hi] = np.floor(0.5 + w * (1 << _PRECISION_BITS))
+    k.flags.writeable = False  # cached: shared by every caller
     return k
 
 
+#: Rows per step of the horizontal pass: float64 copies of at most this many photo rows exist at a time.
+_ROWS_PER_STEP = 256
+
+
 def _box_pass(k: np.ndarray, x: torch.Tensor, axis: int) -> torch.Tensor:
-    """One 8-bit BOX pass of (3, h, w) float64 integer levels along `axis` (2: horizontal, 1: vertical), with PIL's
-    integer arithmetic (exact in float64: every partial sum stays below 2^31)."""
-    k = torch.from_numpy(k).to(x.device)
-    y = x @ k.T if axis == 2 else k @ x
-    return torch.floor((y + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS)).clamp_(0, 255)
+    """One 8-bit BOX pass of (3, h, w) integer levels (uint8 or float64) along `axis` (2: horizontal, in steps of
+    `_ROWS_PER_STEP` rows; 1: vertical) with PIL's integer arithmetic, exact in float64 (every partial sum stays
+    below 2^31): float64 (3, h, out) or (3, out, w)."""
+    k = torch.from_numpy(np.array(k)).to(x.device)
+
+    def levels(y):
+        return torch.floor((y + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS)).clamp_(0, 255)
+
+    if axis == 1:
+        return levels(k @ x.to(torch.float64))
+    return torch.cat([levels(x[:, r: r + _ROWS_PER_STEP].to(torch.float64) @ k.T)
+                      for r in range(0, x.shape[1], _ROWS_PER_STEP)], 1)
 
 
 def _cubic(v1, v2, v3, v4, d):
@@ -93,12 +107,13 @@ def cut(photo: DevicePhoto, crop: FaceCrop) -> torch.Tensor:
     (1, 3, size, size) in [-1, 1]."""
     plan = crop.cut_plan()
     dev = photo.pixels.device
-    x = photo.pixels.permute(2, 0, 1).to(torch.float64)                       # (3, h, w)
+    x = photo.pixels.permute(2, 0, 1)                                          # (3, h, w) uint8
     rw, rh = plan.reduced
     if rw != x.shape[2]:
         x = _box_pass(box_weights(x.shape[2], rw), x, 2)
     if rh != x.shape[1]:
         x = _box_pass(box_weights(x.shape[1], rh), x, 1)
+    x = x.to(torch.float64)
     pl, pt, pr, pb = plan.pad
     wp, hp = rw + pl + pr, rh + pt + pb                                        # the padded image PIL samples
     a, b, c, d, e, f = plan.affine
