@@ -117,3 +117,18 @@ def test_model_rois_without_loading_the_model(tiny_model, tiny_ckpt, tiny_export
     bad.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json")
     with pytest.raises(ModelError, match="corrupt checkpoint"):
         model_rois(resolve_model(bad))
+
+
+@pytest.mark.parametrize("cuda,trt,amx,openvino,want", [
+    (True, True, False, False, ("tensorrt", "fp16")),
+    (True, False, True, True, ("torch", "fp16")),       # a GPU without TensorRT: the fp16 chain
+    (False, False, True, True, ("openvino", "bf16")),
+    (False, False, True, False, ("torch", "bf16")),
+    (False, False, False, True, ("onnxruntime", "auto")),
+])
+def test_auto_picks_the_fastest_engine_here(monkeypatch, cuda, trt, amx, openvino, want):
+    from ssae.runtime import registry
+    monkeypatch.setattr(registry, "_cuda_available", lambda: cuda)
+    monkeypatch.setattr(registry, "_amx", lambda: amx)
+    monkeypatch.setattr(registry, "_has", lambda m: {"tensorrt": trt, "openvino": openvino, "torch": True}[m])
+    assert registry.auto_backend() == want
