@@ -182,10 +182,11 @@ def render_runtime_gpu(d: dict) -> list[str]:
             def cell(e):
                 return f"{num(e['total'])} ({num(e['framing'])} / {num(e['model'])} / {num(e['compositing'])})"
 
-            out += table(["precision", "way", "photo", "full edit", "re-edit"],
-                         [[r.get("precision", "?"), r.get("way", "?"), r.get("photo", "-"),
-                           f"error: {r['error'][:80]}" if "error" in r else cell(r["full_edit"]),
-                           "" if "error" in r else cell(r["reedit"])] for r in ed])
+            kinds = [("full_edit", "full edit"), ("reedit", "re-edit"), ("reedit_prepared", "re-edit, prepared photo")]
+            out += table(["precision", "way", "photo"] + [name for _, name in kinds],
+                         [[r.get("precision", "?"), r.get("way", "?"), r.get("photo", "-")]
+                          + ([f"error: {r['error'][:80]}"] + [""] * (len(kinds) - 1) if "error" in r else
+                             [cell(r[k]) if k in r else "n/a" for k, _ in kinds]) for r in ed])
     return out
 
 

@@ -54,8 +54,9 @@ def test_runtime_gpu_benchmark_smoke_run_on_the_cpu(tmp_path):
     editor = {(row["way"], row["photo"]): row for row in res["editor"]}
     assert len(editor) == 9 and all("error" not in row for row in editor.values())
     for photo in ("250x250", "1024x1024", "3000x2000"):
-        for kind in ("full_edit", "reedit"):
+        for kind in ("full_edit", "reedit", "reedit_prepared"):
             assert np.isfinite(editor[("device framing", photo)][kind]["total"])
+        assert editor[("device framing", photo)]["reedit_prepared"]["framing"] == 0  # not read or hashed again
     assert "| tiny | fp32 | device framing | 3000x2000 |" in r.stdout
 
 

@@ -136,7 +136,7 @@ def test_runtime_gpu_tables_read_both_formats():
     text = "\n".join(mr.render_runtime_gpu(new))
     assert "| full_edit | fp16 | fused kernel | yes | yes | no | default | 1.23 | 1.30 | 212 |" in text
     assert "error: RuntimeError: capture failed" in text
-    assert "| fp16 | device framing | 1024x1024 | 9.00 (5.00 / 3.50 / 0.500) | 4.00 (2.00 / 1.50 / 0.500) |" in text
+    assert "| fp16 | device framing | 1024x1024 | 9.00 (5.00 / 3.50 / 0.500) | 4.00 (2.00 / 1.50 / 0.500) | n/a |" in text
     old = {"models": {"lfw128": {"image_size": 128, "chain": [
         {"what": "reedit", "dtype": "float32", "fused": False, "cuda_graph": False, "median_ms": 0.5}],
         "editor": {"full_edit": {"median_ms": 15.1}, "reedit": {"median_ms": 4.8}, "fused_kernel": True}}}}

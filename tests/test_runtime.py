@@ -436,3 +436,30 @@ def test_onnxruntime_sessions_have_their_own_quiet_pool(tiny_export):
     so = be.open_session(be.dir / entry["file"], entry).get_session_options()
     assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0" and so.intra_op_num_threads == 1
     assert so.use_per_session_threads
+
+
+def test_prepared_photo_edits_equal_plain_edits_without_reading_the_photo_again(tiny_model, face_path):
+    """`Editor.prepare`: edits of the prepared photo equal edits of the image (as edit, edit_many, masks, a
+    reference), skip decoding and hashing it, keep their own pixels when the caller's array changes, outlive the
+    cache, and are refused by another Editor or with another framing."""
+    import copy
+
+    ed = Editor(TorchBackend(copy.deepcopy(tiny_model)), cache_size=1)
+    arr = np.array(load_image(face_path))
+    photo = ed.prepare(arr)
+    assert (photo.width, photo.height) == (arr.shape[1], arr.shape[0])
+    want = [np.asarray(ed.edit(face_path, roi="hair", seed=s).image) for s in (1, 2)]
+    arr[:] = 0                                              # the caller reuses its buffer
+    ed.edit(np.full((40, 50, 3), 90, np.uint8), roi="hair", frame="whole")   # and the cache evicts the photo
+    for s, w in zip((1, 2), want):
+        res = ed.edit(photo, roi="hair", seed=s)
+        assert np.array_equal(np.asarray(res.image), w) and "decode" not in res.timings
+    many = ed.edit_many(photo, ["hair", "lips"], [1])
+    assert np.array_equal(np.asarray(many[0].image), want[0])
+    assert np.array_equal(ed.masks(photo)["lips"], ed.masks(face_path)["lips"])
+    assert np.array_equal(np.asarray(ed.edit(face_path, roi="hair", reference=photo).image),
+                          np.asarray(ed.edit(face_path, roi="hair", reference=face_path).image))
+    with pytest.raises(ValueError, match="prepared with frame='face'"):
+        ed.edit(photo, roi="hair", frame="whole")
+    with pytest.raises(ValueError, match="another Editor"):
+        Editor(TorchBackend(copy.deepcopy(tiny_model))).edit(photo, roi="hair")
