@@ -432,10 +432,9 @@ class Editor:
         full = (0, self.size, 0, self.size)
         return out["refined"], enc.base_refined[key], full, full
 
-    def _edit_photo_on_device(self, ph: _Photo, enc: _Encoded, p: EditParams, image: np.ndarray, timings: dict):
-        """One face edited by a device chain that frames and pastes on the device (`DeviceChain.edit_photo`):
-        (`image` with the face's patch written, the crop's mask), or None when the chain frames on the host.
-        `image` is copied first while it is still the cached photo."""
+    def _edit_photo_on_device(self, ph: _Photo, enc: _Encoded, p: EditParams, canvas: "_Canvas", timings: dict):
+        """One face edited by a device chain that frames and pastes on the device (`DeviceChain.edit_photo`), its
+        pixels added to `canvas`: the crop's mask, or None when the chain frames on the host."""
         t = time.perf_counter()
         pp = self._device_chain.edit_photo(ph.rgb, enc.key, enc.crop, p.roi, p.seed, p.strength, FEATHER)
         if pp is None:
@@ -443,15 +442,10 @@ class Editor:
         self._chain_key = None  # the chain's held crop is now its own business (it knows the photo by its key)
         stage = f"chain_{pp.kind}"
         timings[stage] = timings.get(stage, 0.0) + (time.perf_counter() - t) * 1e3
-        t = time.perf_counter()
         enc.masks.setdefault(p.roi, pp.mask)
         if pp.box is not None:
-            if image is ph.rgb:
-                image = image.copy()
-            x0, y0, x1, y1 = pp.box
-            image[y0:y1, x0:x1] = pp.patch
-        timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
-        return image, pp.mask
+            canvas.add(pp.box, pp.patch)
+        return pp.mask
 
     def _reference_texture(self, reference, frame: str, timings: dict) -> np.ndarray:
         """The texture code (1, D) of a reference photo's largest face (or whole frame)."""
@@ -553,15 +547,15 @@ class Editor:
     def _one(self, ph: _Photo, p: EditParams, ref_texture, user_mask, timings: dict, t0: float) -> EditResult:
         """One edit of a framed photo: every selected crop edited and its change pasted (or the raw crop)."""
         crops = ph.crops[: None if p.faces == "all" else 1]
-        image = ph.rgb
+        canvas = _Canvas(ph.rgb)
         pasted: list[tuple[FaceCrop, np.ndarray]] = []   # (crop, mask) of each face, for the photo-size mask
         raw = None
         chained = self._device_chain is not None and user_mask is None and ref_texture is None and p.noise == "region"
         for enc in crops:
-            if chained and p.output == "photo":
-                done = self._edit_photo_on_device(ph, enc, p, image, timings)
-                if done is not None:
-                    image, m = done
+            # a face whose crop overlaps an earlier face's edit is pasted on the host, onto that edit
+            if chained and p.output == "photo" and not canvas.overlaps(enc.crop.photo_box()):
+                m = self._edit_photo_on_device(ph, enc, p, canvas, timings)
+                if m is not None:
                     pasted.append((enc.crop, m[0, 0]))
                     continue
             if user_mask is not None:
@@ -583,17 +577,23 @@ class Editor:
                 change = np.zeros((self.size, self.size, 3), np.float32)
                 diff = (refined[0] - base[0])[:, oy0 - cy0: oy1 - cy0, ox0 - cx0: ox1 - cx0]
                 change[oy0:oy1, ox0:ox1] = diff.transpose(1, 2, 0) * np.float32(127.5)
-                image = enc.crop.paste_change(image, change, feather(m[0, 0], FEATHER))
+                done = enc.crop.change_patch(canvas.current(), change, feather(m[0, 0], FEATHER))
+                if done is not None:
+                    canvas.add(*done)
             pasted.append((enc.crop, m[0, 0]))
             timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
-        total = (time.perf_counter() - t0) * 1e3
         boxes = [c.crop.photo_box() for c in crops]
         if raw is not None:
+            total = (time.perf_counter() - t0) * 1e3
             return EditResult(Image.fromarray(raw[0]), p.roi, p.seed, float(p.strength), p.noise,
                               dict(timings, total=total), boxes, raw[1])
+        t = time.perf_counter()
+        image = canvas.image()
+        timings["composite"] = timings.get("composite", 0.0) + (time.perf_counter() - t) * 1e3
+        total = (time.perf_counter() - t0) * 1e3
         shape = ph.rgb.shape[:2]
-        return EditResult(Image.fromarray(image), p.roi, p.seed, float(p.strength), p.noise,
-                          dict(timings, total=total), boxes, lambda: _union_mask(shape, pasted))
+        return EditResult(image, p.roi, p.seed, float(p.strength), p.noise, dict(timings, total=total), boxes,
+                          lambda: _union_mask(shape, pasted))
 
     def _raw(self, enc: _Encoded, roi: str, mask: np.ndarray, parts, timings) -> np.ndarray:
         """The model's refined output of the whole crop (uint8 (S, S, 3)): the RB of the unedited output with the
@@ -630,6 +630,39 @@ class Editor:
             feeds[refine_for(r)] = {"image": coarse, "mask": enc.masks[r]}
             feeds[smpn_for(r)] = {"image": x}
         return {s: f for s, f in feeds.items() if s in stages}
+
+
+class _Canvas:
+    """The edited photo as the original plus the patches of its edited faces: the photo is copied once, into the
+    result image (and into a working copy only when a face must be pasted onto an earlier one)."""
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = rgb
+        self.patches: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
+        self._work: np.ndarray | None = None
+
+    def add(self, box: tuple[int, int, int, int], patch: np.ndarray) -> None:
+        self.patches.append((box, patch))
+
+    def overlaps(self, box: tuple[int, int, int, int]) -> bool:
+        x0, y0, x1, y1 = box
+        return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b, _ in self.patches)
+
+    def current(self) -> np.ndarray:
+        """The pixels as edited so far (the original itself while nothing is edited: read only)."""
+        if self.patches:
+            if self._work is None:
+                self._work = self.rgb.copy()
+            for (x0, y0, x1, y1), patch in self.patches:
+                self._work[y0:y1, x0:x1] = patch
+            self.patches = []
+        return self.rgb if self._work is None else self._work
+
+    def image(self) -> Image.Image:
+        img = Image.fromarray(self.rgb if self._work is None else self._work)
+        for (x0, y0, _, _), patch in self.patches:
+            img.paste(Image.fromarray(patch), (x0, y0))
+        return img
 
 
 def _union_mask(shape, pasted) -> np.ndarray:

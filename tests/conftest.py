@@ -100,7 +100,7 @@ def face_path():
 
 @pytest.fixture
 def exact_host_paste(monkeypatch):
-    """Make the host paste (`FaceCrop.paste_change`, which carries the change as 8-bit codes and warps large photos
+    """Make the host paste (`FaceCrop.change_patch`, which carries the change as 8-bit codes and warps large photos
     in two steps, to be fast on a CPU) exact, by running the device paste (`ssae.face.device.paste_change`) on CPU
     tensors: then a chain that pastes on the device and the stage path paste alike (exactness of both:
     tests/test_framing.py)."""
@@ -108,13 +108,11 @@ def exact_host_paste(monkeypatch):
     from ssae.face import device as fd
 
     def exact(self, rgb, change, soft):
-        out = rgb.copy()
         box = self.support_box(soft)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            on_cpu = fd.DevicePhoto.upload(rgb, self, torch.device("cpu"))
-            out[y0:y1, x0:x1] = fd.paste_change(on_cpu, self, torch.from_numpy(change.transpose(2, 0, 1).copy()),
-                                                torch.from_numpy(soft), box).numpy()
-        return out
+        if box is None:
+            return None
+        on_cpu = fd.DevicePhoto.upload(rgb, self, torch.device("cpu"))
+        return box, fd.paste_change(on_cpu, self, torch.from_numpy(change.transpose(2, 0, 1).copy()),
+                                    torch.from_numpy(soft), box).numpy()
 
-    monkeypatch.setattr(FaceCrop, "paste_change", exact)
+    monkeypatch.setattr(FaceCrop, "change_patch", exact)

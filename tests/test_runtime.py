@@ -359,6 +359,13 @@ def test_torch_backend_device_chain_equals_the_stage_path(tiny_model, face_path,
     changed = (np.asarray(a.image) != two).any(-1)
     assert changed[:, :280].sum() > 1000 and changed[:, 280:].sum() > 1000
     assert np.array_equal(np.asarray(ec.edit(two, roi="skin", seed=6, strength=0.0).image), two)
+    # faces whose crops overlap: the second is pasted onto the first one's edit (on the host), as the stage path does
+    close = np.zeros((300, 480, 3), np.uint8) + np.array([60, 110, 150], np.uint8)
+    close[25:275, 0:250], close[25:275, 230:480] = src, src[:, ::-1]
+    a, b = ec.edit(close, roi="skin", seed=7, faces="all"), ep.edit(close, roi="skin", seed=7, faces="all")
+    (ax0, _, ax1, _), (bx0, _, bx1, _) = a.faces
+    assert len(a.faces) == 2 and max(ax0, bx0) < min(ax1, bx1)
+    assert np.abs(np.asarray(a.image).astype(int) - np.asarray(b.image).astype(int)).max() <= 1
     # a chain on the single-ROI SMPN holds only that mask
     img = np.zeros((1, 3, 32, 32), np.float32)
     dc = chained.device_chain()

@@ -192,34 +192,45 @@ class FaceCrop:
 
     def paste_change(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray) -> np.ndarray:
         """The photo with a crop-resolution change added under a soft crop mask, at the photo's resolution:
-        round(rgb + soft * change), clipped to [0, 255].
-
-        rgb: uint8 (H, W, 3); change: float32 (size, size, 3) in 8-bit levels; soft: float32 (size, size) in
-        [0, 1]. Every photo pixel where the pasted soft mask (`paste_mask(soft)`) is 0 keeps the input's value,
-        bit for bit. A new array. The change is warped as 8-bit codes on a per-edit scale (max |change| / 127: at
-        most half a level of error for changes up to 127 levels), together with the soft mask: one warp."""
+        round(rgb + soft * change), clipped to [0, 255]. A new array; `change_patch` gives only the pixels that
+        change."""
         out = rgb.copy()
+        done = self.change_patch(rgb, change, soft)
+        if done is not None:
+            (x0, y0, x1, y1), patch = done
+            out[y0:y1, x0:x1] = patch
+        return out
+
+    def change_patch(self, rgb: np.ndarray, change: np.ndarray, soft: np.ndarray):
+        """The part of `paste_change`'s result that can differ from the photo: (box (x0, y0, x1, y1), uint8 pixels
+        of the photo in that box with the change added), or None when the soft mask is empty.
+
+        rgb: uint8 (H, W, 3) (only the box is read); change: float32 (size, size, 3) in 8-bit levels; soft: float32
+        (size, size) in [0, 1]. Every photo pixel where the pasted soft mask (`paste_mask(soft)`) is 0 keeps the
+        input's value, bit for bit. The change is warped as 8-bit codes on a per-edit scale (max |change| / 127: at
+        most half a level of error for changes up to 127 levels), together with the soft mask: one warp."""
         box = self.support_box(soft)
         if box is None:
-            return out
+            return None
         x0, y0, x1, y1 = box
         scale = max(float(np.abs(change).max()) / 127.0, 1e-6)
         codes = np.clip(np.round(change / scale) + 128, 1, 255).astype(np.uint8)
         warped = self._warp_planes([codes[..., 0], codes[..., 1], codes[..., 2], _levels(soft)], box)
         w = warped[..., 3]
+        patch = np.array(rgb[y0:y1, x0:x1])
         rows, cols = np.nonzero(w.any(axis=1))[0], np.nonzero(w.any(axis=0))[0]
         if not len(rows):
-            return out
+            return box, patch
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
         d = warped[r0:r1, c0:c1, :3].astype(np.float32)
         d -= 128.0
         d *= w[r0:r1, c0:c1, None] * np.float32(scale / 255.0)
-        patch = out[y0 + r0: y0 + r1, x0 + c0: x0 + c1]
-        d += patch                      # exactly the photo's value where the pasted mask is 0
+        sub = patch[r0:r1, c0:c1]
+        d += sub                        # exactly the photo's value where the pasted mask is 0
         np.rint(d, out=d)
         np.clip(d, 0, 255, out=d)
-        patch[...] = d
-        return out
+        sub[...] = d
+        return box, patch
 
 
 @dataclass(frozen=True)
