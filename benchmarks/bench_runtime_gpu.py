@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_framing import photos, split
+from bench_framing import photos, timed_edit
 from gpu_timing import timed_ms
 from ssae.kernels import cuda as kc
 from ssae.pipeline import FULL, REEDIT, smpn_for
@@ -178,12 +178,11 @@ def bench_editor(model, device: torch.device, reps: int, emit) -> None:
                     runs = {"full_edit": [], "reedit": [], "reedit_prepared": []}
                     for _ in range(reps):
                         ed.clear_cache()
-                        runs["full_edit"].append(split(ed.edit(photo, roi=ROI, seed=next(seeds), strength=2.0).timings))
-                        runs["reedit"].append(split(ed.edit(photo, roi=ROI, seed=next(seeds), strength=2.0).timings))
+                        runs["full_edit"].append(timed_edit(ed, photo, roi=ROI, seed=next(seeds), strength=2.0))
+                        runs["reedit"].append(timed_edit(ed, photo, roi=ROI, seed=next(seeds), strength=2.0))
                     prepared = ed.prepare(photo)
                     for _ in range(reps):
-                        runs["reedit_prepared"].append(
-                            split(ed.edit(prepared, roi=ROI, seed=next(seeds), strength=2.0).timings))
+                        runs["reedit_prepared"].append(timed_edit(ed, prepared, roi=ROI, seed=next(seeds), strength=2.0))
                     for kind, rr in runs.items():
                         row[kind] = {k: float(np.median([r[k] for r in rr])) for k in rr[0]}
                     dc = be.device_chain()

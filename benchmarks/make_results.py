@@ -211,9 +211,10 @@ def render_framing(d: dict) -> list[str]:
         out.append(f"**{r['model']}** ({r.get('image_size', '?')} px), {r['backend']}, median of "
                    f"{r.get('repeats', '?')}; ms.")
         out.append("")
-        out += table(["photo", "edit", "framing", "compositing", "model", "total", "framing + compositing vs model"],
+        out += table(["photo", "edit", "framing", "compositing", "model", "total", "wall clock",
+                      "framing + compositing vs model"],
                      [[photo, label(case), num(t["framing"]), num(t["compositing"]), num(t["model"]),
-                       num(t["total"]), pct(t.get("overhead"))]
+                       num(t["total"]), num(t.get("wall")), pct(t.get("overhead"))]
                       for photo, cases in r["photos"].items() for case, t in cases.items()])
     return out
 
