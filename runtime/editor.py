@@ -638,15 +638,18 @@ class _Canvas:
 
     def __init__(self, rgb: np.ndarray):
         self.rgb = rgb
-        self.patches: list[tuple[tuple[int, int, int, int], np.ndarray]] = []
+        self.patches: list[tuple[tuple[int, int, int, int], np.ndarray]] = []   # not yet in the working copy
+        self.boxes: list[tuple[int, int, int, int]] = []                         # every patch's box
         self._work: np.ndarray | None = None
 
     def add(self, box: tuple[int, int, int, int], patch: np.ndarray) -> None:
         self.patches.append((box, patch))
+        self.boxes.append(box)
 
     def overlaps(self, box: tuple[int, int, int, int]) -> bool:
+        """Whether `box` (x0, y0, x1, y1) meets any edited pixels."""
         x0, y0, x1, y1 = box
-        return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b, _ in self.patches)
+        return any(x0 < b[2] and b[0] < x1 and y0 < b[3] and b[1] < y1 for b in self.boxes)
 
     def current(self) -> np.ndarray:
         """The pixels as edited so far (the original itself while nothing is edited: read only)."""

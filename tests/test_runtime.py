@@ -470,3 +470,23 @@ def test_prepared_photo_edits_equal_plain_edits_without_reading_the_photo_again(
         ed.edit(photo, roi="hair", frame="whole")
     with pytest.raises(ValueError, match="another Editor"):
         Editor(TorchBackend(copy.deepcopy(tiny_model))).edit(photo, roi="hair")
+
+
+def test_canvas_keeps_every_edited_box_and_copies_the_photo_once():
+    """The Editor's result image: the photo plus the faces' patches in order; the photo itself is never written;
+    a box counts as edited after its patch was merged into the working copy too."""
+    from ssae.runtime.editor import _Canvas
+
+    rgb = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
+    before = rgb.copy()
+    c = _Canvas(rgb)
+    assert c.current() is rgb and not c.overlaps((0, 0, 12, 10))
+    c.add((2, 1, 6, 4), np.full((3, 4, 3), 7, np.uint8))
+    assert c.overlaps((5, 3, 8, 8)) and not c.overlaps((6, 4, 12, 10))
+    work = c.current()                                   # a second face reads the first one's edit
+    assert work is not rgb and (work[1:4, 2:6] == 7).all()
+    c.add((4, 2, 8, 5), np.full((3, 4, 3), 9, np.uint8))
+    assert c.overlaps((2, 1, 3, 2)) and c.overlaps((7, 4, 9, 6))
+    out = np.asarray(c.image())
+    assert (out[2:5, 4:8] == 9).all() and (out[1, 2:6] == 7).all() and (out[1:4, 2:4] == 7).all()
+    assert np.array_equal(out[6:], rgb[6:]) and np.array_equal(rgb, before)
