@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ssae.export import trt_build
-from ssae.pipeline import EDIT, FULL, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, slot as _slot, smpn_for
+from ssae.pipeline import EDIT, FULL, REEDIT, ROI_MASK, SMPN, chain_smpn, chain_stages, check_edit, slot as _slot
 from .backend import Backend, BackendError, DeviceChain
 
 @dataclass
@@ -292,10 +292,6 @@ class TensorRTBackend(Backend):
         return {n: a.astype(np.float32, copy=False) for n, a in outs.items()}
 
     # ------------------------------------------------------------------------------------------ chained API
-    def _smpn_for(self, roi: str, single_roi: bool) -> str:
-        single = smpn_for(roi)
-        return single if (single_roi and single in self._engines) else SMPN
-
     def _io_shapes(self, stages: list[str], smpn: str) -> dict[str, dict[str, tuple]]:
         """Batch-1, full-size input shapes of every engine of a chain."""
         g = int(self.manifest["model_config"]["sae"]["global_code_ch"])
@@ -421,7 +417,7 @@ class TensorRTBackend(Backend):
         """Full edit of one image on the device (see the module docstring): {"refined", "mask"} float32.
 
         single_roi: use the ROI's own SMPN graph (1/5 of the SMPN; later re-edits then need the same ROI)."""
-        smpn = self._smpn_for(roi, single_roi)
+        smpn = chain_smpn(roi, single_roi, self._engines)
         self._stage_chain_inputs(roi, seed, strength, image, smpn)
         ch = self._chain(FULL, roi, smpn)
         out = self._launch(ch)

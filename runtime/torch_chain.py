@@ -25,8 +25,8 @@ from ssae import philox
 from ssae.face import FaceCrop
 from ssae.face import device as framing
 from ssae.kernels.ops import use_fused_op
-from ssae.pipeline import (FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_stages, check_edit, is_smpn, slot,
-                           smpn_for)
+from ssae.pipeline import (FULL, HELD, PREFIX, REEDIT, ROI_MASK, SMPN, chain_smpn, chain_stages, check_edit, is_smpn,
+                           slot)
 from .backend import BackendError, DeviceChain, PhotoPatch
 
 
@@ -90,7 +90,7 @@ class TorchChain(DeviceChain):
     # ---------------------------------------------------------------------------------------------- public
     def full(self, image: np.ndarray, roi: str, seed: int, strength: float, single_roi: bool = False) -> dict:
         """Full edit of one (1, 3, S, S) float32 image in [-1, 1]: {"refined": (1, 3, S, S), "mask": (1, 1, S, S)}."""
-        smpn = smpn_for(roi) if single_roi and smpn_for(roi) in self.stages else SMPN
+        smpn = chain_smpn(roi, single_roi, self.stages)
         img = np.asarray(image, np.float32)
         if img.shape != (1, 3, self.size, self.size):
             raise ValueError(f"image must be (1, 3, {self.size}, {self.size}) float32 in [-1, 1], got {img.shape}")
@@ -124,8 +124,7 @@ class TorchChain(DeviceChain):
                     self._photo = framing.DevicePhoto.upload(photo, crop, self.device, key)
                     self._image.copy_(framing.cut(self._photo, crop))
                     self._bases = {}
-                smpn = smpn_for(roi) if smpn_for(roi) in self.stages else SMPN
-                kind, out = "full", self._full(roi, seed, strength, smpn)
+                kind, out = "full", self._full(roi, seed, strength, chain_smpn(roi, True, self.stages))
             refined, mask = out["refined"].float(), out["mask"].float()
             if roi not in self._bases:
                 # the captured chains share one memory pool: this run's outputs are copied before the next one

@@ -63,6 +63,12 @@ def smpn_for(roi: str) -> str:
     return f"smpn_{roi}"
 
 
+def chain_smpn(roi: str, single_roi: bool, stages) -> str:
+    """The SMPN stage a device chain runs for `roi`: its single-ROI graph when asked for and among `stages`, else the
+    five-ROI SMPN."""
+    return smpn_for(roi) if single_roi and smpn_for(roi) in stages else SMPN
+
+
 def refine_for(roi: str) -> str:
     """The ROI's refinement block: image, mask -> refined."""
     return f"refine_{roi}"

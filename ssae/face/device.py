@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .framing import FaceCrop
+from .framing import FaceCrop, gaussian_kernel
 
 
 @dataclass
@@ -142,9 +142,8 @@ def feather(mask: torch.Tensor, radius: float) -> torch.Tensor:
     m = mask.float().clamp(0, 1)
     if radius <= 0:
         return m
-    r = max(1, int(np.ceil(3 * radius)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / radius) ** 2)
-    k = torch.from_numpy((k / k.sum()).astype(np.float32)).to(m.device)
+    k = torch.from_numpy(gaussian_kernel(radius)).to(m.device)
+    r = len(k) // 2
     blur = F.conv2d(m[None, None], k.view(1, 1, -1, 1), padding=(r, 0))
     blur = F.conv2d(blur, k.view(1, 1, 1, -1), padding=(0, r))[0, 0]
     soft = torch.maximum(blur, m)

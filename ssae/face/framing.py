@@ -251,12 +251,18 @@ def _levels(m: np.ndarray) -> np.ndarray:
     return np.round(np.clip(m, 0, 1) * 255).astype(np.uint8)
 
 
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """The normalised 1-D Gaussian taps (float32, 2r + 1 of them, r = ceil(3 sigma)) of `gaussian_blur`."""
+    r = max(1, int(np.ceil(3 * sigma)))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    return (k / k.sum()).astype(np.float32)
+
+
 def gaussian_blur(a: np.ndarray, sigma: float, mode: str = "constant") -> np.ndarray:
     """Separable Gaussian blur (sigma in pixels, 3 sigma support) of a 2-D float array; beyond its edges the
     array is padded with `mode` (numpy.pad: "constant" for zeros, "edge" to replicate)."""
-    r = max(1, int(np.ceil(3 * sigma)))
-    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
-    k = (k / k.sum()).astype(np.float32)
+    k = gaussian_kernel(sigma)
+    r = len(k) // 2
     p = np.pad(a, ((r, r), (0, 0)), mode=mode)
     out = sum(k[i] * p[i: i + a.shape[0]] for i in range(2 * r + 1))
     p = np.pad(out, ((0, 0), (r, r)), mode=mode)
